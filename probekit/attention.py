@@ -1,0 +1,57 @@
+"""Claim C1: "an attention weight is softmax(q·k/√d_k)", checked against the model's own patterns.
+
+`check_attention` runs one sentence, takes each layer's queries and keys as the model used them
+(``attn.hook_rot_q``/``hook_rot_k`` after rotary embedding where the model has it, else
+``attn.hook_q``/``hook_k``), recomputes
+
+    pattern[h, q, k] = softmax_k( q_h · k_{g(h)} / sqrt(d_head) + mask[q, k] )
+
+and compares with ``attn.hook_pattern``. ``g(h) = h // (n_heads / n_kv_heads)`` is grouped-query
+attention (SmolLM2: 9 query heads share 3 key/value heads, each kv head serving 3 consecutive query
+heads); ``mask`` is ``-inf`` above the diagonal for causal models and zero for encoders (a single
+unpadded sentence). Each head has its own W_Q; under GQA, W_K and W_V are shared within a group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import pandas as pd
+import torch
+
+from probekit.align import align, as_sentences
+from probekit.errors import ProbekitError
+
+
+def check_attention(model, sentence) -> pd.DataFrame:
+    """Recompute every layer's attention pattern from q and k; one row per layer with the max abs diff."""
+    enc = align(model, as_sentences(sentence)[0])
+    input_ids = torch.tensor([enc.input_ids], device=model.device)  # [1, pos]
+    hook_names = set(model.bridge.hook_dict) if hasattr(model.bridge, "hook_dict") else set()
+    rotary = "blocks.0.attn.hook_rot_q" in hook_names
+    q_name, k_name = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
+    if "blocks.0.attn.hook_pattern" not in hook_names:
+        raise ProbekitError(f"{model.name} exposes no attn.hook_pattern", fix="load the model with eager attention")
+    wanted = {f"blocks.{layer}.attn.{n}" for layer in range(model.n_layers) for n in (q_name, k_name, "hook_pattern")}
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(input_ids, names_filter=lambda name: name in wanted)
+    group = model.n_heads // model.n_kv_heads
+    rows = []
+    for layer in range(model.n_layers):
+        q = cache[f"blocks.{layer}.attn.{q_name}"][0].double()  # [pos, head, d_head]
+        k = cache[f"blocks.{layer}.attn.{k_name}"][0].double()  # [pos, kv_head, d_head]
+        if k.shape[1] != q.shape[1]:
+            k = einops.repeat(k, "pos kv d -> pos (kv group) d", group=group)
+        scores = einops.einsum(q, k, "q head d, k head d -> head q k") / math.sqrt(q.shape[-1])
+        if model.is_causal:
+            n = scores.shape[-1]
+            future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
+            scores = scores.masked_fill(future, float("-inf"))
+        recomputed = scores.softmax(-1)                                   # [head, q, k]
+        actual = cache[f"blocks.{layer}.attn.hook_pattern"][0].double()  # [head, q, k]
+        rows.append({"model": model.name, "layer": layer, "q_hook": q_name, "k_hook": k_name,
+                     "n_heads": q.shape[1], "n_kv_heads": cache[f"blocks.{layer}.attn.{k_name}"].shape[2],
+                     "scale": f"1/sqrt({q.shape[-1]})", "causal_mask": model.is_causal,
+                     "max_abs_diff": float((recomputed - actual).abs().max())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,58 @@
+"""Shared fixtures. Models load once per session; tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _load(name):
+    import probekit
+
+    return probekit.load_model(name, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return _load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    return _load("tiny-bert")
+
+
+@pytest.fixture(scope="session", params=["tiny-llama", "tiny-bert"])
+def tiny_model(request):
+    return request.getfixturevalue(request.param.replace("-", "_"))
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    return _load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _load("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (the ../shared/data folder beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "capture-cache"
