@@ -116,7 +116,7 @@ def _pair(record: dict, file: Path, lineno: int) -> MinimalPair:
 def _split_two_prefix(prefix_good: str, prefix_bad: str, file: Path, lineno: int) -> tuple[str, str, str]:
     """Shared words and the one differing word of two prefixes: "The students"/"The student"."""
     g, b = prefix_good.split(), prefix_bad.split()
-    if len(g) != len(b) or len(g) < 2 or sum(x != y for x, y in zip(g, b)) != 1 or g[-1] == b[-1]:
+    if len(g) != len(b) or len(g) < 2 or sum(x != y for x, y in zip(g, b, strict=True)) != 1 or g[-1] == b[-1]:
         raise ProbekitError(
             f"two-prefix record: {prefix_good!r} and {prefix_bad!r} must differ in exactly their last word, after a shared start",
             where=f"{file}:{lineno}",

@@ -68,7 +68,7 @@ def _n_test(n: int, test_size: float) -> int:
     return min(max(round(n * test_size), 1), n - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: numpy masks do not compare to a single bool
 class LexicalSplit:
     """A train/test split of word *types*, returned by `Dataset.lexical_split`.
 

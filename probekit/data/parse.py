@@ -135,7 +135,6 @@ def _sentence(sent, sid: str, source: str) -> Sentence | None:
             labels[obj] = "obl" if governor.pos_ in _PREDICATE_POS else "nmod"
         heads[k] = tokens[obj]
         labels[k] = "case"
-        # other dependents of the preposition (e.g. "right" in "right after") follow it
     # step 2: rename labels
     full = []
     for k, t in enumerate(tokens):

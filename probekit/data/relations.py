@@ -47,7 +47,7 @@ def present_relations(dataset: Dataset) -> list[str]:
     found = set()
     for s in dataset.sentences:
         if s.heads is not None and s.deprels is not None:
-            found.update(d for h, d in zip(s.heads, s.deprels) if h >= 0)
+            found.update(d for h, d in zip(s.heads, s.deprels, strict=True) if h >= 0)
     return sorted(found)
 
 

@@ -63,7 +63,7 @@ class Sentence:
     def text(self) -> str:
         """The running text, with spaces where ``space_after`` says."""
         spaces = self.space_after or tuple(i < len(self.words) - 1 for i in range(len(self.words)))
-        return "".join(w + (" " if s and i < len(self.words) - 1 else "") for i, (w, s) in enumerate(zip(self.words, spaces)))
+        return "".join(w + (" " if s and i < len(self.words) - 1 else "") for i, (w, s) in enumerate(zip(self.words, spaces, strict=True)))
 
     def space_before(self, i: int) -> bool:
         """Whether word i is preceded by a space in the running text (never for word 0)."""

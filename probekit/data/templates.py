@@ -49,7 +49,7 @@ _PUNCT = {".", ",", "?", "!", ";", ":"}
 
 
 # --- vocabulary -----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vocab(name: str = "english") -> dict:
     """The parsed ``probekit/data/vocab/{name}.yaml`` (cached; treat it as read-only)."""
     text = resources.files("probekit.data").joinpath("vocab", f"{name}.yaml").read_text(encoding="utf-8")
@@ -290,7 +290,7 @@ def _bank_candidates(sense: str, position: str) -> list[tuple[tuple[str, ...], i
         slots = [(i, _SLOT.fullmatch(w).group(1)) for i, w in enumerate(words) if _SLOT.fullmatch(w)]
         for fill in itertools.product(*(v["fillers"][name] for _, name in slots)):
             filled = list(words)
-            for (i, _), word in zip(slots, fill):
+            for (i, _), word in zip(slots, fill, strict=True):
                 filled[i] = word
             out.append((tuple(filled), slots[0][0]))
     return out

@@ -62,6 +62,8 @@ def load_conllu(path: str | Path, *, max_sentences: int | None = None) -> list[S
     for block in _blocks(text.splitlines()):
         if max_sentences is not None and len(sentences) >= max_sentences:
             break
+        if all(line.startswith("#") for _, line in block):
+            continue  # a comment block with no words (e.g. a file header): nothing to read
         sentences.append(_sentence(block, path, len(sentences) + 1))
     if not sentences:
         raise ProbekitError("the CoNLL-U file has no sentences", where=str(path), fix="check that this is a CoNLL-U file")
@@ -131,9 +133,6 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
             if int(cols[0]) != expected:
                 raise _malformed(path, lineno, f"word ID {cols[0]} where {expected} was expected (IDs count 1, 2, 3, ...)")
             word_lines.append(lineno)
-    if not word_lines:
-        raise ProbekitError("a sentence has comment lines but no words", where=f"{path}:{first_line}", fix="remove the stray comments or add the words")
-
     try:
         tokenlist = conllu.parse("\n".join(line for _, line in block))[0]
     except ParseException as e:
