@@ -61,9 +61,6 @@ class Encoded:
 # --------------------------------------------------------------------------------------------------
 # turning user input into Sentences
 
-_WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*\.?(?<=[A-Z]\.)|\w+(?:[-'’]\w+)*|[^\w\s]")
-
-
 def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0") -> Sentence:
     """Make a `Sentence` from running text.
 

@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "DEFAULT_CS",
     "MDL_FRACTIONS",
+    "TRUSTED_TYPES",
 ]
 
 #: Ridge penalties searched by `probe_layers` (features are standardised, so alpha is relative to n).
@@ -86,7 +87,7 @@ class _ProbeInputError(ProbekitError, ValueError):
 def _check_n_classes(classes: np.ndarray, where: str) -> None:
     if len(classes) < 2:
         raise _ProbeInputError(
-            f"y has only one class ({classes[0]!r}); a classifier needs at least 2 classes",
+            f"y has only one class ({classes.tolist()[0]!r}); a classifier needs at least 2 classes",
             where=where,
             fix="check the labels, or that the training split contains more than one label",
         )
@@ -100,7 +101,8 @@ def _check_n_classes(classes: np.ndarray, where: str) -> None:
 class RidgeProbe(ClassifierMixin, BaseEstimator):
     """Multiclass linear probe fitted by ridge regression on ±1 one-hot targets; predict = argmax.
 
-    The same estimator as `sklearn.linear_model.RidgeClassifierCV`, written for probing sweeps.
+    The model of `sklearn.linear_model.RidgeClassifier` (tested to give identical coefficients), with
+    `RidgeClassifierCV`-style efficient alpha selection scored by leave-one-out *accuracy*.
     With classes ``c_1..c_K`` the targets are ``Y[i, k] = +1 if y_i = c_k else -1`` (a single ±1 column
     for two classes), and the weights solve ``min_W ||Y - X W - b||² + alpha ||W||²`` in closed form,
     ``W = (XᵀX + αI)⁻¹ XᵀY`` on centred (and, by default, standardised) features. The penalty is on the
@@ -500,7 +502,7 @@ def mdl_online_codelength(
 # Tasks: from sentences to (instance, label) pairs
 # ==================================================================================================
 
-_ROLES = {"nsubj": "subject", "obj": "object"}
+_ROLES = {"nsubj": "subj", "obj": "obj"}  # the same values as labels["role"] in the template data
 _BUILTIN_TASKS = ("upos", "role", "relation:<deprel>")
 
 
@@ -520,8 +522,8 @@ class _Instances:
 
 def _task_instances(sentences: list, task: str, data_name: str) -> _Instances:
     """Instances of a task. Token tasks: ``upos`` (Sentence.upos), ``role`` (words whose base deprel is
-    nsubj → "subject" or obj → "object"), or any per-word label ``labels[task]`` (e.g. ``number``,
-    ``sense``); words whose label is None are skipped. Pair task: ``relation:R`` (see `_relation_instances`).
+    nsubj → "subj" or obj → "obj", derived from Sentence.deprels), or any per-word label ``labels[task]``
+    (e.g. ``number``, ``sense``); words whose label is None are skipped. Pair task: ``relation:R`` (see `_relation_instances`).
     Sentences lacking the annotation are skipped; if none has it, that is an error."""
     where = f"task {task!r} on {data_name}"
     if not isinstance(task, str) or not task:
@@ -704,7 +706,8 @@ def probe_layers(
     ----------
     model : a loaded model (``.name``, ``.n_layers``) or a model name. Only its name is used when
         ``capture`` is given; otherwise a name is loaded with `probekit.models.load_model`.
-    dataset : iterable of `Sentence` (other items, e.g. minimal pairs, are ignored); ``.name`` if any.
+    dataset : iterable of `Sentence` (other items, e.g. minimal pairs, are ignored). Its ``name`` (or a
+        `probekit.data.Dataset`'s ``spec``) fills the ``data`` column.
     task : a task name or a list of them: ``"upos"``, ``"role"`` (nsubj vs obj words), any per-word label
         in ``Sentence.labels`` (``"number"``, ``"sense"``), or ``"relation:R"`` (word pairs, features
         ``[h_i, h_j, h_i*h_j]``, negatives from the same sentence).
@@ -723,9 +726,9 @@ def probe_layers(
         capacity; ``selectivity = accuracy - control_accuracy``.
     mdl : also compute the Voita & Titov online code on the train side, for the task and (if
         ``control``) the control labels, with ``mdl_probe`` (default ``LinearProbe()``, C=1). Slow.
-    capture : an existing capture (``.index``, ``.stream(layer)``, ``.stream_layers``). If None,
-        ``probekit.capture.capture(model, sentences, layers=..., resid=("resid_pre", "resid_post"),
-        attention=False)`` is run once.
+    capture : an existing capture (``.index``, ``.stream(layer)``, ``.stream_layers``), e.g. from
+        `probekit.capture.capture` or built from arrays. If None, the residual streams of ``layers``
+        are captured once (``resid_pre``/``resid_post`` of the blocks needed, no attention).
     n_boot, ci : bootstrap replicates and level of the confidence intervals.
 
     Returns
@@ -746,7 +749,7 @@ def probe_layers(
     seeds = _check_run_args(seeds, test_size, split, n_boot, ci)
     template, probe_name = _resolve_probe(probe)
     sentences = [s for s in dataset if hasattr(s, "words")]
-    data_name = getattr(dataset, "name", None) or type(dataset).__name__
+    data_name = str(getattr(dataset, "name", None) or getattr(dataset, "spec", None) or "unnamed")
     if not sentences:
         raise ProbekitError(f"{data_name} contains no sentences", where="probe_layers",
                             fix="probe_layers needs a dataset of Sentence objects (words + annotations)")
@@ -755,11 +758,7 @@ def probe_layers(
 
     if capture is None:
         model = _load_if_name(model)
-        stream_layers = list(range(model.n_layers + 1)) if isinstance(layers, str) else _as_layer_list(layers)
-        from probekit.capture import capture as run_capture
-
-        capture = run_capture(model, sentences, layers=stream_layers, resid=("resid_pre", "resid_post"),
-                              attention=False)
+        capture = _capture_streams(model, sentences, layers)
     model_name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
     layer_list = _resolve_layers(layers, capture)
     mdl_factory = (lambda: clone(mdl_probe)) if mdl_probe is not None else LinearProbe
@@ -772,9 +771,15 @@ def probe_layers(
         units, what = (inst.sentence_ids, "sentence") if split == "random" else (inst.types, "word type")
         test_masks = {seed: _split_test_mask(units, test_size, seed, what, where) for seed in seeds}
         for seed, test in test_masks.items():
-            if len(np.unique(inst.labels[~test])) < 2:
+            seen = np.unique(inst.labels[~test])
+            if len(seen) < 2:
                 raise ProbekitError(f"too few examples: the training side of seed {seed} has a single class",
                                     where=where, fix="use more data or a smaller test_size")
+            unseen = np.setdiff1d(np.unique(inst.labels[test]), seen).tolist()
+            if unseen:
+                warnings.warn(f"{where}, seed {seed}: test labels {unseen} never occur in training "
+                              f"(all their {what}s went to the test side); those instances count as errors",
+                              stacklevel=2)
         controls = {seed: control_labels(inst.types, inst.labels, seed=seed) for seed in seeds} if control else {}
         for layer in layer_list:
             X = _features(np.asarray(capture.stream(layer)), rows)
@@ -807,8 +812,14 @@ def _probe_once(X, inst: _Instances, test: np.ndarray, control_y, template, seed
     rec["ci_low"], rec["ci_high"] = bootstrap_ci(correct, groups, n_boot=n_boot, ci=ci, seed=seed)
     rec.update(control_accuracy=np.nan, selectivity=np.nan, selectivity_ci_low=np.nan, selectivity_ci_high=np.nan)
     if control_y is not None:
-        control_probe = _same_capacity(template, fitted).fit(X[train], control_y[train])
-        control_correct = (control_probe.predict(X[test]) == control_y[test]).astype(float)
+        control_classes = np.unique(control_y[train])
+        if len(control_classes) == 1:
+            # Few word types (e.g. only "bank" for the sense task) can give every training type the same
+            # control label: then any probe learns that constant, which is what we score.
+            control_pred = np.full(int(test.sum()), control_classes[0])
+        else:
+            control_pred = _same_capacity(template, fitted).fit(X[train], control_y[train]).predict(X[test])
+        control_correct = (control_pred == control_y[test]).astype(float)
         rec["control_accuracy"] = float(control_correct.mean())
         rec["selectivity"] = rec["accuracy"] - rec["control_accuracy"]
         rec["selectivity_ci_low"], rec["selectivity_ci_high"] = bootstrap_ci(
@@ -866,13 +877,13 @@ def _align(inst: _Instances, capture, where: str) -> tuple[_Instances, np.ndarra
 
 
 def _check_task_size(inst: _Instances, where: str) -> None:
-    classes = np.unique(inst.labels)
-    if len(classes) < 2:
-        raise ProbekitError(f"the task has a single class ({classes[0]!r}) in this data; nothing to probe",
-                            where=where, fix="use data where the label varies")
     if len(inst.labels) < _MIN_EXAMPLES:
         raise ProbekitError(f"too few examples: {len(inst.labels)} instances (need at least {_MIN_EXAMPLES})",
                             where=where, fix="use more sentences")
+    classes = np.unique(inst.labels).tolist()
+    if len(classes) < 2:
+        raise ProbekitError(f"the task has a single class ({classes[0]!r}) in this data; nothing to probe",
+                            where=where, fix="use data where the label varies")
 
 
 def _check_run_args(seeds, test_size, split, n_boot, ci) -> list[int]:
@@ -923,6 +934,24 @@ def _resolve_layers(layers, capture) -> list[int]:
         raise ProbekitError(f"layers {missing} are not in the capture (it has {available})", where="probe_layers",
                             fix="capture those layers, or ask only for captured ones")
     return wanted
+
+
+def _capture_streams(model, sentences: list, layers):
+    """Run `probekit.capture.capture` for residual-stream layers ``layers`` (0..n_layers).
+
+    Stream layer 0 is ``blocks.0.hook_resid_pre``; stream layer l > 0 is ``blocks.{l-1}.hook_resid_post``,
+    so the blocks to capture are ``{l - 1 : l > 0}`` (plus block 0's ``resid_pre`` when 0 is asked for).
+    """
+    from probekit.capture import capture as run_capture
+
+    wanted = list(range(model.n_layers + 1)) if isinstance(layers, str) else _as_layer_list(layers)
+    bad = [x for x in wanted if not 0 <= x <= model.n_layers]
+    if bad:
+        raise ProbekitError(f"layers {bad} are outside the residual stream 0..{model.n_layers} of {model.name}",
+                            where="probe_layers", fix="0 is the embeddings, l the output of block l-1")
+    blocks = sorted({max(x - 1, 0) for x in wanted})
+    resid = ("resid_pre", "resid_post") if 0 in wanted else ("resid_post",)
+    return run_capture(model, sentences, layers=blocks, resid=resid, attention=False)
 
 
 def _load_if_name(model):

@@ -43,3 +43,289 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def latex_table(df: pd.DataFrame) -> str:
+    """A LaTeX tabular (booktabs) for papers."""
+    return df.to_latex(index=False, float_format=lambda v: format(v, ".3g"), escape=True)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], folder: str | os.PathLike) -> None:
+    """Write each frame as ``name.csv``, ``name.md`` and ``name.tex`` in ``folder`` (atomically)."""
+    folder = Path(folder)
+    for name, df in tables.items():
+        write_table(df, folder / f"{name}.csv")
+        atomic_write_text(folder / f"{name}.md", markdown_table(df))
+        atomic_write_text(folder / f"{name}.tex", latex_table(df))
+
+
+# --------------------------------------------------------------------------------------------------
+# plots (matplotlib, Agg backend: no display needed)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_fig(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    os.replace(tmp, path)
+    _plt().close(fig)
+    return path
+
+
+def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -> Path:
+    """Word × word heatmaps of chosen heads, labelled with the words. ``att  # [layer, head, from, to]``."""
+    plt = _plt()
+    layers = list(layers) if layers is not None else list(range(att.shape[0]))
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4.0), squeeze=False)
+    for ax, (layer, head) in zip(axes[0], heads):
+        m = att[layers.index(layer), head]
+        ax.imshow(m, cmap="viridis", vmin=0, vmax=max(float(m.max()), 1e-6))
+        ax.set_xticks(range(len(words)), words, rotation=70, fontsize=7)
+        ax.set_yticks(range(len(words)), words, fontsize=7)
+        ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+        ax.set_xlabel("attended word (to)", fontsize=8)
+        ax.set_ylabel("attending word (from)", fontsize=8)
+        for i in range(len(words)):
+            for j in range(len(words)):
+                if m[i, j] >= 0.1:
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5, color="w")
+    fig.suptitle(title, fontsize=9)
+    return _save_fig(fig, path)
+
+
+def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
+    """Accuracy, control accuracy and majority baseline against layer, per task (mean over seeds)."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(frame.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        f = frame[frame.task == task]
+        for kind, style in (("trained", "-"), ("random-init", ":")):
+            g = f[f.model_kind == kind].groupby("layer")[["accuracy", "control_accuracy", "majority_accuracy"]].mean()
+            if g.empty:
+                continue
+            ax.plot(g.index, g.accuracy, style, color="C0", label=f"probe ({kind})")
+            ax.plot(g.index, g.control_accuracy, style, color="C1", label=f"control task ({kind})")
+            if kind == "trained":
+                ax.plot(g.index, g.majority_accuracy, "--", color="grey", label="majority class")
+        ax.set_xlabel("residual-stream layer (0 = embeddings)")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save_fig(fig, path)
+
+
+def plot_head_heatmap(values, path, title: str = "", cbar: str = "", layers=None, cmap: str = "viridis",
+                      center: float | None = None) -> Path:
+    """A layers × heads heatmap (``values  # [layer, head]``)."""
+    import numpy as np
+
+    plt = _plt()
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.35 * values.shape[1], 0.8 + 0.22 * values.shape[0]))
+    kwargs = {}
+    if center is not None:
+        span = np.nanmax(np.abs(values - center)) or 1.0
+        kwargs = {"vmin": center - span, "vmax": center + span}
+    im = ax.imshow(values, aspect="auto", cmap=cmap, **kwargs)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(values.shape[0]), layers if layers is not None else range(values.shape[0]), fontsize=6)
+    ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=6)
+    fig.colorbar(im, ax=ax, label=cbar)
+    ax.set_title(title, fontsize=9)
+    return _save_fig(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# REPORT.md: claim verdicts with their evidence, rebuilt from the CSVs alone
+
+CLAIMS = {
+    "C1": "An attention weight is softmax(q·k/√d_k); each head has its own W_Q, W_K, W_V.",
+    "C2": "'bank' near 'river' attends to river/steep; 'bank' near 'deposit' attends to deposit/money.",
+    "C3": "In 'The curious cat explored the mysterious room.', 'explored' attends to 'cat' (0.45) and 'room' (0.28).",
+    "C4": "One head handles subject-verb relations, another adjective-noun, another positions.",
+    "C5": "The model's behaviour depends on these relations (loss / minimal-pair accuracy).",
+}
+VERDICTS = ("supported", "partly supported", "not supported", "not testable in this model")
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _stage_dirs(run_dir: Path, analysis: str) -> list[Path]:
+    root = run_dir / analysis
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+def _rel(run_dir: Path, path: Path) -> str:
+    return str(path.relative_to(run_dir))
+
+
+def verdict_c1(run_dir: Path) -> list[dict]:
+    rows = []
+    for d in _stage_dirs(run_dir, "check_attention"):
+        df = _read(d / "check_attention.csv")
+        if df is None:
+            continue
+        worst = float(df.max_abs_diff.max())
+        gqa = int(df.n_kv_heads.iloc[0]) < int(df.n_heads.iloc[0])
+        ok = worst <= 1e-5
+        verdict = ("partly supported" if gqa else "supported") if ok else "not supported"
+        evidence = (f"recomputed softmax(q·k/√{df.scale.iloc[0].split('(')[-1].rstrip(')')}) from "
+                    f"`{df.q_hook.iloc[0]}`/`{df.k_hook.iloc[0]}` matches `hook_pattern` in all {len(df)} layers "
+                    f"(max abs diff {worst:.1e})")
+        if gqa:
+            evidence += (f"; but W_K/W_V are shared: {df.n_heads.iloc[0]} query heads use {df.n_kv_heads.iloc[0]} "
+                         "key/value heads (GQA), so heads do not each have their own W_K, W_V")
+        if df.q_hook.iloc[0] == "hook_rot_q":
+            evidence += "; q and k are taken after rotary position embedding"
+        rows.append({"claim": "C1", "model": df.model.iloc[0], "verdict": verdict, "evidence": evidence,
+                     "tables": _rel(run_dir, d / "check_attention.csv")})
+    return rows
+
+
+def verdict_c2(run_dir: Path) -> list[dict]:
+    rows = []
+    for d in _stage_dirs(run_dir, "claims"):
+        seed, cue = _read(d / "bank_summary.csv"), _read(d / "bank_cue_summary.csv")
+        if seed is None or cue is None:
+            continue
+        model, c = seed.model.iloc[0], cue.iloc[0]
+        parts = []
+        for r in seed.itertuples():
+            if r.testable:
+                parts.append(f"'bank' #{r.bank} ({r.sense}): {r.heads_own_gt_other}/{r.n_heads} heads weight the "
+                             f"own-sense cues above the other ones (mean {r.mean_own:.3f} vs {r.mean_other:.3f})")
+            else:
+                parts.append(f"'bank' #{r.bank} ({r.sense}): " + (
+                    "no cue word is visible (all come later; causal mask)" if not r.own_cues_visible
+                    and not r.other_cues_visible else
+                    "only the *other* sense's cues are visible (causal mask)" if r.other_cues_visible
+                    else "only its own cues are visible"))
+        if bool(seed.testable.any()):
+            parts.append("in the seed sentence each 'bank' is also nearer its own cues, so that comparison is "
+                         "confounded by distance")
+        parts.append(f"template:bank_sense ({int(c.n_sentences)} sentences with a visible cue): best head "
+                     f"{c.best_head} gives the cue word {c.best_cue_attention:.3f} vs {c.its_random_word_attention:.3f} "
+                     f"for the other words and {c.its_offset_matched_attention:.3f} for non-cue words at the same "
+                     f"offset (median head {c.median_head_cue_attention:.3f}; best-of-heads null "
+                     f"{c.null_best_mean:.3f}, p = {c.p_value:.3g}); {int(c.heads_cue_gt_offset)}/{int(c.n_heads)} "
+                     "heads attend to the cue more than to other words at its offset (the cue is always a content "
+                     "word and many of the others are function words, so this shows cue-seeking, not sense as such)")
+        testable = bool(seed.testable.all())
+        cue_effect = c.p_value < 0.05 and c.best_cue_attention > c.its_offset_matched_attention + 0.05
+        typical = c.heads_cue_gt_offset > c.n_heads / 2
+        if not testable:
+            verdict = "partly supported" if cue_effect else "not testable in this model"
+            parts.append("the seed sentence's claim needs forward attention, which a causal model lacks; "
+                         "only cues *before* 'bank' can be tested")
+        elif cue_effect and typical:
+            verdict = "supported"
+        elif cue_effect:
+            verdict = "partly supported"
+            parts.append("some heads attend to the sense cue beyond distance, most do not: a property of "
+                         "particular heads, not of 'the' attention")
+        else:
+            verdict = "not supported"
+        rows.append({"claim": "C2", "model": model, "verdict": verdict, "evidence": "; ".join(parts),
+                     "tables": f"{_rel(run_dir, d / 'bank_summary.csv')}, {_rel(run_dir, d / 'bank_cue_heads.csv')}"})
+    return rows
+
+
+def verdict_c3(run_dir: Path) -> list[dict]:
+    rows = []
+    for d in _stage_dirs(run_dir, "claims"):
+        s = _read(d / "explored_summary.csv")
+        if s is None:
+            continue
+        s = s.iloc[0]
+        causal = "mean_room_to_explored" in s.index and not pd.isna(s.get("mean_room_to_explored"))
+        ev = (f"'explored' → 'cat' averages {s.mean_explored_to_cat:.3f} over {int(s.n_heads)} heads (max "
+              f"{s.max_explored_to_cat:.3f}); 'cat' is the most-attended other word in {int(s.heads_argmax_cat)} heads; "
+              f"closest head {s.closest_head} gives cat {s.closest_cat:.3f}")
+        if causal:
+            ev += (f"; 'room' comes after 'explored' and is invisible to it (causal mask): 'room' → 'explored' "
+                   f"averages {s.mean_room_to_explored:.3f} (max {s.max_room_to_explored:.3f})")
+        else:
+            ev += f", room {s.closest_room:.3f}; 'explored' → 'room' averages {s.mean_explored_to_room:.3f}"
+        ev += f"; on average {s.mean_explored_to_sink:.2f} of 'explored''s attention goes to the sink/special tokens"
+        within = int(s["heads_within_0.1"])
+        if causal:
+            verdict = "not testable in this model" if within == 0 else "partly supported"
+            ev += f"; {within} heads put 0.45±0.1 on 'cat'"
+        else:
+            verdict = "partly supported" if within > 0 else "not supported"
+            ev += f"; {within} heads come within 0.1 of (0.45, 0.28)"
+        ev += ". The figures describe at most particular heads, not the model"
+        rows.append({"claim": "C3", "model": s.model, "verdict": verdict, "evidence": ev,
+                     "tables": _rel(run_dir, d / "explored_weights.csv")})
+    return rows
+
+
+VERDICT_FUNCTIONS = [verdict_c1, verdict_c2, verdict_c3]
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write ``REPORT.md`` for a run folder from its CSVs and plots."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    name = run_dir.name
+    if manifest.exists():
+        import json
+
+        meta = json.loads(manifest.read_text())
+        name = meta.get("name", name)
+    rows = [r for fn in VERDICT_FUNCTIONS for r in fn(run_dir)]
+    verdicts = pd.DataFrame(rows, columns=["claim", "model", "verdict", "evidence", "tables"])
+    write_table(verdicts, run_dir / "verdicts.csv")
+    lines = [f"# {name}: claim verdicts", "",
+             "Each claim of the source document, measured on each model. Verdicts: " + ", ".join(VERDICTS) + ".",
+             "Numbers come from the CSV tables linked in each row; `probekit report` rebuilds this file from them.",
+             "", "## Claims", ""]
+    lines += [f"- **{k}** — {v}" for k, v in CLAIMS.items()]
+    lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
+    for claim in CLAIMS:
+        sub = verdicts[verdicts.claim == claim]
+        if sub.empty:
+            continue
+        lines += [f"## {claim}", "", f"> {CLAIMS[claim]}", ""]
+        for r in sub.itertuples():
+            lines += [f"- **{r.model}: {r.verdict}.** {r.evidence}. Tables: "
+                      + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())]
+        lines.append("")
+    pngs = sorted(run_dir.rglob("*.png"))
+    if pngs:
+        lines += ["## Plots", ""]
+        lines += [f"![{_rel(run_dir, p)}]({_rel(run_dir, p)})" for p in pngs]
+        lines.append("")
+    tables = sorted(p for p in run_dir.rglob("*.csv") if p.parent != run_dir)
+    if tables:
+        lines += ["## All tables", ""] + [f"- [{_rel(run_dir, p)}]({_rel(run_dir, p)})" for p in tables] + [""]
+    return atomic_write_text(run_dir / "REPORT.md", "\n".join(lines))
+
+
+def compare_runs(run_dirs: list[Path], out: Path) -> Path:
+    """One Markdown table of every run's verdicts, side by side."""
+    frames = []
+    for d in run_dirs:
+        f = _read(Path(d) / "verdicts.csv")
+        if f is not None:
+            f.insert(0, "run", Path(d).name)
+            frames.append(f)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "claim", "model", "verdict"])
+    pivot = table.pivot_table(index=["claim", "model"], columns="run", values="verdict", aggfunc="first").reset_index()
+    return atomic_write_text(out, "# Comparison of runs\n\n" + markdown_table(pivot))

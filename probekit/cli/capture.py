@@ -23,10 +23,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from probekit.attention import check_attention
     from probekit.capture import capture
     from probekit.data import load_dataset
     from probekit.models import load_model
-    from probekit.attention import check_attention
     from probekit.report import write_table
 
     model = load_model(args.model)

@@ -38,7 +38,7 @@ def test_minilm_hidden_states_equal_hf_bertmodel(minilm):
 
     hf = BertModel.from_pretrained(_minilm_dir(), attn_implementation="eager").eval()
     ids = torch.tensor([align(minilm, sentence_from_text(SENT)).input_ids])
-    names = {f"blocks.{l}.hook_resid_post" for l in range(minilm.n_layers)}
+    names = {f"blocks.{i}.hook_resid_post" for i in range(minilm.n_layers)}
     with torch.inference_mode():
         _, cache = minilm.bridge.run_with_cache(ids, names_filter=lambda n: n in names)
         hidden = hf(ids, output_hidden_states=True).hidden_states

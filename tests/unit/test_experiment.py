@@ -1,0 +1,143 @@
+"""Experiment configs: validation, overrides, resume after a kill, byte-identical reruns."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import yaml
+
+import probekit as pk
+from probekit import stages
+from probekit.experiment import ExperimentConfig, config_reference, load_config, run_experiment
+
+BASE = {
+    "name": "unit",
+    "seed": 0,
+    "out": "out",
+    "models": ["tiny-llama", "tiny-bert"],
+    "data": {"bank": "template:bank_sense?n=24"},
+    "analyses": {
+        "check_attention": {},
+        "claims": {"bank_template": "bank", "n_perm": 20},
+    },
+}
+
+
+def _write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    cfg = dict(BASE, analyses={"check_atention": {}})
+    with pytest.raises(pk.ProbekitError, match=r"unknown config key 'analyses.check_atention'[\s\S]*check_attention"):
+        load_config(_write(tmp_path, cfg))
+    cfg = dict(BASE, modles=["tiny-bert"])
+    with pytest.raises(pk.ProbekitError, match=r"did you mean 'models'"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    cfg = dict(BASE, seed="zero")
+    with pytest.raises(pk.ProbekitError, match=r"config key 'seed'"):
+        load_config(_write(tmp_path, cfg))
+    cfg = dict(BASE, analyses={"claims": {"n_perm": "many"}})
+    with pytest.raises(pk.ProbekitError, match=r"'analyses.claims.n_perm'"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_missing_seed_is_rejected(tmp_path):
+    cfg = {k: v for k, v in BASE.items() if k != "seed"}
+    with pytest.raises(pk.ProbekitError, match="'seed'"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_set_overrides_and_relative_paths(tmp_path):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    cfg = dict(BASE, data={"ewt": "ud:../data/x.conllu", "bank": "template:bank_sense"})
+    loaded, _ = load_config(_write(sub, cfg), ["seed=3", "analyses.claims.n_perm=33", "models=[tiny-bert]"])
+    assert loaded.seed == 3 and loaded.analyses.claims.n_perm == 33 and loaded.models == ["tiny-bert"]
+    assert loaded.out == str((sub / "out").resolve())
+    assert loaded.data["ewt"] == f"ud:{(tmp_path / 'data' / 'x.conllu').resolve()}"
+    with pytest.raises(pk.ProbekitError, match="key=value"):
+        load_config(_write(sub, cfg), ["seed"])
+
+
+def test_bad_yaml_gives_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nseed: [0\n")
+    with pytest.raises(pk.ProbekitError, match=r"bad.yaml:\d+"):
+        load_config(path)
+
+
+def test_run_is_byte_identical_and_resumes_after_a_kill(tmp_path, monkeypatch):
+    path = _write(tmp_path, BASE)
+    clean = run_experiment(path, out=tmp_path / "clean", progress=False)
+
+    # kill the run during its second analysis (claims), after check_attention finished
+    real_claims = stages.claims
+
+    def killed(run, opts):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(stages, "claims", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(path, out=tmp_path / "resumed", progress=False)
+    assert (tmp_path / "resumed/check_attention/tiny-llama/.done").exists()
+    assert not (tmp_path / "resumed/claims").exists()
+
+    monkeypatch.setattr(stages, "claims", real_claims)
+    calls = []
+    real_check = stages.check_attention.__globals__["Run"].stage
+
+    def counting_stage(self, analysis, *args, **kwargs):
+        calls.append(analysis)
+        return real_check(self, analysis, *args, **kwargs)
+
+    monkeypatch.setattr(stages.Run, "stage", counting_stage)
+    resumed = run_experiment(path, out=tmp_path / "resumed", progress=False)
+    import json
+
+    timings = json.loads((resumed / "manifest.json").read_text())["timings_s"]
+    assert timings["check_attention/tiny-llama"] == 0.0  # reused, not recomputed
+    clean_csvs = sorted(p.relative_to(clean) for p in clean.rglob("*.csv"))
+    assert clean_csvs == sorted(p.relative_to(resumed) for p in resumed.rglob("*.csv"))
+    for rel in clean_csvs:
+        assert filecmp.cmp(clean / rel, resumed / rel, shallow=False), rel
+    assert (resumed / "REPORT.md").read_text() == (clean / "REPORT.md").read_text()
+
+
+def test_report_rebuilds_from_csvs(tmp_path):
+    path = _write(tmp_path, dict(BASE, models=["tiny-bert"]))
+    out = run_experiment(path, out=tmp_path / "run", progress=False)
+    before = (out / "REPORT.md").read_text()
+    (out / "REPORT.md").unlink()
+    from probekit.cli import main
+
+    assert main(["report", str(out)]) == 0
+    assert (out / "REPORT.md").read_text() == before
+    assert "C1" in before and "C3" in before
+
+
+def test_config_reference_covers_every_field():
+    ref = config_reference()
+    for key in ExperimentConfig.model_fields:
+        if key != "analyses":
+            assert f"`{key}`" in ref
+
+
+def test_readme_documents_every_config_field():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert config_reference() in readme, "README's config reference is stale: paste probekit.experiment.config_reference()"
+
+
+def test_shipped_configs_validate():
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    for path in sorted(root.glob("*.yaml")):
+        if path.name.endswith(".sweep.yaml"):
+            continue
+        load_config(path)

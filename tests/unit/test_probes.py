@@ -1,0 +1,465 @@
+"""probekit.probes on synthetic data: estimators, control task, MDL, probe_layers on a fake capture, skops I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import RidgeClassifier
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
+
+from probekit.data.schema import Sentence
+from probekit.errors import ProbekitError
+from probekit.probes import (
+    LinearProbe,
+    RidgeProbe,
+    control_labels,
+    load_probe,
+    mdl_online_codelength,
+    probe_layers,
+    probe_with_baselines,
+    save_probe,
+)
+
+POS = ("NOUN", "VERB", "DET", "ADJ")
+
+# --------------------------------------------------------------------------------------------------
+# synthetic data
+# --------------------------------------------------------------------------------------------------
+
+
+def planted(n=600, d=20, n_classes=3, strength=3.0, seed=0):
+    """Features whose first n_classes dims carry a one-hot of the label (plus unit Gaussian noise)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    X = rng.normal(size=(n, d))
+    X[np.arange(n), y] += strength
+    return X, y
+
+
+def make_sentences(n_sent=60, n_types=40, length=8, seed=0):
+    """Sentences over a toy vocabulary where each word type has one UPOS tag (like a real lexicon)."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(n_types)]
+    pos_of = {w: POS[i % len(POS)] for i, w in enumerate(vocab)}
+    sentences = []
+    for k in range(n_sent):
+        words = [vocab[j] for j in rng.integers(0, n_types, length)]
+        upos = [pos_of[w] for w in words]
+        number = [("Sing" if rng.random() < 0.5 else "Plur") if p == "NOUN" else None for p in upos]
+        sentences.append(Sentence(
+            id=f"s{k}", words=tuple(words), heads=(-1,) + (0,) * (length - 1),
+            deprels=("root", "nsubj", "dep", "obj") + ("dep",) * (length - 4), upos=tuple(upos),
+            labels={"number": number, "genre": "news"},
+        ))
+    return sentences
+
+
+class FakeCapture:
+    """The part of `probekit.capture.Capture` that probe_layers uses, built from arrays."""
+
+    def __init__(self, sentences, streams):
+        self.index = pd.MultiIndex.from_tuples(
+            [(s.id, i, w) for s in sentences for i, w in enumerate(s.words)],
+            names=["sentence_id", "word_id", "word"],
+        )
+        self._streams = streams
+        self.stream_layers = sorted(streams)
+
+    def stream(self, layer):
+        return self._streams[layer]
+
+
+def planted_capture(sentences, d=12, seed=0):
+    """Layer 0: noise. Layer 1: the UPOS tag planted along the first 4 dims."""
+    rng = np.random.default_rng(seed)
+    tags = np.array([p for s in sentences for p in s.upos])
+    noise = rng.normal(size=(tags.size, d)).astype(np.float32)
+    signal = noise.copy()
+    signal[:, : len(POS)] += 3 * (tags[:, None] == np.array(POS)[None, :])
+    return FakeCapture(sentences, {0: noise, 1: signal})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    # The problems here are tiny; multi-threaded BLAS only adds contention on a busy machine (10x slower).
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return make_sentences()
+
+
+@pytest.fixture(scope="module")
+def capture(sentences):
+    return planted_capture(sentences)
+
+
+# --------------------------------------------------------------------------------------------------
+# estimators
+# --------------------------------------------------------------------------------------------------
+
+
+@parametrize_with_checks(
+    [RidgeProbe(), RidgeProbe(alphas=(0.1, 1.0, 10.0)), LinearProbe(), LinearProbe(Cs=(0.1, 1.0), cv=3)]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    # The full check_estimator suite passes; nothing is listed as an expected failure.
+    # (check_array_api_input skips itself unless SCIPY_ARRAY_API=1 is set; the probes are numpy-only.)
+    check(estimator)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe(Cs=(0.1, 1))])
+def test_probe_recovers_a_planted_signal(make, n_classes):
+    X, y = planted(n_classes=n_classes)
+    X_test, y_test = planted(n_classes=n_classes, seed=1)
+    probe = make().fit(X, y)
+    assert probe.score(X_test, y_test) > 0.9
+    assert probe.coef_.shape == (1 if n_classes == 2 else n_classes, X.shape[1])
+
+
+@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe(Cs=(0.1, 1))])
+def test_probe_recovers_the_planted_direction(make):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 30))
+    w = rng.normal(size=30)
+    w /= np.linalg.norm(w)
+    y = np.where(X @ w + 0.1 * rng.normal(size=800) > 0, "pos", "neg")
+    probe = make().fit(X, y)
+    direction = probe.coef_[0] / np.linalg.norm(probe.coef_[0])
+    assert direction @ w > 0.95  # positive scores mean classes_[1] == "pos"
+
+
+@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe()])
+def test_probe_on_noise_sits_at_chance(make):
+    rng = np.random.default_rng(0)
+    X, X_test = rng.normal(size=(1000, 20)), rng.normal(size=(2000, 20))
+    y, y_test = rng.integers(0, 4, 1000), rng.integers(0, 4, 2000)
+    assert abs(make().fit(X, y).score(X_test, y_test) - 0.25) < 0.05
+
+
+def test_ridge_probe_equals_sklearn_ridge_classifier():
+    X, y = planted(n=200, d=15, n_classes=4)
+    ours = RidgeProbe(alpha=3.0, standardize=False).fit(X, y)
+    ref = RidgeClassifier(alpha=3.0).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-10)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-10)
+    # standardize=True is ridge on standardised features, coefficients mapped back
+    scaled = make_pipeline(StandardScaler(), RidgeClassifier(alpha=3.0)).fit(X, y)
+    np.testing.assert_allclose(RidgeProbe(alpha=3.0).fit(X, y).decision_function(X),
+                               scaled.decision_function(X), atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(60, 8), (25, 40)])  # n > d (eigh of the Gram) and n < d (thin SVD)
+def test_ridge_loo_scores_equal_brute_force_leave_one_out(shape):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=shape)
+    y = rng.integers(0, 3, shape[0])
+    alphas = (0.1, 1.0, 10.0)
+    fast = RidgeProbe(alphas=alphas, standardize=False).fit(X, y).cv_scores_
+    brute = []
+    for alpha in alphas:
+        hits = 0
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            hits += RidgeProbe(alpha=alpha, standardize=False).fit(X[keep], y[keep]).predict(X[i:i + 1])[0] == y[i]
+        brute.append(hits / len(y))
+    np.testing.assert_allclose(fast, brute)
+
+
+def test_alpha_selection_sees_only_training_data():
+    X, y = planted(n=300, d=40, strength=1.0)
+    probe = RidgeProbe(alphas=(0.01, 1.0, 100.0, 1e4))
+    chosen = clone(probe).fit(X[:200], y[:200]).alpha_
+    # same training rows, anything else in the "test" part: same alpha
+    rng = np.random.default_rng(5)
+    X_other = X.copy()
+    X_other[200:] = rng.normal(size=(100, 40)) * 100
+    assert clone(probe).fit(X_other[:200], y[:200]).alpha_ == chosen
+
+
+def test_probes_work_with_clone_pipeline_and_cross_val_score():
+    X, y = planted(n=300)
+    for probe in (RidgeProbe(alphas=(0.1, 1.0)), LinearProbe(C=0.5)):
+        copy = clone(probe)
+        assert copy.get_params() == probe.get_params() and copy is not probe
+        scores = cross_val_score(make_pipeline(StandardScaler(), probe), X, y, cv=3)
+        assert scores.shape == (3,) and scores.min() > 0.8
+
+
+def test_linear_probe_probabilities_and_original_space_coefficients():
+    X, y = planted(n=300)
+    X = X * 10 + 5  # the probe standardises internally; coef_/intercept_ are for raw X
+    probe = LinearProbe().fit(X, y)
+    proba = probe.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(X @ probe.coef_.T + probe.intercept_, probe.decision_function(X), atol=1e-8)
+
+
+def test_estimator_input_errors_are_probekit_errors():
+    X, y = planted(n=50)
+    with pytest.raises(ProbekitError, match="one class"):
+        RidgeProbe().fit(X, np.zeros(50))
+    with pytest.raises(ProbekitError, match="alphas"):
+        RidgeProbe(alphas=(1.0, -1.0)).fit(X, y)
+    with pytest.raises(ProbekitError, match="alpha"):
+        RidgeProbe(alpha=0).fit(X, y)
+    with pytest.raises(ProbekitError, match="too few examples"):
+        LinearProbe(Cs=(1.0,), cv=5).fit(X[:6], np.array([0, 1, 2, 0, 1, 2]))
+    with pytest.raises(ValueError):  # also a ValueError, for scikit-learn tooling
+        LinearProbe(C=-1).fit(X, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# control task
+# --------------------------------------------------------------------------------------------------
+
+
+def test_control_labels_give_one_label_per_type():
+    words = ["The", "cat", "the", "dog", "cat", "THE", "ran"] * 20
+    labels = ["DET", "NOUN", "DET", "NOUN", "VERB", "DET", "VERB"] * 20  # "cat" is ambiguous in the task
+    ctrl = control_labels(words, labels, seed=0)
+    frame = pd.DataFrame({"type": [w.lower() for w in words], "control": ctrl})
+    assert (frame.groupby("type")["control"].nunique() == 1).all()  # "The"/"the"/"THE" are one type
+    assert set(ctrl) <= set(labels)
+    np.testing.assert_array_equal(ctrl, control_labels(words, labels, seed=0))
+
+
+def test_control_label_distribution_approximates_the_task():
+    rng = np.random.default_rng(0)
+    task_dist = {"NOUN": 0.5, "VERB": 0.3, "DET": 0.2}
+    n_types = 4000
+    types = [f"w{i}" for i in range(n_types)]
+    tokens = rng.choice(types, size=20_000)
+    labels = rng.choice(list(task_dist), p=list(task_dist.values()), size=tokens.size)
+    ctrl = control_labels(tokens, labels, seed=1)
+    per_type = pd.Series(ctrl, index=tokens).groupby(level=0).first()
+    empirical = pd.Series(labels).value_counts(normalize=True)
+    drawn = per_type.value_counts(normalize=True)
+    for lab in task_dist:
+        assert drawn[lab] == pytest.approx(empirical[lab], abs=0.03)
+    assert not np.array_equal(ctrl, control_labels(tokens, labels, seed=2))
+
+
+def test_control_labels_reject_mismatched_lengths():
+    with pytest.raises(ProbekitError, match="one word type and one label"):
+        control_labels(["a", "b"], ["X"])
+
+
+# --------------------------------------------------------------------------------------------------
+# MDL
+# --------------------------------------------------------------------------------------------------
+
+
+def test_mdl_compression_above_one_on_signal_and_not_on_noise():
+    X, y = planted(n=600, d=10, n_classes=3)
+    signal = mdl_online_codelength(X, y, seed=0)
+    assert signal["compression"] > 1.5
+    assert signal["uniform_codelength"] == pytest.approx(600 * np.log2(3))
+    assert signal["online_codelength"] == pytest.approx(signal["uniform_codelength"] / signal["compression"])
+    noise_y = np.random.default_rng(1).integers(0, 3, 600)
+    noise = mdl_online_codelength(X, noise_y, seed=0)
+    assert noise["compression"] < 1.05
+    assert mdl_online_codelength(X, y, seed=0) == signal  # reproducible
+
+
+def test_mdl_needs_probabilities():
+    X, y = planted(n=200)
+    with pytest.raises(ProbekitError, match="predict_proba"):
+        mdl_online_codelength(X, y, probe_factory=RidgeProbe)
+    with pytest.raises(ProbekitError, match="fractions"):
+        mdl_online_codelength(X, y, fractions=(0.5, 0.25, 1.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# probe_layers on a fake capture
+# --------------------------------------------------------------------------------------------------
+
+COLUMNS = ["model", "data", "task", "layer", "seed", "split", "n_train", "n_test", "accuracy", "ci_low",
+           "ci_high", "control_accuracy", "selectivity", "majority_accuracy"]
+
+
+def test_probe_layers_frame(sentences, capture):
+    frame = probe_layers("fake-model", sentences, "upos", capture=capture, seeds=(0, 1))
+    assert set(COLUMNS) <= set(frame.columns)
+    assert len(frame) == 2 * 2  # layers x seeds, one row each
+    assert set(frame["layer"]) == {0, 1} and set(frame["seed"]) == {0, 1}
+    assert (frame["model"] == "fake-model").all() and (frame["task"] == "upos").all()
+    n_words = sum(len(s) for s in sentences)
+    assert ((frame["n_train"] + frame["n_test"]) == n_words).all()
+    np.testing.assert_allclose(frame["selectivity"], frame["accuracy"] - frame["control_accuracy"])
+    assert ((frame["ci_low"] <= frame["accuracy"]) & (frame["accuracy"] <= frame["ci_high"])).all()
+    by_layer = frame.groupby("layer")["accuracy"].mean()
+    assert by_layer[1] > 0.9  # planted layer
+    assert by_layer[0] < 0.45  # noise layer: near chance (4 tags)
+    assert (frame["regularization"] > 0).all()
+
+
+def test_probe_layers_is_reproducible_for_a_seed(sentences, capture):
+    a = probe_layers("m", sentences, "upos", capture=capture, seeds=(3,))
+    b = probe_layers("m", sentences, "upos", capture=capture, seeds=(3,))
+    pd.testing.assert_frame_equal(a, b)
+    c = probe_layers("m", sentences, "upos", capture=capture, seeds=(4,))
+    assert not a[["ci_low", "ci_high"]].equals(c[["ci_low", "ci_high"]])
+
+
+def test_probe_layers_tasks(sentences, capture):
+    frame = probe_layers("m", sentences, ["number", "role", "relation:nsubj"], layers=[1], capture=capture,
+                         seeds=(0,))
+    assert list(frame["task"]) == ["number", "role", "relation:nsubj"]
+    assert (frame["n_classes"] == 2).all()
+    n_nouns = sum(p == "NOUN" for s in sentences for p in s.upos)
+    assert frame.set_index("task").loc["number", ["n_train", "n_test"]].sum() == n_nouns
+    # one subject and one object per sentence; one nsubj arc + one sampled negative per sentence
+    assert frame.set_index("task").loc["role", ["n_train", "n_test"]].sum() == 2 * len(sentences)
+    assert frame.set_index("task").loc["relation:nsubj", ["n_train", "n_test"]].sum() == 2 * len(sentences)
+
+
+def test_probe_layers_with_the_logistic_probe(sentences, capture):
+    frame = probe_layers("m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), probe="linear",
+                         control=False)
+    assert frame["probe"].iloc[0] == "linear" and frame["accuracy"].iloc[0] > 0.9
+    assert frame["regularization"].iloc[0] in (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # a C from DEFAULT_CS
+    assert frame["control_accuracy"].isna().all()
+
+
+def test_probe_layers_mdl_columns(sentences, capture):
+    frame = probe_layers("m", sentences, "upos", capture=capture, seeds=(0,), mdl=True)
+    by_layer = frame.set_index("layer")
+    assert by_layer.loc[1, "mdl_compression"] > 1.5
+    assert by_layer.loc[1, "mdl_compression"] > by_layer.loc[1, "control_mdl_compression"]
+    assert by_layer.loc[0, "mdl_compression"] < 1.1
+
+
+class _Recorder(ClassifierMixin, BaseEstimator):
+    """Predicts the first class; logs the features it is fitted on and asked to predict."""
+
+    calls: list = []  # class-level on purpose: shared by every clone probe_layers makes
+
+    def fit(self, X, y):
+        _Recorder.calls.append(("fit", np.asarray(X).copy()))
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        _Recorder.calls.append(("predict", np.asarray(X).copy()))
+        return np.full(len(X), self.classes_[0])
+
+
+def _id_capture(sentences):
+    """Features that name each word's sentence (column 0) and type (column 1)."""
+    feats = np.array([[k, int(w[1:])] for k, s in enumerate(sentences) for w in s.words], dtype=float)
+    return FakeCapture(sentences, {0: feats})
+
+
+@pytest.mark.parametrize("split", ["random", "lexical"])
+def test_splits_hold_out_sentences_or_word_types(sentences, split):
+    _Recorder.calls.clear()
+    probe_layers("m", sentences, "upos", capture=_id_capture(sentences), probe=_Recorder(), seeds=(0,),
+                 split=split, control=False)
+    (kind_fit, train), (kind_predict, test) = _Recorder.calls
+    assert (kind_fit, kind_predict) == ("fit", "predict")
+    column = 0 if split == "random" else 1  # sentence index, or word type
+    assert not set(train[:, column]) & set(test[:, column])
+    n = sum(len(s) for s in sentences)
+    assert len(test) == pytest.approx(0.3 * n, abs=0.1 * n)
+
+
+def test_regularisation_is_chosen_on_training_data_only(sentences, capture):
+    from probekit.probes import _split_test_mask
+
+    before = probe_layers("m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), control=False)
+    sids = np.array([s.id for s in sentences for _ in s.words], dtype=object)
+    test = _split_test_mask(sids, 0.3, 0, "sentence", "here")
+    changed = capture.stream(1).copy()
+    changed[test] = np.random.default_rng(9).normal(size=(test.sum(), changed.shape[1])) * 50
+    after = probe_layers("m", sentences, "upos", layers=[1], capture=FakeCapture(sentences, {1: changed}),
+                         seeds=(0,), control=False)
+    assert after["regularization"].iloc[0] == before["regularization"].iloc[0]
+    assert after["accuracy"].iloc[0] < before["accuracy"].iloc[0]  # the test side did change
+
+
+def test_probe_layers_errors(sentences, capture):
+    with pytest.raises(ProbekitError, match=r"'sense'.*labels\['sense'\]"):
+        probe_layers("m", sentences, "sense", capture=capture)
+    with pytest.raises(ProbekitError, match="sentence-level"):
+        probe_layers("m", sentences, "genre", capture=capture)
+    no_upos = [Sentence(id=s.id, words=s.words) for s in sentences]
+    with pytest.raises(ProbekitError, match="Sentence.upos"):
+        probe_layers("m", no_upos, "upos", capture=capture)
+    one_class = [Sentence(id=s.id, words=s.words, upos=("NOUN",) * len(s)) for s in sentences]
+    with pytest.raises(ProbekitError, match="single class"):
+        probe_layers("m", one_class, "upos", capture=capture)
+    with pytest.raises(ProbekitError, match="too few examples"):
+        probe_layers("m", sentences[:1], "upos", capture=capture)
+    with pytest.raises(ProbekitError, match="too few examples"):
+        probe_layers("m", sentences[:1], "number", capture=capture)
+    with pytest.raises(ProbekitError, match="not in the capture"):
+        probe_layers("m", sentences, "upos", layers=[7], capture=capture)
+    with pytest.raises(ProbekitError, match="split"):
+        probe_layers("m", sentences, "upos", capture=capture, split="by-type")
+    other = make_sentences(seed=1)
+    with pytest.raises(ProbekitError, match="do not match"):
+        probe_layers("m", other, "upos", capture=capture)
+
+
+def test_probe_with_baselines_labels_model_kind(sentences, capture):
+    random_capture = FakeCapture(sentences, {1: capture.stream(0)})
+    frame = probe_with_baselines("tiny", sentences, "upos", [1], capture=capture, random_capture=random_capture,
+                                 seeds=(0,))
+    assert list(frame["model_kind"]) == ["trained", "random-init"]
+    assert list(frame["model"]) == ["tiny", "random:tiny"]
+    assert frame["accuracy"].iloc[0] > frame["accuracy"].iloc[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("probe", [RidgeProbe(alphas=(0.1, 1.0)), LinearProbe(Cs=(0.1, 1.0), cv=3)])
+def test_save_load_round_trip(tmp_path, probe):
+    X, y = planted(n=200)
+    probe = probe.fit(X, np.array(POS)[y])
+    path = save_probe(probe, tmp_path / "sub" / "probe.skops")
+    loaded = load_probe(path)
+    assert type(loaded) is type(probe)
+    np.testing.assert_array_equal(loaded.predict(X), probe.predict(X))
+    np.testing.assert_allclose(loaded.coef_, probe.coef_)
+    assert loaded.get_params() == probe.get_params()
+
+
+def test_load_refuses_untrusted_types(tmp_path):
+    X, y = planted(n=50)
+    path = save_probe(_Recorder().fit(X, y), tmp_path / "other.skops")
+    with pytest.raises(ProbekitError, match="not trusted"):
+        load_probe(path)
+    assert isinstance(load_probe(path, trusted=[f"{__name__}._Recorder"]), _Recorder)
+    with pytest.raises(ProbekitError, match="no probe file"):
+        load_probe(tmp_path / "missing.skops")
+
+
+def test_control_with_a_single_word_type_is_a_constant():
+    """The sense task has one word type ("bank"): its control task is one constant label, which any
+    probe learns perfectly, so control accuracy is 1 and selectivity is accuracy - 1 (no crash)."""
+    rng = np.random.default_rng(0)
+    sentences, feats = [], []
+    for i in range(60):
+        sense = "river" if i % 2 else "finance"
+        sentences.append(Sentence(id=f"b{i}", words=("the", "bank"), labels={"sense": [None, sense]}))
+        base = np.zeros(4)
+        base[0] = 1.0 if sense == "river" else -1.0
+        feats += [rng.normal(size=4), base + rng.normal(scale=0.1, size=4)]
+    frame = probe_layers("m", sentences, "sense", layers=[0], capture=FakeCapture(sentences, {0: np.array(feats)}),
+                         seeds=(0,), n_boot=100)
+    assert frame.control_accuracy.iloc[0] == 1.0
+    assert frame.selectivity.iloc[0] == pytest.approx(frame.accuracy.iloc[0] - 1.0)
+    assert frame.accuracy.iloc[0] > 0.9
