@@ -133,24 +133,35 @@ class ExperimentConfig(_Strict):
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[ExperimentConfig, Path]:
     """Read a YAML config, apply ``--set key=value`` overrides, validate, resolve relative paths."""
     path = Path(path)
+    raw = read_yaml(path)
+    for item in overrides or ():
+        _apply_override(raw, item)
+    cfg = validate_config(raw, where=str(path))
+    base = path.resolve().parent
+    return resolve_paths(cfg, base), base
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from a file (``yaml.safe_load``); errors name the file and line."""
     if not path.exists():
-        raise ProbekitError(f"config file {path} does not exist", fix="check the path")
+        raise ProbekitError(f"file {path} does not exist", fix="check the path")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ProbekitError(f"the config is not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
+        raise ProbekitError(f"not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
     if not isinstance(raw, dict):
-        raise ProbekitError("the config must be a mapping of keys to values", where=str(path))
-    for item in overrides or ():
-        _apply_override(raw, item)
-    cfg = validate_config(raw, where=str(path))
-    base = path.resolve().parent
+        raise ProbekitError("the file must be a mapping of keys to values", where=str(path))
+    return raw
+
+
+def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Resolve ``out`` and the paths inside data specs against the config file's folder ``base``."""
     cfg.out = str((base / cfg.out).resolve())
     cfg.data = {k: resolve_spec(v, base) for k, v in cfg.data.items()}
     cfg.optional_data = {k: resolve_spec(v, base) for k, v in cfg.optional_data.items()}
-    return cfg, base
+    return cfg
 
 
 def validate_config(raw: dict, where: str = "config") -> ExperimentConfig:
@@ -194,17 +205,37 @@ def _flatten_type(annotation) -> list:
 
 
 def _apply_override(raw: dict, item: str) -> None:
-    """``analyses.heads.max_sentences=50`` -> raw["analyses"]["heads"]["max_sentences"] = 50 (YAML-typed)."""
+    """``analyses.heads.max_sentences=50`` -> raw["analyses"]["heads"]["max_sentences"] = 50 (YAML-typed).
+
+    A number picks a list item: ``analyses.probes.0.seeds=[0]``."""
     if "=" not in item:
         raise ProbekitError(f"--set {item!r} is not key=value", fix="e.g. --set analyses.heads.max_sentences=50")
     key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        if not isinstance(node.get(part, {}), dict):
-            raise ProbekitError(f"--set {key}: {part!r} is not a section", fix="set a leaf key")
-        node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
+    set_dotted(raw, key.strip(), yaml.safe_load(value), where=f"--set {key}")
+
+
+def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    """``analyses.claims.n_perm`` -> raw["analyses"]["claims"]["n_perm"] = value; a number picks a list
+    item (``analyses.probes.0.data``). Missing sections are created."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        here = repr(".".join(parts[:i])) if i else "the top level"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ProbekitError(f"key {key!r}: {here} is a list of {len(node)} items, so {part!r} must "
+                                    f"be an index 0..{len(node) - 1}", where=where,
+                                    fix="e.g. analyses.probes.0.data for the first probes entry")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ProbekitError(f"key {key!r}: {here} is a value, not a section", where=where,
+                                fix="set a leaf key, e.g. analyses.claims.n_perm")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        if isinstance(node, dict) and node.get(part) is None:  # missing, or `check_attention:` with no options
+            node[part] = {}
+        node = node[part]
 
 
 def resolve_spec(spec: str, base: Path) -> str:
@@ -236,8 +267,11 @@ def display_spec(spec: str) -> str:
 class Run:
     """The state of one run: its folder, the data resolver, stage bookkeeping and timings."""
 
-    def __init__(self, cfg: ExperimentConfig, out: Path, progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, out: Path, progress: bool = True, load_model=None):
+        from probekit.models import load_model as default_loader
+
         self.cfg, self.out, self.progress = cfg, out, progress
+        self._load_model = load_model or default_loader
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
         self._models: dict[str, Any] = {}
@@ -262,12 +296,11 @@ class Run:
         return self._data[key]
 
     def model(self, name: str):
-        from probekit.models import load_model
-
+        """Load (or reuse) a model; ``random:<name>`` baselines are models too."""
         if name not in self._models:
             if len(self._models) >= 2:  # keep memory bounded on small machines
                 self._models.pop(next(iter(self._models)))
-            self._models[name] = load_model(name, seed=self.cfg.seed)
+            self._models[name] = self._load_model(name, seed=self.cfg.seed)
         return self._models[name]
 
     def stage(self, analysis: str, model: str, data: str, options: dict, fn) -> Path | None:
@@ -303,8 +336,11 @@ def _log(msg: str) -> None:
 
 
 def run_experiment(config: str | os.PathLike | ExperimentConfig, out: str | os.PathLike | None = None,
-                   overrides: list[str] | None = None, progress: bool = True) -> Path:
-    """Run every stage of a config; return the run folder (which holds REPORT.md)."""
+                   overrides: list[str] | None = None, progress: bool = True, load_model=None) -> Path:
+    """Run every stage of a config; return the run folder (which holds REPORT.md).
+
+    ``load_model`` replaces `probekit.models.load_model` for this run (a sweep worker passes one that
+    keeps models resident across runs)."""
     from probekit import stages
     from probekit.report import build_report
 
@@ -314,7 +350,7 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, out: str | os.P
         cfg, _ = load_config(config, overrides)
     out_dir = Path(out).resolve() if out else Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, out_dir, progress)
+    run = Run(cfg, out_dir, progress, load_model)
     total = time.perf_counter()
     for analysis in Analyses.model_fields:
         options = getattr(cfg.analyses, analysis)

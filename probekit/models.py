@@ -48,6 +48,7 @@ from probekit.errors import ProbekitError
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM_SINK = "<|endoftext|>"
+RANDOM_SEED_OFFSET = 100_003  # random:<name> never reuses the seed of a tiny-* model's weights
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ def load_model(name_or_path: str, device: str | None = None, *, allow_network: b
                seed: int = 0) -> Model:
     """Load a built-in, ``random:<name>``, a local HF directory, or (network allowed) a hub name.
 
-    ``seed`` only matters for random-init models (``tiny-*`` and ``random:*``).
+    ``seed`` only matters for random-init models (``tiny-*`` and ``random:*``). ``random:<name>`` draws
+    from ``seed + RANDOM_SEED_OFFSET`` so that ``random:tiny-llama`` never equals ``tiny-llama``.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or str(name_or_path).strip() == "":
         raise ProbekitError(f"model name {name_or_path!r} is not a name or path",
@@ -156,7 +158,8 @@ def load_model(name_or_path: str, device: str | None = None, *, allow_network: b
     if name.startswith("random:"):
         base = name.split(":", 1)[1]
         with _quiet():
-            hf_model, tokenizer, _, source = _load_hf(base, allow_network, seed, random_init=True)
+            hf_model, tokenizer, _, source = _load_hf(base, allow_network, seed + RANDOM_SEED_OFFSET,
+                                                      random_init=True)
         return _wrap(name, hf_model, tokenizer, device, has_lm_head=False, source=f"random-init {source}")
     with _quiet():
         hf_model, tokenizer, _, source = _load_hf(name, allow_network, seed, random_init=False)

@@ -99,7 +99,8 @@ def _probes(run: Run, opts) -> None:
             kwargs = dict(layers=opts.layers, probe="ridge" if opts.probe == "ridge" else "linear",
                           seeds=tuple(opts.seeds), split=opts.split)
             if opts.random_baseline:
-                frame = probe_with_baselines(run.model(name), data, opts.tasks, **kwargs)
+                frame = probe_with_baselines(run.model(name), data, opts.tasks,
+                                             random_model=run.model(f"random:{name}"), **kwargs)
             else:
                 frame = probe_layers(run.model(name), data, opts.tasks, **kwargs)
                 frame.insert(0, "model_kind", "trained")

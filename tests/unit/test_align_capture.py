@@ -163,6 +163,7 @@ def test_random_init_is_reproducible_and_differs():
     b = pk.load_model("random:tiny-bert", seed=3)
     c = pk.load_model("random:tiny-bert", seed=4)
     assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert pk.load_model("random:tiny-bert", seed=0).fingerprint != pk.load_model("tiny-bert", seed=0).fingerprint
 
 
 def test_model_wrapper_fields(tiny_llama, tiny_bert):
