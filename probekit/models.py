@@ -110,10 +110,14 @@ class Model:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over every parameter's name, shape and bytes: identical weights, identical key."""
+        """sha256 over every parameter's name, shape and bytes: identical weights, identical key.
+
+        An encoder without a trained MLM head leaves its ``cls.*`` head out: probekit never uses it."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.name.split(":")[0].encode())
             for pname, p in sorted(self.hf_model.state_dict().items()):
+                if not self.is_causal and not self.has_lm_head and pname.startswith("cls."):
+                    continue
                 t = p.detach().to("cpu", torch.float32).contiguous()
                 h.update(f"{pname}{tuple(t.shape)}".encode())
                 h.update(t.numpy().tobytes())
@@ -264,7 +268,9 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
             return build(_tiny_config("bert"), False), tokenizer, False, "in-memory config"
         if random_init:
             return build(AutoConfig.from_pretrained(path), False), tokenizer, False, str(path)
-        model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        with torch.random.fork_rng():  # the checkpoint has no MLM head: make its random init reproducible
+            torch.manual_seed(seed)
+            model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
         return model, tokenizer, False, str(path)
 
     path = Path(name).expanduser()
