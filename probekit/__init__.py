@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import importlib
 
-from probekit.errors import ProbekitError
-
 # `align` and `capture` are both modules and functions; bind the functions eagerly so that importing the
 # submodules cannot shadow them.
 from probekit.align import align
 from probekit.capture import capture
+from probekit.errors import ProbekitError
 
 __version__ = "0.1.0"
 
@@ -40,14 +39,16 @@ _EXPORTS = {
     # analyses
     "score_heads": "probekit.heads",
     "positional_heads": "probekit.heads",
+    "analyze_heads": "probekit.heads",
     "LinearProbe": "probekit.probes",
     "RidgeProbe": "probekit.probes",
     "probe_layers": "probekit.probes",
     "control_labels": "probekit.probes",
-    "score_pairs": "probekit.ablation",
+    "score_pairs": "probekit.scoring",
     "ablate_heads": "probekit.ablation",
     "patch_heads": "probekit.ablation",
     "attribution_patch": "probekit.ablation",
+    "specialists_vs_random": "probekit.ablation",
     # running
     "run_experiment": "probekit.experiment",
     "ExperimentConfig": "probekit.experiment",

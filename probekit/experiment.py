@@ -84,7 +84,7 @@ class ScoreOptions(_Strict):
     """Claim C5: minimal-pair accuracy (sum of token log-probs), per paradigm. Causal LMs only."""
 
     data: list[str] = Field(..., description="data names or specs holding minimal pairs")
-    max_pairs: int | None = Field(None, ge=1, description="first N pairs of each dataset")
+    max_pairs: int | None = Field(None, ge=1, description="first N pairs of each paradigm")
 
 
 class AblateOptions(_Strict):
@@ -274,6 +274,7 @@ class Run:
         self._load_model = load_model or default_loader
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
+        self.reused: list[str] = []
         self._models: dict[str, Any] = {}
         self._data: dict[str, Any] = {}
 
@@ -311,8 +312,11 @@ class Run:
                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
         marker = folder / ".done"
         label = f"{analysis}/{folder.name}"
-        if marker.exists() and marker.read_text().strip() == digest:
-            self.timings.setdefault(label, 0.0)
+        done = marker.read_text().split() if marker.exists() else []
+        if done and done[0] == digest:
+            # the time it took when it was computed, so the manifest still shows what each stage costs
+            self.timings.setdefault(label, float(done[1]) if len(done) > 1 else float("nan"))
+            self.reused.append(label)
             _log(f"[skip] {label} (finished earlier)")
             return folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -323,7 +327,7 @@ class Run:
         self.timings[label] = round(time.perf_counter() - start, 2)
         from probekit.report import atomic_write_text
 
-        atomic_write_text(marker, digest + "\n")
+        atomic_write_text(marker, f"{digest} {self.timings[label]}\n")
         return folder
 
 
@@ -378,6 +382,7 @@ def write_manifest(run: Run) -> Path:
         "config_hash": run.cfg.config_hash(),
         "seed": run.cfg.seed,
         "skipped": run.skipped,
+        "reused_stages": run.reused,
         "packages": packages,
         "git_commit": _git_commit(),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),

@@ -210,7 +210,7 @@ def score_heads(model, dataset: Dataset, relations=None, directions=DIRECTIONS, 
 def analyze_heads(model, dataset: Dataset, relations=None, directions=DIRECTIONS, capture=None,
                   batch_size: int = 16, seed: int = 0, n_boot: int = 1000, n_perm: int = 200,
                   random_baseline: bool = False, progress: bool = True, test_size: float = 0.5,
-                  detector: bool = True, detector_texts: int = 30) -> HeadAnalysis:
+                  detector: bool = True, detector_texts: int = 30, random_model=None) -> HeadAnalysis:
     """Score heads, baselines, permutation null, verdicts and positional heads (see module docstring).
 
     Args:
@@ -222,7 +222,8 @@ def analyze_heads(model, dataset: Dataset, relations=None, directions=DIRECTIONS
         capture: an existing capture of ``dataset`` (anything with ``attention(i)``, ``n_words``,
             ``sentences``, ``attn_layers``, ``n_heads``); default: `probekit.capture` (disk-cached).
         seed: split, bootstrap and permutation seed. n_boot / n_perm: resamples / null draws.
-        random_baseline: also score ``random:<model name>``.
+        random_baseline: also score ``random:<model name>`` (``random_model`` if given, e.g. one already
+            loaded by an experiment run).
         detector: also run TransformerLens ``detect_head`` on the first ``detector_texts`` sentences.
     """
     timings: dict[str, float] = {}
@@ -252,9 +253,11 @@ def analyze_heads(model, dataset: Dataset, relations=None, directions=DIRECTIONS
     if random_baseline:
         t3 = time.perf_counter()
         rname = model.name if model.name.startswith("random:") else f"random:{model.name}"
-        from probekit.models import load_model
+        if random_model is None:
+            from probekit.models import load_model
 
-        rmodel = load_model(rname, device="cpu")
+            random_model = load_model(rname, device="cpu")
+        rmodel, rname = random_model, random_model.name
         rcap = _capture(rmodel, dataset, batch_size, progress)
         rscored = _collect(rcap, inst, causal, progress, desc=f"score heads {rname}")
         rheads, rfam = _head_table(rname, dataset.spec, rscored, inst, families, n_boot, n_perm, seed, test_size)

@@ -6,6 +6,7 @@ never leaves a half-written table. CSVs use a fixed float format so the same num
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -276,7 +277,134 @@ def verdict_c3(run_dir: Path) -> list[dict]:
     return rows
 
 
-VERDICT_FUNCTIONS = [verdict_c1, verdict_c2, verdict_c3]
+C4_RELATIONS = {"nsubj": "subject-verb", "amod": "adjective-noun", "det": "determiner-noun", "obj": "verb-object"}
+POSITIONAL = ("prev_word", "next_word", "self", "first_word")
+
+
+def _heads_evidence(run_dir: Path, model: str) -> tuple[dict, list[str]]:
+    """Per data set: which relations have a specialist head, which are only positional."""
+    found, parts = {}, []
+    for d in _stage_dirs(run_dir, "heads"):
+        v = _read(d / "verdicts.csv")
+        if v is None or model not in set(v.model):
+            continue
+        v = v[v.model == model]
+        data = str(v.data.iloc[0])
+        rel = v.drop_duplicates("relation").set_index("relation").relation_verdict
+        spec = {r: str(rel[r]) for r in rel.index}
+        found[data] = spec
+        bits = []
+        for r, label in C4_RELATIONS.items():
+            if r in spec:
+                rows = v[(v.relation == r) & v.verdict.str.startswith("specialist")]
+                detail = "; ".join(f"{x.direction} {x.layer:.0f}.{x['head']:.0f}: {x.accuracy:.2f} vs offset "
+                                   f"{x.offset_accuracy:.2f} [CI {x.ci_low:.2f}-{x.ci_high:.2f}]"
+                                   + (f", also passes {x.also_passes}" if isinstance(x.also_passes, str) else "")
+                                   for _, x in rows.iterrows())
+                bits.append(f"{label} ({r}): {spec[r]}" + (f" — {detail}" if detail else ""))
+        pos = [f"{r}: {spec[r]}" for r in POSITIONAL if r in spec and spec[r].startswith("only positional")]
+        if pos:
+            bits.append("positional heads: " + ", ".join(pos))
+        rnd = _read(d / "verdicts.csv")
+        rnd = rnd[rnd.model == f"random:{model}"]
+        if not rnd.empty:
+            n_spec = int(rnd.verdict.str.startswith("specialist").sum())
+            bits.append(f"random-init model: {n_spec} specialist(s)")
+        parts.append(f"on {data}: " + "; ".join(bits) + f" ([summary]({_rel(run_dir, d / 'summary.md')}))")
+    return found, parts
+
+
+def verdict_c4(run_dir: Path) -> list[dict]:
+    models = set()
+    for d in _stage_dirs(run_dir, "heads"):
+        v = _read(d / "verdicts.csv")
+        if v is not None:
+            models |= {m for m in v.model if not str(m).startswith("random:")}
+    rows = []
+    for model in sorted(models):
+        found, parts = _heads_evidence(run_dir, model)
+        has = {r: any(spec.get(r, "").startswith("specialist") for spec in found.values()) for r in C4_RELATIONS}
+        positional = any(spec.get(r, "").startswith("only positional") for spec in found.values() for r in POSITIONAL)
+        causal_parts, causal_ok = _ablation_evidence(run_dir, model)
+        parts += causal_parts
+        if has["nsubj"] and has["amod"] and positional and causal_ok:
+            verdict = "supported"
+        elif any(has.values()) or positional:
+            verdict = "partly supported"
+            missing = [C4_RELATIONS[r] for r in ("nsubj", "amod") if not has[r]]
+            if missing:
+                parts.append("no specialist for " + " or ".join(missing) + " beat its fixed-offset baseline")
+            if causal_ok is False:
+                parts.append("ablating the top heads did not hurt agreement more than layer-matched random heads")
+        else:
+            verdict = "not supported"
+        rows.append({"claim": "C4", "model": model, "verdict": verdict, "evidence": "; ".join(parts),
+                     "tables": ", ".join(_rel(run_dir, d / "verdicts.csv") for d in _stage_dirs(run_dir, "heads"))})
+    return rows
+
+
+def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | None]:
+    """Specialists vs layer-matched random heads (the ablate stage): does removing them hurt more?"""
+    parts, ok = [], None
+    for d in _stage_dirs(run_dir, "ablate"):
+        summary, chosen = _read(d / "specialists_vs_random.csv"), _read(d / "specialists.csv")
+        if summary is None or chosen is None or model not in set(summary.model):
+            continue
+        heads = ", ".join(f"{r.layer}.{r.head}" for r in chosen.itertuples())
+        margin = summary[summary.metric == "margin"]
+        acc = summary[summary.metric == "accuracy"]
+        row = margin.iloc[0] if not margin.empty else summary.iloc[0]
+        ok = bool(row.p_value < 0.05 and row.specialists_delta < row.random_mean_delta)
+        text = (f"ablating the top-{len(chosen)} {summary.relation.iloc[0]} heads ({heads}, {row.method} ablation) "
+                f"changes the agreement margin by {row.specialists_delta:+.3f} vs {row.random_mean_delta:+.3f} "
+                f"for layer-matched random heads (effect size {row.effect_size:.2f} SD, p = {row.p_value:.3g}, "
+                f"difference CI [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}])")
+        if not acc.empty:
+            a = acc.iloc[0]
+            text += f"; accuracy {a.specialists_delta:+.3f} vs {a.random_mean_delta:+.3f}"
+        parts.append(text + f" ([table]({_rel(run_dir, d / 'specialists_vs_random.csv')}))")
+    return parts, ok
+
+
+def verdict_c5(run_dir: Path) -> list[dict]:
+    rows, seen = [], set()
+    for d in _stage_dirs(run_dir, "score"):
+        f = _read(d / "minimal_pairs.csv")
+        if f is None:
+            continue
+        seen.add(f.model.iloc[0])
+    for model in sorted(seen):
+        parts, all_above, any_above = [], True, False
+        for d in _stage_dirs(run_dir, "score"):
+            f = _read(d / "minimal_pairs.csv")
+            if f is None or f.model.iloc[0] != model:
+                continue
+            f = f[f.paradigm != "all"]
+            above = f.ci_low > 0.5
+            all_above &= bool(above.all())
+            any_above |= bool(above.any())
+            worst = f.loc[f.accuracy.idxmin()]
+            parts.append(f"{f.data.iloc[0]}: accuracy {f.accuracy.min():.3f}–{f.accuracy.max():.3f} over "
+                         f"{len(f)} paradigms (lowest: {worst.paradigm} {worst.accuracy:.3f} "
+                         f"[{worst.ci_low:.3f}, {worst.ci_high:.3f}]) ([table]({_rel(run_dir, d / 'minimal_pairs.csv')}))")
+        verdict = "supported" if all_above else "partly supported" if any_above else "not supported"
+        rows.append({"claim": "C5", "model": model, "verdict": verdict,
+                     "evidence": "the model prefers the grammatical sentence of each minimal pair (sum of token "
+                                 "log-probabilities, chance = 0.5): " + "; ".join(parts),
+                     "tables": ", ".join(_rel(run_dir, d / "minimal_pairs.csv") for d in _stage_dirs(run_dir, "score"))})
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        for note in json.loads(manifest.read_text()).get("skipped", []):
+            if note.startswith("score: ") and "language-model head" in note:
+                model = note.split()[1]
+                rows.append({"claim": "C5", "model": model, "verdict": "not testable in this model",
+                             "evidence": f"{model} has no trained language-model head (MiniLM is a sentence "
+                                         "encoder whose MLM head is random), so it assigns no meaningful "
+                                         "probabilities to sentences", "tables": ""})
+    return rows
+
+
+VERDICT_FUNCTIONS = [verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_c5]
 
 
 def build_report(run_dir: Path) -> Path:
@@ -285,8 +413,6 @@ def build_report(run_dir: Path) -> Path:
     manifest = run_dir / "manifest.json"
     name = run_dir.name
     if manifest.exists():
-        import json
-
         meta = json.loads(manifest.read_text())
         name = meta.get("name", name)
     rows = [r for fn in VERDICT_FUNCTIONS for r in fn(run_dir)]
@@ -298,6 +424,10 @@ def build_report(run_dir: Path) -> Path:
              "", "## Claims", ""]
     lines += [f"- **{k}** — {v}" for k, v in CLAIMS.items()]
     lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
+    if manifest.exists():
+        skipped = json.loads(manifest.read_text()).get("skipped", [])
+        if skipped:
+            lines += ["Not run: " + "; ".join(dict.fromkeys(skipped)) + ".", ""]
     for claim in CLAIMS:
         sub = verdicts[verdicts.claim == claim]
         if sub.empty:

@@ -113,3 +113,128 @@ def _probes(run: Run, opts) -> None:
 
 def _save_json(obj, path: Path) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def heads(run: Run, opts) -> None:
+    """C4: every head × relation, with offset, random-init and permutation baselines (`probekit.heads`)."""
+    from probekit.heads import analyze_heads
+
+    for data_name in opts.data:
+        spec = run.spec(data_name)
+        if spec is None:
+            run.skipped.append(f"heads: data {data_name!r} is not available")
+            continue
+        for name in run.cfg.models:
+            def work(folder: Path, name=name, data_name=data_name, spec=spec):
+                data = run.dataset(data_name, opts.max_sentences)
+                result = analyze_heads(run.model(name), data, relations=opts.relations, seed=run.cfg.seed,
+                                       n_boot=opts.n_boot, n_perm=opts.n_perm, batch_size=run.cfg.batch_size,
+                                       random_baseline=opts.random_baseline, progress=run.progress,
+                                       random_model=run.model(f"random:{name}") if opts.random_baseline else None)
+                result.data = display_spec(spec)
+                for frame in (result.heads, result.baselines, result.verdicts):
+                    if "data" in frame:
+                        frame["data"] = display_spec(spec)
+                result.write(folder)
+
+            run.stage("heads", name, data_name, opts.model_dump(), work)
+
+
+def _scoreable(run: Run, name: str, analysis: str) -> bool:
+    """Minimal-pair scoring needs a trained LM head (MiniLM's is random): say so instead of scoring."""
+    model = run.model(name)
+    if model.is_causal and model.has_lm_head:
+        return True
+    run.skipped.append(f"{analysis}: {name} has no trained language-model head, so minimal-pair "
+                       "log-probabilities are not testable on it")
+    return False
+
+
+def score(run: Run, opts) -> None:
+    """C5: minimal-pair accuracy (whole-sentence log-probability) and critical-word margin, per paradigm."""
+    from probekit.scoring import score_pairs
+
+    for data_name in opts.data:
+        spec = run.spec(data_name)
+        if spec is None:
+            run.skipped.append(f"score: data {data_name!r} is not available")
+            continue
+        for name in run.cfg.models:
+            if not _scoreable(run, name, "score"):
+                continue
+
+            def work(folder: Path, name=name, data_name=data_name, spec=spec):
+                data = _first_per_paradigm(run.dataset(data_name), opts.max_pairs)
+                frame = score_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress)
+                frame.insert(1, "data", display_spec(spec))
+                write_tables({"minimal_pairs": frame}, folder)
+
+            run.stage("score", name, data_name, opts.model_dump(), work)
+
+
+def _first_per_paradigm(dataset, n: int | None):
+    """The first ``n`` pairs of *each* paradigm (a BLiMP folder holds several), in file order."""
+    from collections import Counter
+
+    from probekit.data import Dataset
+
+    if n is None:
+        return dataset
+    seen, keep = Counter(), []
+    for pair in dataset.pairs:
+        seen[pair.paradigm] += 1
+        if seen[pair.paradigm] <= n:
+            keep.append(pair)
+    return Dataset(dataset.spec, tuple(keep))
+
+
+def ablate(run: Run, opts) -> None:
+    """C4, causally: ablate the top-k heads for a relation vs layer-matched random head sets."""
+    from probekit.ablation import specialists_vs_random
+    from probekit.heads import score_heads
+
+    if run.spec(opts.data) is None or run.spec(opts.heads_data) is None:
+        run.skipped.append(f"ablate: data {opts.data!r} or {opts.heads_data!r} is not available")
+        return
+    for name in run.cfg.models:
+        if not _scoreable(run, name, "ablate"):
+            continue
+
+        def work(folder: Path, name=name):
+            model = run.model(name)
+            # the specialists: the top-k heads by dev-split accuracy for the relation (probekit.heads)
+            scored = score_heads(model, run.dataset(opts.heads_data), relations=[opts.relation],
+                                 directions=(opts.direction,), seed=run.cfg.seed, n_boot=200, n_perm=20,
+                                 batch_size=run.cfg.batch_size, progress=run.progress)
+            ranked = scored[(scored.relation == opts.relation) & (scored.direction == opts.direction)]
+            ranked = ranked.sort_values(["dev_accuracy", "dev_attention_mass", "layer", "head"],
+                                        ascending=[False, False, True, True]).head(opts.top_k)
+            heads = [(int(r.layer), int(r.head)) for r in ranked.itertuples()]
+            summary, draws = specialists_vs_random(
+                model, run.dataset(opts.data, opts.max_pairs), heads, n_draws=opts.n_draws, seed=run.cfg.seed,
+                method=opts.method, return_draws=True)
+            summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
+            summary.insert(1, "data", display_spec(run.spec(opts.data)))
+            chosen = ranked[["relation", "direction", "layer", "head", "dev_accuracy", "accuracy", "offset_accuracy"]]
+            write_tables({"specialists": chosen.reset_index(drop=True), "specialists_vs_random": summary,
+                          "random_draws": draws}, folder)
+            _plot_draws(summary, draws, folder / "specialists_vs_random.png", f"{name}: ablate {heads}")
+
+        run.stage("ablate", name, opts.data, opts.model_dump(), work)
+
+
+def _plot_draws(summary, draws, path: Path, title: str) -> None:
+    """Histogram of the random-set deltas with the specialists' delta marked, per metric."""
+    from probekit.report import _plt, _save_fig
+
+    plt = _plt()
+    metrics = list(dict.fromkeys(summary.metric))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        ax.hist(draws[draws.metric == m].delta, bins=15, color="grey", label="layer-matched random heads")
+        ax.axvline(float(summary[summary.metric == m].specialists_delta.iloc[0]), color="C3", label="specialists")
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("change when ablated")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    _save_fig(fig, path)

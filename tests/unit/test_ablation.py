@@ -1,0 +1,402 @@
+"""Minimal-pair scoring, head ablation, patching and specialists-vs-random on tiny random-init models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import probekit as pk
+from probekit import ablation as A
+from probekit.data.schema import MinimalPair
+from probekit.errors import ProbekitError
+from probekit.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return pk.load_dataset("template:agreement?n=9")
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return pk.load_dataset("template:agreement_sentences?n=6")
+
+
+def _fwd_hook_count(model) -> int:
+    return sum(len(getattr(hp, "fwd_hooks", [])) + len(hp._forward_hooks) for hp in model.bridge.hook_dict.values())
+
+
+def _toy_pair(pid="t-0", **kw):
+    base = dict(id=pid, paradigm="toy", good="The dogs bark loudly.", bad="The dogs barks loudly.",
+                prefix="The dogs", good_word="bark", bad_word="barks")
+    base.update(kw)
+    return MinimalPair(**base)
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+
+
+def test_score_pairs_columns_and_ranges(tiny_llama, pairs):
+    summary, per_pair = score_pairs(tiny_llama, pairs, by="attractor", return_pairs=True, n_boot=200)
+    for col in ("model", "attractor", "n", "accuracy", "mean_margin", "ci_low", "ci_high"):
+        assert col in summary.columns
+    assert list(summary["attractor"]) == ["none", "pp", "rc", "all"]
+    assert summary["n"].tolist() == [3, 3, 3, 9]
+    assert ((summary.ci_low <= summary.accuracy) & (summary.accuracy <= summary.ci_high)).all()
+    assert np.allclose(per_pair["logprob_diff"], per_pair["good_logprob"] - per_pair["bad_logprob"])
+    assert (per_pair["correct"] == (per_pair["logprob_diff"] > 0)).all()
+
+
+def test_whole_sentence_logprob_and_multi_token_margin_by_hand(tiny_llama):
+    pair = _toy_pair(good="The dogs photosynthesize loudly.", bad="The dogs photosynthesizes loudly.",
+                     good_word="photosynthesize", bad_word="photosynthesizes")
+    enc = encode_pair(tiny_llama, pair)
+    assert enc.good_word_tokens > 1 and enc.bad_word_tokens > 1
+    tok = tiny_llama.tokenizer
+    whole = (tiny_llama.sink_token_id, *tok(pair.good, add_special_tokens=False).input_ids)
+    assert enc.good_ids == whole  # segment-wise tokenization = whole-sentence tokenization here
+    row = pair_scores(tiny_llama, [pair]).iloc[0]
+    with torch.inference_mode():
+        for ids, span, total_col in ((enc.good_ids, enc.good_span, "good_logprob"), (enc.bad_ids, enc.bad_span, "bad_logprob")):
+            t = torch.tensor([ids])
+            lp = torch.log_softmax(tiny_llama.bridge(t)[0].float(), -1)
+            per_tok = [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+            assert row[total_col] == pytest.approx(sum(per_tok), abs=1e-4)
+            if total_col == "good_logprob":
+                good_word = sum(per_tok[i - 1] for i in range(*span))
+            else:
+                bad_word = sum(per_tok[i - 1] for i in range(*span))
+    assert row["margin"] == pytest.approx(good_word - bad_word, abs=1e-4)  # summed over the word's tokens
+    assert row["margin_kind"] == "critical_word"
+
+
+def test_two_prefix_pairs_score_the_next_word(tiny_llama):
+    pair = _toy_pair(good="The students perform.", bad="The student perform.", prefix="The",
+                     good_word="students", bad_word="student", labels={"method": "two_prefix"})
+    enc = encode_pair(tiny_llama, pair)
+    assert enc.margin_kind == "continuation"
+    nxt = tiny_llama.tokenizer(" perform", add_special_tokens=False).input_ids
+    assert list(enc.good_ids[enc.good_span[0]:enc.good_span[1]]) == nxt
+    assert list(enc.bad_ids[enc.bad_span[0]:enc.bad_span[1]]) == nxt
+
+
+def test_token_logprobs_matches_log_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    ids = torch.randint(0, 11, (2, 5))
+    out = token_logprobs(logits, ids)
+    ref = torch.log_softmax(logits, -1)
+    assert out[:, 0].abs().max() == 0
+    assert torch.allclose(out[:, 1:], ref[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-6)
+
+
+def test_encoders_are_refused(tiny_bert, pairs):
+    with pytest.raises(ProbekitError, match="masked-word|language-model head"):
+        score_pairs(tiny_bert, pairs)
+    with pytest.raises(ProbekitError):
+        A.ablate_heads(tiny_bert, pairs, [(0, 0)])
+
+
+def test_critical_word_must_follow_prefix(tiny_llama):
+    with pytest.raises(ProbekitError, match="critical word"):
+        encode_pair(tiny_llama, _toy_pair(prefix="A cat"))
+    with pytest.raises(ProbekitError, match="identical"):
+        encode_pair(tiny_llama, _toy_pair(bad="The dogs bark loudly.", bad_word="bark"))
+
+
+def test_no_pairs_is_an_error(tiny_llama, sentences):
+    with pytest.raises(ProbekitError, match="no minimal pairs"):
+        score_pairs(tiny_llama, sentences)
+
+
+# --------------------------------------------------------------------------------------------------
+# heads and errors
+
+
+def test_parse_heads(tiny_llama):
+    assert len(A.parse_heads(tiny_llama, "all")) == tiny_llama.n_layers * tiny_llama.n_heads
+    assert A.parse_heads(tiny_llama, "1.3,0.0") == [(1, 3), (0, 0)]
+    assert A.parse_heads(tiny_llama, [(1, 2), (1, 2)]) == [(1, 2)]
+    for bad in ("2.0", "0.4", [(0, -1)], "1-2", [(0, 1.5)], []):
+        with pytest.raises(ProbekitError):
+            A.parse_heads(tiny_llama, bad)
+    with pytest.raises(ProbekitError, match="out of range"):
+        A.ablate_heads(tiny_llama, pk.load_dataset("template:agreement?n=3"), [(0, 4)])
+
+
+def test_unknown_method_and_metric(tiny_llama, pairs):
+    with pytest.raises(ProbekitError, match="method"):
+        A.ablate_heads(tiny_llama, pairs, [(0, 0)], method="knockout")
+    with pytest.raises(ProbekitError, match="does not apply"):
+        A.ablate_heads(tiny_llama, pairs, [(0, 0)], metric="relation_loss")
+    with pytest.raises(ProbekitError, match="needs a relation"):
+        A.ablate_heads(tiny_llama, pk.load_dataset("template:agreement_sentences?n=3"), [(0, 0)])
+    with pytest.raises(ProbekitError, match="sweep"):
+        A.ablate_heads(tiny_llama, pairs, [(0, 0)], sweep="turbo")
+
+
+# --------------------------------------------------------------------------------------------------
+# ablation is what it says
+
+
+def test_zero_ablation_equals_zeroing_the_slice_by_hand(tiny_llama, pairs):
+    ids = torch.tensor([encode_pair(tiny_llama, pairs[0]).good_ids])
+    layer, head = 1, 2
+
+    def by_hand(z, hook):
+        z = z.clone()
+        z[:, :, head, :] = 0.0
+        return z
+
+    with torch.inference_mode():
+        clean = tiny_llama.bridge(ids)
+        manual = tiny_llama.bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", by_hand)])
+        with A.ablated(tiny_llama, [(layer, head)]):
+            ours = tiny_llama.bridge(ids)
+        after = tiny_llama.bridge(ids)
+    assert (ours - manual).abs().max().item() == 0.0
+    assert (clean - manual).abs().max().item() > 0  # the head matters at all
+    assert (after - clean).abs().max().item() == 0.0  # the context manager removed its hook
+    # and the metrics of ablate_heads are computed from exactly such a forward
+    with A.ablated(tiny_llama, [(layer, head)]):
+        manual_pairs = pair_scores(tiny_llama, pairs)
+    df, clean_vals, abl = A.ablate_head_sets(tiny_llama, pairs, [[(layer, head)]], sweep="naive", per_item=True)
+    assert np.allclose(abl["margin"][0], manual_pairs["margin"], atol=1e-5)
+    assert np.allclose(abl["logprob_diff"][0], manual_pairs["logprob_diff"], atol=1e-5)
+
+
+def test_ablation_under_gqa_is_per_query_head(tiny_llama, pairs):
+    assert tiny_llama.n_kv_heads < tiny_llama.n_heads
+    df = A.ablate_heads(tiny_llama, pairs, [(0, 0), (0, 1)], metric="logprob_diff", sweep="naive")
+    # query heads 0 and 1 share a key/value head but are ablated separately: different effects
+    assert df["ablated"].iloc[0] != df["ablated"].iloc[1]
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_fast_sweep_equals_naive_loop_pairs(tiny_llama, pairs, method):
+    specs = [[h] for h in A.parse_heads(tiny_llama, "all")] + [[(0, 1), (1, 3)]]
+    _, fc, fa = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="fast", per_item=True, max_tokens=256)
+    _, nc, na = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="naive", per_item=True)
+    for m in ("margin", "logprob_diff"):
+        assert np.abs(fc[m] - nc[m]).max() <= 1e-4
+        assert np.abs(fa[m] - na[m]).max() <= 1e-4
+    assert np.abs(fa["margin"] - fc["margin"][None]).max() > 0  # ablations changed something
+
+
+@pytest.mark.parametrize("method", ["zero", "resample"])
+def test_fast_sweep_equals_naive_loop_sentences(tiny_llama, sentences, method):
+    kw = dict(method=method, relation="nsubj", metric=["relation_loss", "loss", "relation_attention"], n_boot=10)
+    fast = A.ablate_heads(tiny_llama, sentences, "all", sweep="fast", **kw)
+    naive = A.ablate_heads(tiny_llama, sentences, "all", sweep="naive", **kw)
+    assert (fast["ablated"] - naive["ablated"]).abs().max() <= 1e-4
+    knock = fast[(fast.metric == "relation_attention") & (fast.layer == 0)]
+    assert knock["delta"].abs().max() > 0  # layer-0 ablations move layer-1 attention
+
+
+def test_fast_sweep_on_encoder_attention(tiny_bert, sentences):
+    kw = dict(relation="nsubj", n_boot=10)
+    fast = A.ablate_heads(tiny_bert, sentences, "all", sweep="fast", **kw)
+    naive = A.ablate_heads(tiny_bert, sentences, "all", sweep="naive", **kw)
+    assert set(fast.metric) == {"relation_attention"}
+    assert (fast["ablated"] - naive["ablated"]).abs().max() <= 1e-6
+    with pytest.raises(ProbekitError, match="pattern-preserving"):
+        A.ablate_heads(tiny_bert, sentences, [(0, 0)], relation="nsubj", preserve_patterns=True)
+
+
+def test_pattern_preserving_ablation(tiny_llama, sentences):
+    kw = dict(relation="nsubj", metric=["relation_loss", "relation_attention"], preserve_patterns=True, n_boot=10)
+    fast = A.ablate_heads(tiny_llama, sentences, "all", **kw)
+    naive = A.ablate_heads(tiny_llama, sentences, "all", sweep="naive", **kw)
+    assert (fast["ablated"] - naive["ablated"]).abs().max() <= 1e-4
+    att = fast[fast.metric == "relation_attention"]
+    assert att["delta"].abs().max() == 0.0  # frozen patterns: no knock-on on attention, by construction
+    plain = A.ablate_heads(tiny_llama, sentences, "all", relation="nsubj", metric="relation_loss", n_boot=10)
+    frozen = fast[fast.metric == "relation_loss"]
+    assert not np.allclose(plain["ablated"].to_numpy(), frozen["ablated"].to_numpy())
+
+
+def test_resample_and_mean_are_deterministic(tiny_llama, pairs):
+    def run(method, seed):
+        _, _, a = A.ablate_head_sets(tiny_llama, pairs, [[(0, 1)], [(1, 0)]], method=method, seed=seed, per_item=True)
+        return a["logprob_diff"]
+
+    assert np.array_equal(run("resample", 3), run("resample", 3))
+    assert not np.array_equal(run("resample", 3), run("resample", 4))
+    assert np.array_equal(run("mean", 0), run("mean", 1))  # no randomness in mean ablation
+    task = A._make_task(tiny_llama, pairs, None)
+    r1 = A._Replacer(tiny_llama, task, "resample", [0], seed=5)
+    r2 = A._Replacer(tiny_llama, task, "resample", [0], seed=5)
+    assert r1.donor_of_item == r2.donor_of_item
+    # donors are other items, at least as long whenever one exists
+    firsts = [task.item_rows[i][0] for i in range(task.n_items)]
+    for i, j in enumerate(r1.donor_items):
+        assert j != i
+        longer = [x for x in range(task.n_items) if x != i and len(task.seqs[firsts[x]]) >= task.item_length(i)]
+        if longer:
+            assert j in longer
+
+
+def test_mean_ablation_keeps_the_sink(tiny_llama, pairs):
+    task = A._make_task(tiny_llama, pairs, None)
+    rep = A._Replacer(tiny_llama, task, "mean", [1])
+    clean = A._collect_z(tiny_llama, task.seqs[:3], [1])
+    for z in clean:  # the sink sees only itself: its head outputs are the same in every sentence
+        assert torch.allclose(z[0, 0], rep.mean_sink[0], atol=1e-5)
+
+
+def test_mean_ablation_reference_dataset(tiny_llama, pairs):
+    other = pk.load_dataset("template:agreement?n=6", seed=3)
+    a = A.ablate_heads(tiny_llama, pairs, [(1, 1)], method="mean", metric="margin")
+    b = A.ablate_heads(tiny_llama, pairs, [(1, 1)], method="mean", metric="margin", reference=other)
+    assert a["clean"].iloc[0] == b["clean"].iloc[0] and a["ablated"].iloc[0] != b["ablated"].iloc[0]
+
+
+@pytest.mark.parametrize("sweep", ["fast", "naive"])
+def test_hooks_are_removed_when_a_metric_raises(tiny_llama, pairs, sweep):
+    ids = torch.tensor([encode_pair(tiny_llama, pairs[0]).good_ids])
+    with torch.inference_mode():
+        before = tiny_llama.bridge(ids)
+    layers_before = list(A._block_list(tiny_llama)[0])
+    calls = {"n": 0}
+
+    def exploding(logits, input_ids):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the clean pass succeeds, the first ablated pass raises
+            raise RuntimeError("metric failed")
+        return torch.zeros(logits.shape[0])
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        A.ablate_heads(tiny_llama, pairs, "all", metric=exploding, sweep=sweep, preserve_patterns=True)
+    assert _fwd_hook_count(tiny_llama) == 0
+    assert list(A._block_list(tiny_llama)[0]) == layers_before  # skipped blocks are back
+    with torch.inference_mode():
+        after = tiny_llama.bridge(ids)
+    assert (after - before).abs().max().item() == 0.0
+
+
+def test_custom_metric_and_joint_ablation(tiny_llama, pairs):
+    def mean_logit(logits, input_ids):
+        return logits.mean(dim=(1, 2))
+
+    df = A.ablate_heads(tiny_llama, pairs, [(0, 1), (1, 2)], metric=mean_logit, joint=True)
+    assert list(df[["layer", "head", "heads", "metric"]].iloc[0]) == [-1, -1, "0.1+1.2", "mean_logit"]
+    for col in A.FRAME_COLUMNS:
+        assert col in df.columns
+
+
+# --------------------------------------------------------------------------------------------------
+# specialists vs random
+
+
+def test_matched_random_sets(tiny_llama):
+    spec = [(0, 1), (1, 2), (1, 3)]
+    draws = A.matched_random_sets(tiny_llama, spec, n_draws=20, seed=1)
+    assert draws == A.matched_random_sets(tiny_llama, spec, n_draws=20, seed=1)
+    for d in draws:
+        assert sorted(layer for layer, _ in d) == [0, 1, 1]
+        assert not set(d) & set(spec)
+    with pytest.raises(ProbekitError, match="non-specialist"):
+        A.matched_random_sets(tiny_llama, [(0, 0), (0, 1), (0, 2)], n_draws=2)
+
+
+def test_specialists_vs_random(tiny_llama, pairs):
+    out, draws = A.specialists_vs_random(tiny_llama, pairs, [(0, 1), (1, 2)], n_draws=8, seed=0,
+                                         metric=["margin", "accuracy"], return_draws=True, n_boot=100)
+    assert list(out["metric"]) == ["margin", "accuracy"]
+    for col in ("specialists_delta", "random_mean_delta", "effect_size", "p_value", "diff_ci_low", "diff_ci_high"):
+        assert col in out.columns
+    assert ((out.p_value > 0) & (out.p_value <= 1)).all()
+    assert len(draws) == 16 and draws["draw"].nunique() == 8
+    # the specialists' delta is the joint ablation of the two heads
+    joint = A.ablate_heads(tiny_llama, pairs, [(0, 1), (1, 2)], joint=True, metric="margin")
+    assert out["specialists_delta"].iloc[0] == pytest.approx(joint["delta"].iloc[0], abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# patching
+
+
+def test_patch_pairs_filter_token_length(tiny_llama):
+    pp = A.PatchPairs.from_strings(tiny_llama, ["The key", "The cat"], ["The keys", "The photosynthesizers"],
+                                   ["is", "is"], ["are", "are"])
+    assert len(pp) == 1 and pp.dropped == {"different token length": 1}
+    with pytest.raises(ProbekitError, match="no usable"):
+        A.PatchPairs.from_strings(tiny_llama, ["The cat"], ["The photosynthesizers"], ["is"], ["are"])
+
+
+def test_exact_patching_three_ways_and_attribution(tiny_llama):
+    data = pk.load_dataset("template:agreement?n=12")
+    pp = A.make_patch_pairs(tiny_llama, data)
+    assert len(pp) + sum(pp.dropped.values()) == 12
+    assert all(len(c) == len(x) for c, x in zip(pp.clean, pp.corrupted))
+    frames = {sw: A.patch_heads(tiny_llama, pp, sweep=sw, n_boot=50) for sw in ("tl", "fast", "naive")}
+    assert (frames["tl"]["patched"] - frames["fast"]["patched"]).abs().max() <= 1e-4
+    assert (frames["naive"]["patched"] - frames["fast"]["patched"]).abs().max() <= 1e-4
+    exact = frames["fast"]
+    assert exact["clean"].nunique() == 1 and exact["corrupted"].nunique() == 1
+    attr = A.attribution_patch(tiny_llama, pp, n_boot=50)
+    assert list(attr[["layer", "head"]].itertuples(index=False)) == list(exact[["layer", "head"]].itertuples(index=False))
+    assert attr["corrupted"].iloc[0] == pytest.approx(exact["corrupted"].iloc[0], abs=1e-5)
+    comp = A.compare_patching(exact, attr, k=3)
+    assert {"spearman", "topk_overlap", "chance_overlap"} <= set(comp.columns)
+    assert -1 <= comp["spearman"].iloc[0] <= 1
+    assert _fwd_hook_count(tiny_llama) == 0
+
+
+def test_attribution_is_exact_for_a_linear_effect(tiny_llama):
+    """Patching the last layer's heads at the last position only changes the logits linearly in z up
+    to the final norm, so attribution and exact patching must be close there."""
+    pp = A.make_patch_pairs(tiny_llama, pk.load_dataset("template:agreement?n=6"))
+    last = [(tiny_llama.n_layers - 1, h) for h in range(tiny_llama.n_heads)]
+    exact = A.patch_heads(tiny_llama, pp, last, n_boot=20)
+    attr = A.attribution_patch(tiny_llama, pp, last, n_boot=20)
+    assert np.allclose(exact["delta"], attr["delta"], atol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_score_and_ablate(tmp_path, capsys):
+    from probekit.cli import main
+
+    assert main(["score", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--by", "attractor",
+                 "--n-boot", "50", "--out", str(tmp_path / "s")]) == 0
+    table = pd.read_csv(tmp_path / "s" / "minimal_pairs.csv")
+    assert {"attractor", "accuracy", "ci_low", "ci_high", "published GPT-2"} <= set(table.columns)
+    assert "GPT-2 (published)" in (tmp_path / "s" / "summary.md").read_text()
+    assert main(["ablate", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--heads", "0.1,1.3",
+                 "--method", "resample", "--out", str(tmp_path / "a")]) == 0
+    abl = pd.read_csv(tmp_path / "a" / "ablation.csv")
+    assert {"layer", "head", "method", "metric", "clean", "ablated", "delta"} <= set(abl.columns)
+    assert len(abl) == 2 * 3 and (abl.method == "resample").all()
+    assert (tmp_path / "a" / "ablation_heatmap.png").stat().st_size > 1000
+
+
+def test_cli_errors_propagate(tmp_path, capsys):
+    from probekit.cli import main
+
+    assert main(["ablate", "--model", "tiny-llama", "--data", "template:agreement?n=3", "--heads", "7.0",
+                 "--out", str(tmp_path)]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["score", "--model", "tiny-bert", "--data", "template:agreement?n=3", "--out", str(tmp_path)]) == 2
+    assert "masked-word" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"sentence_good": "A b.", "sentence_bad": "A c.", "UID": "x", "pairID": "0"}) + "\n")
+    assert main(["score", "--model", "tiny-llama", "--data", f"blimp:{bad}", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "one_prefix_prefix" in err and f"{bad}:1" in err
