@@ -67,7 +67,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     plan = QUICK_PLAN if quick else FULL_PLAN
     repeats = 1 if quick else (ctx.repeats if ctx.repeats is not None else 2)
     jobs = [(model, variant, n) for (model, variant), sizes in plan.items() for n in sizes]
-    rows, source = [], ""
+    rows = []
     for r in range(repeats):
         for model, variant, n in (jobs if r % 2 == 0 else jobs[::-1]):
             if r > 0 and (model, variant) != REPEATED:
@@ -78,16 +78,22 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 out = bench.measure_in_process(lambda kw=kwargs: child(**kw))
             else:
                 out = bench.measure_in_subprocess(__file__, "child", kwargs, threads=ctx.threads)
-            source = out.pop("source")
             rows.append({"benchmark": "memory", "variant": variant, "model": model, "n_sentences": n,
                          "repeat": r, "tokens_per_s": out["n_tokens"] / out["seconds"], "threads": ctx.threads,
                          **out})
             ctx.say(f"  {out['seconds']:.1f} s, run peak {out['run_peak_rss_mb']} MB, output {out['output_mb']:.0f} MB")
     frame = pd.DataFrame(rows)
-    frame["seconds_per_1k_tokens"] = frame["seconds"] / frame["n_tokens"] * 1000
-    frame.attrs["table"] = _table(frame)
-    frame.attrs["notes"] = _notes(frame, source, repeats)
+    frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
+
+
+def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, str]:
+    """The report table and notes from the rows (as in benchmarks.csv)."""
+    frame = frame.copy()
+    frame["seconds_per_1k_tokens"] = frame["seconds"] / frame["n_tokens"] * 1000
+    source = str(frame["source"].dropna().iloc[0]) if "source" in frame and frame["source"].notna().any() else ""
+    repeats = int(frame.groupby(["model", "variant", "n_sentences"]).size().max())
+    return _table(frame), _notes(frame, source, repeats)
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -91,7 +91,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 ctx.say(f"probes repeat {r} layer {layer}: " + ", ".join(
                     f"{x['variant']} {x['seconds']:.2f} s acc {x['accuracy']:.3f}" for x in rows[-2:]))
         mid = layers[len(layers) // 2]
-        profiles = _profiles(cap, mid, train, test, labels, ctx)
+        _profiles(cap, mid, train, test, labels, ctx)
         base = {"benchmark": "probes", "model": model_name, "n_sentences": len(sentences), "layer": mid,
                 "n_train": int(train.sum()), "n_test": int(test.sum()), "extra": True}
         if not quick:  # extra evidence, not needed to check the outputs' shape
@@ -103,9 +103,26 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     frame = pd.DataFrame(rows)
-    frame.attrs["table"] = _table(frame)
-    frame.attrs["notes"] = _notes(frame, source, profiles, capture_s)
+    frame["source"] = source
+    frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
+
+
+def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, str]:
+    """The report table and notes from the rows (as in benchmarks.csv) and ``ctx.out/profiles``."""
+    frame = frame.copy()
+    frame["converged"] = frame["converged"].fillna(True).astype(bool) if "converged" in frame else True
+    main = _main(frame)
+    layers = sorted(main.layer.unique())
+    mid = int(layers[len(layers) // 2])
+    profiles = {"layer": mid}
+    for variant in FACTORIES:
+        path = ctx.out / "profiles" / f"probes_{variant}_layer{mid}.txt"
+        profiles[variant] = path.read_text().strip() if path.exists() else "(profile not found)"
+    source = (str(frame["source"].dropna().iloc[0]) if "source" in frame and frame["source"].notna().any()
+              else f"ud:{bench.EWT_DEV}")
+    capture_s = float(main["capture_s_untimed"].iloc[0]) if "capture_s_untimed" in main else float("nan")
+    return _table(frame), _notes(frame, source, profiles, capture_s)
 
 
 def _all_ewt(ctx: bench.BenchContext):

@@ -786,19 +786,21 @@ class _Replacer:
     """What an ablated head's output becomes, per batch and layer: ``[B or 1, T, H, d_head]`` or None (zero)."""
 
     def __init__(self, model, task: _Task, method: str, layers: list[int], *, reference=None, seed: int = 0,
-                 donor_z: list[torch.Tensor] | None = None):
+                 donor_seqs: list[tuple[int, ...]] | None = None):
         self.model, self.task, self.method = model, task, method
         self.layers = sorted(set(layers))
         self.lidx = {layer: k for k, layer in enumerate(self.layers)}
-        self.donor_of_item: list[int] = []
-        self.donor_z: list[torch.Tensor] = []
+        self.donor_of_item: list[int] = []   # per task item: index into _donor_seqs
+        self._donor_seqs: list[tuple[int, ...]] = []
+        self._donor_batch: object = None
+        self.donor_z: dict[int, torch.Tensor] = {}  # donor index -> [layers, T, H, d_head], current batch only
         self.mean_tok = self.mean_sink = None
         if method == "zero":
             return
-        if method == "patch":
-            if donor_z is None:
-                raise ValueError("patch needs donor activations")
-            self.donor_z = donor_z
+        if method == "patch":  # item i takes its activations from donor_seqs[i] (the clean prompt)
+            if donor_seqs is None or len(donor_seqs) != task.n_items:
+                raise ValueError("patch needs one donor sequence per item")
+            self._donor_seqs = list(donor_seqs)
             self.donor_of_item = list(range(task.n_items))
             return
         if method not in ("mean", "resample"):
@@ -834,19 +836,23 @@ class _Replacer:
                     rng.random()
                 self.donor_of_item.append(j)
             self.donor_items = list(self.donor_of_item)  # reference item each task item draws from
-            used = sorted(set(self.donor_of_item))
-            z = _collect_z(model, [ref_seqs[firsts[j]] for j in used], self.layers)
-            remap = {j: k for k, j in enumerate(used)}
-            self.donor_z = z
-            self.donor_of_item = [remap[j] for j in self.donor_of_item]
+            # donor activations are computed per batch, for that batch's donors only (bounded memory)
+            self._donor_seqs = [ref_seqs[firsts[j]] for j in range(len(firsts))]
 
-    def _means(self, seqs: list[tuple[int, ...]]) -> None:
-        z = _collect_z(self.model, seqs, self.layers)
+    def _means(self, seqs: list[tuple[int, ...]], chunk: int = 256) -> None:
+        """Mean head outputs over the reference, accumulated in float64 chunk by chunk (bounded memory)."""
         skip_sink = 1 if self.model.is_causal else 0
-        tok = torch.stack([x[:, skip_sink:].sum(1) for x in z if x.shape[1] > skip_sink]).sum(0)
-        n_tok = sum(max(0, x.shape[1] - skip_sink) for x in z)
-        self.mean_tok = (tok / max(n_tok, 1)).float()            # [L, H, d]
-        self.mean_sink = torch.stack([x[:, 0] for x in z]).mean(0).float() if skip_sink else self.mean_tok
+        tok = sink = None
+        n_tok = 0
+        for s in range(0, len(seqs), chunk):
+            z = _collect_z(self.model, seqs[s:s + chunk], self.layers)
+            t = sum(x[:, skip_sink:].double().sum(1) for x in z)
+            k = sum(x[:, 0].double() for x in z)
+            tok = t if tok is None else tok + t
+            sink = k if sink is None else sink + k
+            n_tok += sum(max(0, x.shape[1] - skip_sink) for x in z)
+        self.mean_tok = (tok / max(n_tok, 1)).float()                  # [L, H, d]
+        self.mean_sink = (sink / len(seqs)).float() if skip_sink else self.mean_tok
 
     def rep(self, batch: _Batch, layer: int, width: int) -> torch.Tensor | None:
         """``[B or 1, width, H, d_head]``: what the ablated heads' outputs become in this batch."""
@@ -862,6 +868,10 @@ class _Replacer:
                 out = self.mean_tok[k].expand(pos.shape[0], width, -1, -1).clone()
                 out[pos[:, :width] == 0] = self.mean_sink[k]
             return out
+        if self._donor_batch is not batch:
+            need = sorted({self.donor_of_item[item] for _, _, _, item in batch.blocks})
+            self.donor_z = dict(zip(need, _collect_z(self.model, [self._donor_seqs[j] for j in need], self.layers)))
+            self._donor_batch = batch
         h, d = self.model.n_heads, self.model.d_head
         out = torch.zeros((batch.input_ids.shape[0], width, h, d))
         for row, base, n, item in batch.blocks:
@@ -1438,8 +1448,7 @@ def patch_heads(model, data, heads="all", *, sweep: str = "fast", max_pairs: int
         clean_m, corr_m, patched = _patch_tl(model, pp, hs, batch_size or 64)
     else:
         task = _patch_task(model, pp, pp.corrupted)
-        donors = _collect_z(model, pp.clean, sorted({layer for layer, _ in hs}))
-        replacer = _Replacer(model, task, "patch", [layer for layer, _ in hs], donor_z=donors)
+        replacer = _Replacer(model, task, "patch", [layer for layer, _ in hs], donor_seqs=pp.clean)
         res = _run(model, task, [[h] for h in hs], replacer, sweep=sweep, batch_items=batch_size,
                    max_tokens=max_tokens, progress=progress)
         corr_m = res.clean["logit_diff"]

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import resource
 import subprocess
 import sys
@@ -506,7 +507,12 @@ def _display(path: Path) -> str:
 
 
 def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path | None = None) -> tuple[Path, Path]:
-    """Run the benchmarks (all, or ``only``) and write ``benchmarks.csv`` and ``benchmarks.md`` in ``ctx.out``."""
+    """Run the benchmarks (all, or ``only``) and write ``benchmarks.csv`` and ``benchmarks.md`` in ``ctx.out``.
+
+    With ``only``, rows of the *other* benchmarks already in ``ctx.out/benchmarks.csv`` are kept (and their
+    notes re-rendered), so one benchmark can be rerun without losing the rest; the report lists every
+    invocation that contributed, with the load average when it started.
+    """
     from probekit.report import atomic_write_text, write_table
 
     folder = Path(folder) if folder else default_benchmarks_dir()
@@ -517,19 +523,113 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path |
     set_threads(ctx.threads)
     machine = machine_info(ctx.threads)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    frames, notes, tables, wall = [], {}, {}, {}
     csv_path, md_path = ctx.out / "benchmarks.csv", ctx.out / "benchmarks.md"
+    kept, meta = _empty(), {"invocations": [], "wall_s": {}}
+    if only and csv_path.exists():
+        previous = pd.read_csv(csv_path)
+        kept = previous[~previous["benchmark"].isin(names)]
+        meta = _previous_meta(ctx.out)
+        meta["invocations"] = [i for i in meta.get("invocations", [])
+                               if set(i.get("benchmarks", [])) - set(names)]
+    invocation = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": machine["load_average_at_start"],
+                  "benchmarks": names, "threads": ctx.threads, "quick": ctx.quick}
+    machine["invocations"] = [*meta.get("invocations", []), invocation]
+    order = [b for b in BENCHMARKS if b in set(kept["benchmark"]) or b in names]
+    notes: dict[str, str] = {}
+    tables: dict[str, pd.DataFrame | None] = {}
+    wall = {k: v for k, v in (meta.get("wall_s") or {}).items() if k not in names}
+    for name in order:  # the kept benchmarks' notes, re-rendered from their rows
+        if name not in names:
+            tables[name], notes[name] = _render_one(name, kept[kept["benchmark"] == name], ctx, folder,
+                                                    meta.get("notes", {}).get(name, ""))
+    frames = [kept]
     for name in names:
         ctx.say(f"--- {name}")
         start = time.perf_counter()
-        frame, note, tables[name] = run_benchmark(name, ctx, folder)
+        frame, notes[name], tables[name] = run_benchmark(name, ctx, folder)
         wall[name] = time.perf_counter() - start
         frames.append(frame)
-        notes[name] = note
         table = pd.concat([f for f in frames if not f.empty] or [_empty()], ignore_index=True)
+        table = table.sort_values("benchmark", key=lambda b: b.map({x: i for i, x in enumerate(BENCHMARKS)}),
+                                  kind="stable")
         write_table(table, csv_path)  # rewritten after every benchmark: partial results survive a kill
-        atomic_write_text(md_path, render_report(table, notes, machine, ctx, wall, tables))
+        atomic_write_text(ctx.out / "notes" / f"{name}.md", notes[name] + "\n")
+        atomic_write_text(ctx.out / "run.json", json.dumps(
+            {"machine": machine, "wall_s": wall, "quick": ctx.quick, "repeats": ctx.repeats, "threads": ctx.threads,
+             "benchmarks": [b for b in order if b in notes], "invocations": machine["invocations"]},
+            indent=2, default=str) + "\n")
+        shown = {b: notes[b] for b in order if b in notes}
+        atomic_write_text(md_path, render_report(table, shown, machine, ctx, wall, tables))
     return csv_path, md_path
+
+
+def _render_one(name: str, sub: pd.DataFrame, ctx: BenchContext, folder: Path, fallback: str):
+    saved = ctx.out / "notes" / f"{name}.md"
+    note = saved.read_text() if saved.exists() else fallback
+    path = folder / f"bench_{name}.py"
+    sub = sub.dropna(axis=1, how="all")
+    if path.exists() and (not sub.empty or name == "e2e"):
+        mod = load_module(path)
+        if hasattr(mod, "render"):
+            return mod.render(sub, ctx)
+    return None, note
+
+
+def _previous_meta(out: Path) -> dict:
+    run_json = out / "run.json"
+    if run_json.exists():
+        return json.loads(run_json.read_text())
+    return _meta_from_old_report(out / "benchmarks.md")
+
+
+def render_only(ctx: BenchContext, folder: Path | None = None) -> Path:
+    """Rebuild ``benchmarks.md`` from ``benchmarks.csv`` and the files beside it, without rerunning anything.
+
+    A benchmark module with ``render(frame, ctx) -> (table, notes)`` recomputes its table and notes from
+    its rows; for the others the notes saved at run time (``notes/<name>.md``) are reused.
+    """
+    from probekit.report import atomic_write_text
+
+    folder = Path(folder) if folder else default_benchmarks_dir()
+    csv_path, md_path = ctx.out / "benchmarks.csv", ctx.out / "benchmarks.md"
+    if not csv_path.exists():
+        raise ProbekitError(f"no {csv_path} to render", fix="run `probekit bench` first")
+    frame = pd.read_csv(csv_path)
+    meta = _previous_meta(ctx.out)
+    ctx.quick = bool(meta.get("quick", ctx.quick))
+    if meta.get("repeats") is not None:
+        ctx.repeats = meta["repeats"]
+    ctx.threads = int(meta.get("threads") or ctx.threads)
+    present = set(frame["benchmark"]) | set(meta.get("benchmarks") or [])
+    names = [b for b in BENCHMARKS if b in present]
+    notes, tables = {}, {}
+    for name in names:
+        tables[name], notes[name] = _render_one(name, frame[frame["benchmark"] == name], ctx, folder,
+                                                meta.get("notes", {}).get(name, ""))
+    machine = dict(meta["machine"])
+    machine.setdefault("invocations", meta.get("invocations", []))
+    atomic_write_text(md_path, render_report(frame, notes, machine, ctx, meta.get("wall_s") or {}, tables))
+    return md_path
+
+
+def _meta_from_old_report(md_path: Path) -> dict:
+    """For a run made before run.json existed: the machine section and wall times of its benchmarks.md."""
+    text = md_path.read_text() if md_path.exists() else ""
+    machine = re.search(r"## Machine\n\n(.*?)\n\n\*\*Method", text, re.S)
+    wall, notes = {}, {}
+    for name, title in TITLES.items():
+        m = re.search(rf"## {re.escape(title)}\n\n(?:_Benchmark wall time: ([0-9.]+) min._\n\n)?(.*?)(?=\n## |\Z)", text, re.S)
+        if m and m.group(1):
+            wall[name] = float(m.group(1)) * 60
+        if m:
+            notes[name] = m.group(2).strip()
+    load = re.search(r"load average when the run started: (\[[^\]]*\])", text)
+    benchmarks = [n for n in TITLES if f"## {TITLES[n]}" in text]
+    return {"machine": {"verbatim": machine.group(1) if machine else "(not recorded)"}, "wall_s": wall,
+            "notes": notes, "benchmarks": benchmarks,
+            "invocations": [{"started": "an earlier run (before run.json existed)",
+                             "load_average": json.loads(load.group(1)) if load else None,
+                             "benchmarks": benchmarks}]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,19 +662,19 @@ def render_report(frame: pd.DataFrame, notes: dict[str, str], machine: dict, ctx
                   wall: dict[str, float], tables: dict[str, pd.DataFrame | None] | None = None) -> str:
     from probekit.report import markdown_table
 
-    v = machine["versions"]
     lines = [
         "# probekit benchmarks", "",
         f"Mode: {'`--quick` (tiny models, few sentences: checks the harness, not performance)' if ctx.quick else 'full'}; "
-        f"{ctx.n_repeats} timed repetition(s) per variant after one warm-up; tables give the median and min/max.",
+        f"{ctx.n_repeats if ctx.repeats is not None or ctx.quick else '3 (capture), 2 (probes, memory with MiniLM)'} "
+        "timed repetition(s) per variant after one warm-up; tables give the median and min/max.",
         "",
         "## Machine", "",
-        f"- {machine['cpu_count']} CPU(s) ({machine['processor']}), {machine['memory_gib']} GiB RAM, "
-        f"{machine['platform']}, Python {machine['python']}",
-        f"- torch threads: **{machine['torch_threads']}** (`torch.set_num_threads`, BLAS pools via threadpoolctl); "
-        f"load average when the run started: {machine['load_average_at_start']} (other jobs share this machine)",
-        "- thread pools: " + "; ".join(machine.get("thread_pools") or ["(threadpoolctl not available)"]),
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+    ]
+    if "verbatim" in machine:
+        lines += [machine["verbatim"], *_invocation_lines(machine)]
+    else:
+        lines += _machine_lines(machine)
+    lines += [
         "",
         "**Method.** Variants of a benchmark run interleaved in one process (rotated order every repetition; "
         "the capture variants alternate within every chunk of 64 sentences), "
@@ -602,6 +702,28 @@ def render_report(frame: pd.DataFrame, notes: dict[str, str], machine: dict, ctx
         if note:
             lines += [note.strip(), ""]
     return "\n".join(lines) + "\n"
+
+
+def _machine_lines(machine: dict) -> list[str]:
+    v = machine["versions"]
+    return [
+        f"- {machine['cpu_count']} CPU(s) ({machine['processor']}), {machine['memory_gib']} GiB RAM, "
+        f"{machine['platform']}, Python {machine['python']}",
+        f"- torch threads: **{machine['torch_threads']}** (`torch.set_num_threads`, BLAS pools via threadpoolctl); "
+        f"load average when the run started: {machine['load_average_at_start']} (other jobs share this machine)",
+        "- thread pools: " + "; ".join(machine.get("thread_pools") or ["(threadpoolctl not available)"]),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        *_invocation_lines(machine),
+    ]
+
+
+def _invocation_lines(machine: dict) -> list[str]:
+    inv = machine.get("invocations") or []
+    if len(inv) < 2:
+        return []
+    return ["- this report merges several `probekit bench` invocations (`--only`): "
+            + "; ".join(f"{', '.join(i.get('benchmarks', []))} — started {i.get('started')}, load average then "
+                        f"{i.get('load_average')}" for i in inv)]
 
 
 def _report_table(sub: pd.DataFrame) -> pd.DataFrame:

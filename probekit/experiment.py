@@ -381,13 +381,14 @@ def write_manifest(run: Run) -> Path:
         "config": json.loads(run.cfg.model_dump_json()) | {"out": display_path(run.cfg.out)},
         "config_hash": run.cfg.config_hash(),
         "seed": run.cfg.seed,
-        "skipped": run.skipped,
+        "skipped": list(dict.fromkeys(run.skipped)),
         "reused_stages": run.reused,
         "packages": packages,
         "git_commit": _git_commit(),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "torch_threads": _torch_threads()},
-        "timings_s": run.timings,
+        # a stage reused from a run made before its cost was recorded has no timing (null)
+        "timings_s": {k: (None if v != v else v) for k, v in run.timings.items()},
     }
     manifest["config"]["data"] = {k: display_spec(v) for k, v in run.cfg.data.items()}
     manifest["config"]["optional_data"] = {k: display_spec(v) for k, v in run.cfg.optional_data.items()}

@@ -394,7 +394,7 @@ def verdict_c5(run_dir: Path) -> list[dict]:
                      "tables": ", ".join(_rel(run_dir, d / "minimal_pairs.csv") for d in _stage_dirs(run_dir, "score"))})
     manifest = run_dir / "manifest.json"
     if manifest.exists():
-        for note in json.loads(manifest.read_text()).get("skipped", []):
+        for note in dict.fromkeys(json.loads(manifest.read_text()).get("skipped", [])):
             if note.startswith("score: ") and "language-model head" in note:
                 model = note.split()[1]
                 rows.append({"claim": "C5", "model": model, "verdict": "not testable in this model",

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--manifest", default="results/seed_claims/manifest.json",
                    help="run manifest for the end-to-end breakdown (default: results/seed_claims/manifest.json)")
     p.add_argument("--data", default=None, help="sentence source spec (default: EWT dev if present, else templates)")
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild OUT/benchmarks.md from OUT/benchmarks.csv (and OUT/profiles, OUT/notes); run nothing")
     p.add_argument("--benchmarks-dir", default=None, help="folder of bench_*.py modules (default: the repo's benchmarks/)")
     p.set_defaults(func=run)
 
@@ -48,6 +50,11 @@ def run(args) -> int:
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     ctx = BenchContext(quick=args.quick, out=Path(args.out), repeats=args.repeats, threads=args.threads,
                        manifest=Path(args.manifest), data=args.data)
+    if args.render_only:
+        from probekit.bench import render_only
+
+        print(f"wrote {render_only(ctx, folder)}")
+        return 0
     csv_path, md_path = run_all(ctx, only=only, folder=folder)
     print(f"wrote {csv_path} and {md_path}")
     return 0

@@ -189,7 +189,8 @@ def test_ablation_under_gqa_is_per_query_head(tiny_llama, pairs):
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
 def test_fast_sweep_equals_naive_loop_pairs(tiny_llama, pairs, method):
     specs = [[h] for h in A.parse_heads(tiny_llama, "all")] + [[(0, 1), (1, 3)]]
-    _, fc, fa = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="fast", per_item=True, max_tokens=256)
+    _, fc, fa = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="fast", per_item=True,
+                                   max_tokens=256, batch_size=4)  # several batches, several forwards per batch
     _, nc, na = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="naive", per_item=True)
     for m in ("margin", "logprob_diff"):
         assert np.abs(fc[m] - nc[m]).max() <= 1e-4

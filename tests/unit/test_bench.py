@@ -135,3 +135,9 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert "torch threads: **1**" in md
     assert "| model | variant |" in md  # the capture table
     assert (out / "profiles" / "capture_tiny-llama_cprofile.txt").exists()
+
+    # the report can be rebuilt from the CSV and the files beside it, without rerunning anything
+    (out / "benchmarks.md").unlink()
+    assert main(["bench", "--render-only", "--out", str(out), "--manifest", str(manifest)]) == 0
+    rebuilt = (out / "benchmarks.md").read_text()
+    assert "torch threads: **1**" in rebuilt and "| model | variant |" in rebuilt and "## 4. Probe sweep" in rebuilt
