@@ -649,8 +649,9 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                   "3. *Batch-level gather* instead of per-(sentence, layer) torch ops (attribution run, "
                   "`probekit-capture` → `proposed-keep-head`, which also includes change 2): "
                   + "; ".join(f"{m} {c:.2f}× → {kh:.2f}×" for m, c, kh, _, _ in proposals)
-                  + ". Worth having only if that beats the spread over repetitions shown above; at one thread "
-                  "the per-op overhead it removes is small next to the forward."]
+                  + (". No gain measured at one thread (the per-op overhead it removes is small next to the "
+                     "forward): not worth changing capture.py for." if all(kh >= c - 0.03 for _, c, kh, _, _ in proposals)
+                     else ". Compare with the spread over repetitions above before adopting it.")]
     for model in main.model.unique():
         cprof = _read(ctx.out / "profiles" / f"capture_{model}_cprofile.txt")
         tprof = _read(ctx.out / "profiles" / f"capture_{model}_torch.txt")

@@ -1,13 +1,16 @@
 """Benchmark 5: `make run`'s default job, stage by stage, from a run folder's ``manifest.json``.
 
-Nothing is rerun here: the numbers are the ``timings_s`` that `probekit.experiment` wrote when the job
-ran (``--manifest PATH``, default ``results/seed_claims/manifest.json``). A stage that was reused from an
-earlier run shows 0 s. Without a manifest the benchmark is skipped with a note.
+Nothing is rerun here: the numbers are the ``timings_s`` that `probekit.experiment` wrote
+(``--manifest PATH``, default ``results/seed_claims/manifest.json``). A stage finished in an earlier
+invocation is reused; the manifest then carries the compute time recorded in its ``.done`` marker, or
+null when the marker predates recorded times. ``total`` is the wall time of the manifest's own
+invocation only. Without a manifest the benchmark is skipped with a note.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -20,53 +23,72 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     path = Path(ctx.manifest)
     if not path.exists():
         frame = pd.DataFrame(columns=list(bench.COLUMNS))
-        frame.attrs["notes"] = (f"Skipped: no manifest at `{path}`. Run `make run` (or `probekit run CONFIG`) "
-                                "first, or pass `probekit bench --manifest RUN_DIR/manifest.json`.")
+        frame.attrs["notes"] = _skipped(path)
         return frame
     manifest = json.loads(path.read_text())
     timings = dict(manifest.get("timings_s") or {})
-    total = float(timings.pop("total", sum(timings.values())))
+    total = timings.pop("total", None)
+    machine = manifest.get("machine", {})
+    common = {"benchmark": "e2e", "repeat": 0, "manifest": str(path), "run_name": manifest.get("name"),
+              "git_commit": manifest.get("git_commit"), "invocation_total_s": total,
+              "run_cpu_count": machine.get("cpu_count"), "run_torch_threads": machine.get("torch_threads")}
     rows = []
     for label, seconds in timings.items():
         analysis, _, rest = label.partition("/")
-        model = rest.split("__")[0] if rest else ""
-        rows.append({"benchmark": "e2e", "variant": label, "model": model, "repeat": 0, "seconds": float(seconds),
-                     "analysis": analysis, "share_of_total": float(seconds) / total if total else float("nan")})
-    staged = sum(r["seconds"] for r in rows)
-    rows.append({"benchmark": "e2e", "variant": "(outside stages: loading data, report)", "model": "", "repeat": 0,
-                 "seconds": max(total - staged, 0.0), "analysis": "other",
-                 "share_of_total": max(total - staged, 0.0) / total if total else float("nan")})
+        rows.append({**common, "variant": label, "model": rest.split("__")[0] if rest else "", "analysis": analysis,
+                     "seconds": float(seconds) if seconds is not None else math.nan,
+                     "recorded": seconds is not None})
     frame = pd.DataFrame(rows)
-    frame.attrs["table"] = _table(frame, total)
-    frame.attrs["notes"] = _notes(frame, manifest, path, total)
+    frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
 
 
-def _table(frame: pd.DataFrame, total: float) -> pd.DataFrame:
-    table = frame[["variant", "seconds", "share_of_total"]].rename(columns={"variant": "stage"})
-    table = table.sort_values("seconds", ascending=False, kind="stable")
-    return pd.concat([table, pd.DataFrame([{"stage": "total", "seconds": total, "share_of_total": 1.0}])],
-                     ignore_index=True)
-
-
-def _notes(frame: pd.DataFrame, manifest: dict, path: Path, total: float) -> str:
-    by = frame.groupby("analysis")["seconds"].sum().sort_values(ascending=False)
-    machine = manifest.get("machine", {})
-    reused = int((frame["seconds"] == 0).sum())
-    top = frame.sort_values("seconds", ascending=False).iloc[0]
-    parts = [f"From `{path}` (run `{manifest.get('name', '?')}`, commit {str(manifest.get('git_commit'))[:10]}, "
-             f"{machine.get('cpu_count', '?')} CPUs, {machine.get('torch_threads', '?')} torch threads): total "
-             f"{total / 60:.1f} min. By analysis: " + ", ".join(f"{k} {v / 60:.1f} min ({v / total:.0%})"
-                                                             for k, v in by.items()) + ".",
-             f"The largest single stage is `{top.variant}` ({top.seconds / 60:.1f} min, {top.share_of_total:.0%}).",
-             "Stage times include loading each model the first time a stage asks for it. These were measured "
-             "once, by the run itself, on whatever load the machine had then."]
-    if reused:
-        parts.append(f"{reused} stage(s) show 0 s: they were finished in an earlier run and reused.")
-    return " ".join(parts)
+def _skipped(path: Path) -> str:
+    return (f"Skipped: no manifest at `{path}`. Run `make run` (or `probekit run CONFIG`) first, or pass "
+            "`probekit bench --manifest RUN_DIR/manifest.json`.")
 
 
 def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame | None, str]:
-    """Re-read the manifest (this benchmark only reads a file)."""
-    fresh = run(ctx.quick, ctx)
-    return fresh.attrs.get("table"), fresh.attrs.get("notes", "")
+    """Table and notes from the rows alone (as in benchmarks.csv)."""
+    if frame.empty or "seconds" not in frame:
+        return None, _skipped(Path(ctx.manifest))
+    frame = frame.copy()
+    known = frame[frame["seconds"].notna()]
+    staged = float(known["seconds"].sum())
+    frame["share_of_recorded"] = frame["seconds"] / staged if staged else math.nan
+    table = frame[["variant", "seconds", "share_of_recorded"]].rename(columns={"variant": "stage"})
+    table = table.sort_values("seconds", ascending=False, na_position="last", kind="stable")
+    table = pd.concat([table, pd.DataFrame([{"stage": "sum of recorded stages", "seconds": staged,
+                                             "share_of_recorded": 1.0}])], ignore_index=True)
+    first = frame.iloc[0]
+    total = first.get("invocation_total_s")
+    by = known.groupby("analysis")["seconds"].sum().sort_values(ascending=False)
+    parts = [f"From `{first.get('manifest')}` (run `{first.get('run_name')}`, commit {str(first.get('git_commit'))[:10]}, "
+             f"{_int(first.get('run_cpu_count'))} CPUs, {_int(first.get('run_torch_threads'))} torch threads). "
+             f"Recorded stage compute times add up to {staged / 60:.1f} min; by analysis: "
+             + ", ".join(f"{k} {v / 60:.1f} min ({v / staged:.0%})" for k, v in by.items()) + "."]
+    if not known.empty:
+        top = known.sort_values("seconds", ascending=False).iloc[0]
+        parts.append(f"The largest stage is `{top.variant}` ({top.seconds / 60:.1f} min, {top.seconds / staged:.0%} "
+                     "of the recorded time).")
+    missing = frame[frame["seconds"].isna()]
+    if not missing.empty:
+        parts.append(f"{len(missing)} stage(s) have no recorded time (finished by an earlier invocation, before "
+                     "`.done` markers kept times): " + ", ".join(f"`{v}`" for v in missing.variant) + ".")
+    if total is not None and not (isinstance(total, float) and math.isnan(total)):
+        if float(total) < staged:
+            parts.append(f"The manifest's `total` ({float(total):.1f} s) is the wall time of its own invocation, which "
+                         "reused finished stages; it is not the cost of the job from scratch.")
+        else:
+            parts.append(f"The invocation took {float(total) / 60:.1f} min in all; the rest is loading data and "
+                         "models outside stages and writing the report.")
+    parts.append("Stage times include loading each model the first time a stage needs it, and were measured once, "
+                 "by the run itself, on whatever load the machine had then.")
+    return table, " ".join(parts)
+
+
+def _int(x) -> str:
+    try:
+        return str(int(x))
+    except (TypeError, ValueError):
+        return "?"

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from probekit import bench
@@ -57,7 +58,7 @@ def child(model: str, n: int, variant: str = "probekit-capture", data: str | Non
         n_words = int(cap.n_words.sum())
         output_mb = sum(p.stat().st_size for p in cap.path.iterdir()) / 2**20
         return {"seconds": seconds, "n_tokens": n_tokens, "n_words": n_words, "output_mb": output_mb,
-                "source": source}
+                "max_tokens": int(max(cap.meta["n_tokens"])), "source": source}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -117,22 +118,33 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
     for (model, variant), g in frame.groupby(["model", "variant"], sort=False):
         t = g.groupby("n_sentences")[["seconds_per_1k_tokens", "run_peak_anon_mb", "run_peak_file_mb",
                                       "run_peak_rss_mb", "baseline_rss_mb", "output_mb", "peak_rss_mb"]].median()
+        if "max_tokens" not in g:
+            g = g.assign(max_tokens=np.nan)
         if len(t) < 2:
             continue
         lo, hi = t.index.min(), t.index.max()
-        spt = t["seconds_per_1k_tokens"]
-        anon = t["run_peak_anon_mb"]
-        lines.append(
-            f"**{model}, {variant}.** Time per 1k tokens goes {spt[lo]:.2f} s → {spt[hi]:.2f} s from {lo} to {hi} sentences "
-            f"({spt[hi] / spt[lo]:.2f}×; 1.0 = perfectly linear; single runs on a shared machine, so ±20 % is noise). Heap (RssAnon) peak {anon[lo]:.0f} → {anon[hi]:.0f} MB "
-            f"({anon[hi] - anon[lo]:+.0f} MB for {hi / lo:.0f}× the input): "
-            + ("flat, results stream to disk" if anon[hi] - anon[lo] < 0.1 * t['output_mb'][hi] + 100 else
-               "NOT flat") + f". But whole-process RSS grows from {t['run_peak_rss_mb'][lo]:.0f} to "
-            f"{t['run_peak_rss_mb'][hi]:.0f} MB over a baseline of {t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss "
-            f"{t['peak_rss_mb'][lo]:.0f} → {t['peak_rss_mb'][hi]:.0f} MB), with the file-backed part (RssFile "
-            f"{t['run_peak_file_mb'][lo]:.0f} → {t['run_peak_file_mb'][hi]:.0f} MB) against an output of "
-            f"{t['output_mb'][lo]:.0f} → {t['output_mb'][hi]:.0f} MB.")
-    lines += ["", "Why RSS can grow although the heap is flat: pages written through an open memory map stay "
+        spt, anon, rss, file_, out_mb = (t["seconds_per_1k_tokens"], t["run_peak_anon_mb"], t["run_peak_rss_mb"],
+                                         t["run_peak_file_mb"], t["output_mb"])
+        text = (f"**{model}, {variant}.** Time per 1k tokens {spt[lo]:.2f} s at {lo} sentences, {spt[hi]:.2f} s at "
+                f"{hi} ({spt[hi] / spt[lo]:.2f}×; 1.0 = linear). Resident memory at peak "
+                + " → ".join(f"{rss[k]:.0f}" for k in t.index) + " MB over a baseline of "
+                f"{t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss {t['peak_rss_mb'][lo]:.0f} → {t['peak_rss_mb'][hi]:.0f} MB), "
+                "of which file-backed (RssFile) " + " → ".join(f"{file_[k]:.0f}" for k in t.index)
+                + " MB while the output grows " + " → ".join(f"{out_mb[k]:.0f}" for k in t.index)
+                + " MB, and heap (RssAnon) " + " → ".join(f"{anon[k]:.0f}" for k in t.index) + " MB.")
+        if "max_tokens" in g and g["max_tokens"].notna().all():
+            mt = g.groupby("n_sentences")["max_tokens"].max()
+            text += (" The longest sentence has " + " → ".join(f"{int(mt[k])}" for k in t.index) + " tokens, and the "
+                     "heap peak follows the longest batch (its cached activations and, when computed, its "
+                     "[batch, pos, vocab] logits).")
+            sizes = list(t.index)
+            for a, b in zip(sizes[:-1], sizes[1:]):
+                if mt[a] == mt[b] and anon[b] - anon[a] > 50:
+                    text += (f" Yet from {a} to {b} sentences the longest sentence is the same and the heap still grows "
+                             f"by {anon[b] - anon[a]:.0f} MB: something holds memory in proportion to the input "
+                             "(not identified here).")
+        lines.append(text)
+    lines += ["", "Why resident memory grows with the output: pages written through an open memory map stay "
               "mapped (resident, file-backed) in the process until the map is closed, so RSS and `ru_maxrss` grow "
               "with the output even though the data are page cache the kernel can write back and drop under "
               "pressure. It is not a leak, but RSS-based monitors and schedulers see it as one. The proposed "

@@ -727,7 +727,8 @@ def _invocation_lines(machine: dict) -> list[str]:
 
 
 def _report_table(sub: pd.DataFrame) -> pd.DataFrame:
-    extra = [c for c in ("ratio_vs_floor", "ratio_vs_ridge", "share_of_total", "accuracy") if c in sub]
+    extra = [c for c in sub.columns if c.startswith(("ratio_", "speedup_"))]
+    extra += [c for c in ("share_of_total", "accuracy") if c in sub]
     keys = [k for k in ("variant", "model", "n_sentences", "threads") if k in sub]
     table = summarize(sub, keys, extra)
     return table.dropna(axis=1, how="all")
