@@ -645,7 +645,8 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                   + "; ".join(f"{m} {kh:.2f}× → {pc:.2f}× of the floor" for m, _, kh, pc, _ in proposals)
                   + ". It also drops the `[batch, pos, vocab]` logits tensor from peak memory.",
                   "2. *Release written pages* after each batch with `madvise(MADV_DONTNEED)` on every output map, so "
-                  "resident memory stays flat (benchmark 2); time cost within noise (it is part of both prototype rows).",
+                  "resident memory stays flat (benchmark 2). Its time is not measured alone: it is inside change 3's "
+                  "comparison, which shows gather + release together.",
                   "3. *Batch-level gather* instead of per-(sentence, layer) torch ops (attribution run, "
                   "`probekit-capture` → `proposed-keep-head`, which also includes change 2): "
                   + "; ".join(f"{m} {c:.2f}× → {kh:.2f}×" for m, c, kh, _, _ in proposals)

@@ -122,6 +122,7 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
             g = g.assign(max_tokens=np.nan)
         if len(t) < 2:
             continue
+        t.index = t.index.astype(int)
         lo, hi = t.index.min(), t.index.max()
         spt, anon, rss, file_, out_mb = (t["seconds_per_1k_tokens"], t["run_peak_anon_mb"], t["run_peak_rss_mb"],
                                          t["run_peak_file_mb"], t["output_mb"])
@@ -134,6 +135,7 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
                 + " MB, and heap (RssAnon) " + " → ".join(f"{anon[k]:.0f}" for k in t.index) + " MB.")
         if "max_tokens" in g and g["max_tokens"].notna().all():
             mt = g.groupby("n_sentences")["max_tokens"].max()
+            mt.index = mt.index.astype(int)
             text += (" The longest sentence has " + " → ".join(f"{int(mt[k])}" for k in t.index) + " tokens, and the "
                      "heap peak follows the longest batch (its cached activations and, when computed, its "
                      "[batch, pos, vocab] logits).")

@@ -82,6 +82,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                         seconds = time.perf_counter() - t0
                     fitted[(variant, layer)] = est
                     rows.append({"benchmark": "probes", "variant": variant, "model": model_name,
+                                 "ran_first": variant == order[0],
                                  "n_sentences": len(sentences), "repeat": r, "layer": layer, "seconds": seconds,
                                  "accuracy": acc, "n_train": int(train.sum()), "n_test": int(test.sum()),
                                  "n_classes": int(len(np.unique(labels))), "threads": ctx.threads,
@@ -195,6 +196,16 @@ def _profiles(cap, layer, train, test, labels, ctx) -> dict:
     return out
 
 
+def _ran_first(frame: pd.DataFrame) -> pd.Series:
+    """Which fit ran first at each (repeat, layer): recorded, or rebuilt from the alternation rule."""
+    if "ran_first" in frame and frame["ran_first"].notna().all():
+        return frame["ran_first"].astype(bool)
+    index = {layer: i for i, layer in enumerate(sorted(frame.layer.unique()))}
+    first = [list(FACTORIES)[0] if (index[layer] + int(r)) % 2 == 0 else list(FACTORIES)[1]
+             for layer, r in zip(frame.layer, frame.repeat)]
+    return pd.Series(np.array(first) == frame.variant.to_numpy(), index=frame.index)
+
+
 def sweeps(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, repeat): the whole sweep's seconds and its mean/best accuracy."""
     return (frame.groupby(["variant", "repeat"], sort=False)
@@ -213,7 +224,8 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
     sw["x_ridge_time"] = sw["seconds"].to_numpy() / ridge.reindex(sw["repeat"]).to_numpy()
     rows = []
     for variant, g in sw.groupby("variant", sort=False):
-        f = _main(frame)[frame.variant == variant]
+        main = _main(frame)
+        f = main[main.variant == variant]
         rows.append({"variant": variant, "model": f.model.iloc[0], "n_sentences": int(f.n_sentences.iloc[0]),
                      "n_train": int(f.n_train.iloc[0]), "n_test": int(f.n_test.iloc[0]), "layers": int(g.n_layers.iloc[0]),
                      "repeats": len(g), "sweep_median_s": g.seconds.median(), "sweep_min_s": g.seconds.min(),
@@ -231,14 +243,15 @@ def _notes(frame: pd.DataFrame, source: str, profiles: dict, capture_s: float) -
     speedup = float(t.loc["sklearn-logreg", "time_vs_ridge"])
     acc = frame[frame.repeat == 0].pivot_table(index="layer", columns="variant", values="accuracy")
     diff = (acc["probekit-ridge"] - acc["sklearn-logreg"]) * 100
-    best_lr = acc["sklearn-logreg"].idxmax()
-    best_ridge = acc["probekit-ridge"].idxmax()
+    best_lr = int(acc["sklearn-logreg"].idxmax())
+    best_ridge = int(acc["probekit-ridge"].idxmax())
     alphas = frame[(frame.variant == "probekit-ridge") & (frame.repeat == 0)]["regularization"]
     lines = [
         f"Data: {source}, {int(t.iloc[0].n_sentences)} sentences, UPOS of every word ({int(frame.n_classes.iloc[0])} "
         f"classes); sentence-level split, {int(t.iloc[0].n_train)} train / {int(t.iloc[0].n_test)} test words; "
-        f"{int(t.iloc[0].layers)} residual-stream layers (0 = embeddings). Capture of the streams took "
-        f"{capture_s:.0f} s and is not timed (a rerun reads probekit's capture cache). Time per sweep = sum over "
+        f"{int(t.iloc[0].layers)} residual-stream layers (0 = embeddings). Capturing the streams took "
+        f"{capture_s:.0f} s{' (read from probekit’s capture cache)' if capture_s < 30 else ''} and is not timed. "
+        "Time per sweep = sum over "
         f"layers of fit + predict; `time_vs_ridge` = logistic sweep / ridge sweep in the same repetition.",
         "",
         f"**Speed.** probekit's RidgeProbe sweep is **{speedup:.1f}×** faster than the logistic-regression loop "
@@ -268,16 +281,34 @@ def _notes(frame: pd.DataFrame, source: str, profiles: dict, capture_s: float) -
     eig = extra[extra.variant.str.startswith("scipy-eigh")]
     if not eig.empty:
         e = eig.groupby("threads")["seconds"].median()
-        lines += [f"**Threads matter here.** The d×d eigendecomposition RidgeProbe runs per layer "
-                  f"(`scipy.linalg.eigh`, d={eig.variant.iloc[0].rsplit('-', 1)[-1]}) takes "
-                  + ", ".join(f"{v * 1000:.0f} ms at {k} BLAS thread(s)" for k, v in e.items())
-                  + " on this machine right now (median of 3, interleaved). scipy ships its own OpenBLAS, which "
-                  "`torch.set_num_threads` does not touch and threadpoolctl only limits once it is loaded; with one "
-                  "thread per core on a machine other jobs also use, LAPACK's many small synchronised steps stall. "
-                  "This benchmark limits every pool (listed under Machine).", ""]
+        slow = len(e) == 2 and e.iloc[1] > 1.5 * e.iloc[0]
+        lines += [f"**Threads.** The d×d eigendecomposition RidgeProbe runs per layer (`scipy.linalg.eigh`, "
+                  f"d={eig.variant.iloc[0].rsplit('-', 1)[-1]}) took "
+                  + ", ".join(f"{v * 1000:.0f} ms at {int(k)} BLAS thread(s)" for k, v in e.items())
+                  + " during this run (median of 3, interleaved)"
+                  + ("; with a thread per core on a machine other jobs also use, LAPACK's many small synchronised "
+                     "steps stall." if slow else "; close, because the machine was quiet then — under load, a "
+                     "thread per core makes LAPACK's many small synchronised steps stall.")
+                  + " scipy ships its own OpenBLAS, which `torch.set_num_threads` does not touch and threadpoolctl "
+                  "only limits once it is loaded: this harness imports scipy first and limits every pool (listed "
+                  "under Machine).", ""]
+    first = _ran_first(frame)
+    by_order = frame.assign(ran_first=first).groupby(["variant", "ran_first"])["seconds"].median()
+    if by_order.index.nunique() == 4:
+        lines += ["**Order matters, which is why it alternates.** Median seconds per layer when the fit runs first / "
+                  "right after the other fit: " + "; ".join(
+                      f"{v} {by_order[(v, True)]:.2f} / {by_order[(v, False)]:.2f}" for v in FACTORIES)
+                  + ". The order alternates layer by layer, so both sweeps contain both cases equally.", ""]
     if "fits_not_converged" in t and t["fits_not_converged"].max() > 0:
         lines += [f"{int(t.loc['sklearn-logreg', 'fits_not_converged'])} logistic fits hit max_iter=1000 without "
                   "converging (timed as they are).", ""]
+    lines += ["**Where probekit loses.** Below the 5× goal, because RidgeProbe does a fixed amount of dense float64 "
+              "work per layer that the logistic fit, on standardised features, does not much exceed: the Gram matrix "
+              "XᵀX and the projection P = XV (two n×d×d products, `_spectrum`), the leave-one-out scores for 8 alphas "
+              "(`_loo_accuracy`, n×d×K each), and the float64 copy plus standardisation of X (`fit`'s own time, "
+              "`_var`, `asarray`); lbfgs needs only a few dozen gradient evaluations here (`loss_gradient` calls in the profile below). Not measured "
+              "here, so only candidates: computing XᵀX and XV in float32, fusing the 8 LOO products into one "
+              "matmul, and standardising in place.", ""]
     lines += [f"<details><summary>cProfile of one fit at layer {profiles['layer']} (top entries by self time)</summary>",
               ""]
     for variant in FACTORIES:

@@ -698,10 +698,23 @@ def render_report(frame: pd.DataFrame, notes: dict[str, str], machine: dict, ctx
         if table is None and not sub.empty:
             table = _report_table(sub)
         if table is not None and not table.empty:
-            lines += [markdown_table(table), ""]
+            lines += [markdown_table(_integral(table)), ""]
         if note:
             lines += [note.strip(), ""]
     return "\n".join(lines) + "\n"
+
+
+def _integral(table: pd.DataFrame) -> pd.DataFrame:
+    """Float columns that hold only whole numbers (counts read back from CSV) shown as integers."""
+    table = table.copy()
+    for col in table.columns:
+        values = table[col]
+        if values.dtype.kind == "f" and values.notna().any():
+            finite = values.dropna()
+            if (finite == finite.round()).all() and finite.abs().max() < 2**53 and col not in (
+                    "median_s", "min_s", "max_s", "seconds"):
+                table[col] = values.astype("Int64")
+    return table
 
 
 def _machine_lines(machine: dict) -> list[str]:
