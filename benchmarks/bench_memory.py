@@ -20,7 +20,6 @@ from probekit import bench
 
 #: (model, variant) -> sizes
 FULL_PLAN = {("minilm-l6", "probekit-capture"): (100, 1000, 4000),
-             ("minilm-l6", "proposed-capture"): (100, 1000, 4000),
              ("smollm2-135m", "probekit-capture"): (100, 1000)}
 QUICK_PLAN = {("tiny-bert", "probekit-capture"): (4, 8)}
 #: repeated in the full run (the others run once)
@@ -28,32 +27,24 @@ REPEATED = ("minilm-l6", "probekit-capture")
 
 
 def child(model: str, n: int, variant: str = "probekit-capture", data: str | None = None) -> dict:
-    """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences.
-    ``variant="proposed-capture"`` swaps in the proposed ``_compute`` of bench_capture.py."""
-    import contextlib
-
+    """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences."""
     from probekit.capture import capture
     from probekit.models import load_model
 
-    swap = contextlib.nullcontext()
-    if variant == "proposed-capture":
-        capmod = bench.load_module(Path(__file__).with_name("bench_capture.py"))
-        swap = capmod._swapped_compute(capmod.proposed_compute)
-    elif variant != "probekit-capture":
+    if variant != "probekit-capture":
         raise ValueError(f"unknown variant {variant!r}")
 
     m = load_model(model, device="cpu")
     sentences, source = bench.bench_sentences(n, bench.BenchContext(data=data))
     root = Path(tempfile.mkdtemp(prefix="probekit-bench-memory-"))
     try:
-        with swap:
-            capture(m, sentences[:16], cache=True, cache_dir=root / "warm", progress=False)
-            shutil.rmtree(root / "warm", ignore_errors=True)
-            bench.mark_baseline()
-            start = time.perf_counter()
-            cap = capture(m, sentences, resid=("resid_post",), attention=True, cache=True, cache_dir=root / "run",
-                          progress=False)
-            seconds = time.perf_counter() - start
+        capture(m, sentences[:16], cache=True, cache_dir=root / "warm", progress=False)
+        shutil.rmtree(root / "warm", ignore_errors=True)
+        bench.mark_baseline()
+        start = time.perf_counter()
+        cap = capture(m, sentences, resid=("resid_post",), attention=True, cache=True, cache_dir=root / "run",
+                      progress=False)
+        seconds = time.perf_counter() - start
         n_tokens = int(sum(cap.meta["n_tokens"]))
         n_words = int(cap.n_words.sum())
         output_mb = sum(p.stat().st_size for p in cap.path.iterdir()) / 2**20
@@ -149,9 +140,9 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
     lines += ["", "Why resident memory grows with the output: pages written through an open memory map stay "
               "mapped (resident, file-backed) in the process until the map is closed, so RSS and `ru_maxrss` grow "
               "with the output even though the data are page cache the kernel can write back and drop under "
-              "pressure. It is not a leak, but RSS-based monitors and schedulers see it as one. The proposed "
-              "`_compute` (bench_capture.py) calls `madvise(MADV_DONTNEED)` on every output map after each batch "
+              "pressure. It is not a leak, but RSS-based monitors and schedulers see it as one, so "
+              "`probekit.capture._compute` calls `madvise(MADV_DONTNEED)` on every output map after each batch "
               "(numpy's memmap keeps the `mmap` object in `._mmap`; `mmap.madvise` exists since Python 3.8); for a "
               "shared file mapping the kernel keeps the dirty data in the page cache, so nothing is lost and no "
-              "`msync` is needed. Its rows above show the effect on RssFile and on time."]
+              "`msync` is needed. RssFile in the rows above shows the effect."]
     return "\n".join(lines)

@@ -3,12 +3,17 @@
 `capture(model, sentences, ...)`:
 
 1. aligns every sentence to tokens (`probekit.align`), sorts by length and right-pads batches;
-2. runs the bridge with a ``names_filter`` so only the requested hooks are cached, and
-   ``stop_at_layer`` one past the last requested layer, so later blocks and the unembedding never run;
+2. runs the bridge with a ``names_filter`` so only the requested hooks are cached, and stops right
+   after the last requested layer: ``stop_at_layer`` one past it, or, when that is the model's last block,
+   a hook on the entry of the final norm / LM or MLM head (`HEAD_ENTRY_HOOKS`) that raises the bridge's
+   own ``StopAtLayerException``. Later blocks, the final norm and the head (its ``[batch, pos, vocab]``
+   logits) are never computed;
 3. pools each word's residual vectors (``first``/``last``/``mean`` sub-token) and turns each sentence's
    token attention into word attention (Clark et al. 2019: to = sum, from = mean, specials dropped);
 4. writes the results straight into ``.npy`` memory maps in a temporary folder, which is renamed into
-   place when complete. Memory stays bounded by one batch, whatever the input size.
+   place when complete, releasing the written pages from the process after every batch
+   (``madvise(MADV_DONTNEED)``; the data stay in the page cache and reach the file as usual). Memory
+   stays bounded by one batch, whatever the input size, and so does resident memory (RSS).
 
 The folder name is the **cache key**: a sha256 of the weights' fingerprint, the sentences (ids,
 words, spacing), and every setting that changes a number (layers, hooks, pooling, renormalisation,
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -46,8 +52,14 @@ from probekit.align import Encoded, align, as_sentences, pad_batch, pooling_matr
 from probekit.data.schema import Sentence
 from probekit.errors import ProbekitError
 
+#: Bump when a change alters any stored number, so that old cache entries are no longer reused. Skipping
+#: the head and releasing written pages changed no number (the head runs after every captured hook, and
+#: pooling/word attention are computed exactly as before: outputs are bit-identical), so it stays 1.
 CACHE_VERSION = 1
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
+#: Hook points that fire after the last block, on entry to the final norm / LM head (causal) or MLM head
+#: (encoders). `_compute` raises ``StopAtLayerException`` on those present when the last block is captured.
+HEAD_ENTRY_HOOKS = ("ln_final.hook_in", "mlm_head.hook_in", "unembed.hook_in")
 
 
 def capture(model, sentences, *, layers=None, resid=("resid_post",), attention: bool = True,
@@ -167,14 +179,20 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
     names = {f"blocks.{layer}.hook_{h}" for h, layer in hooks}
     if attention:
         names |= {f"blocks.{layer}.attn.hook_pattern" for layer in layers}
+    outputs = [*resid_out.values(), *((att_out, mass_out) if attention else ())]
     stop = max(layers) + 1
     stop_at_layer = stop if stop < model.n_layers else None
+    # With the last block captured there is no block to stop at: stop on entering the final norm / head
+    # instead. The bridge's forward catches StopAtLayerException (as for stop_at_layer) and run_with_cache
+    # returns the cache filled so far, which holds every requested hook: all fire before the head.
+    head_stops = [] if stop_at_layer is not None else [
+        (name, _stop_here) for name in HEAD_ENTRY_HOOKS if name in model.bridge.hook_dict]
 
     order = sorted(range(len(encs)), key=lambda i: (encs[i].n_tokens, i))
     batches = [order[i:i + settings["batch_size"]] for i in range(0, len(order), settings["batch_size"])]
     bar = tqdm(total=len(encs), desc=f"capture {model.name}", unit="sent", disable=not progress, leave=False)
     device = model.device
-    with torch.inference_mode():
+    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=head_stops):
         for batch in batches:
             input_ids, attention_mask = pad_batch([encs[i] for i in batch], model.pad_token_id)
             _, cache = model.bridge.run_with_cache(
@@ -195,6 +213,8 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
                     mass_out[mass_offsets[i]:mass_offsets[i + 1]] = mass.ravel()
             bar.update(len(batch))
             del cache
+            for arr in outputs:
+                _release(arr)
     bar.close()
     for arr in resid_out.values():
         arr.flush()
@@ -208,6 +228,22 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
         "n_tokens": [e.n_tokens for e in encs],
     }
     (folder / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks completion
+
+
+def _stop_here(tensor, *, hook):
+    """Forward hook: end the forward pass here; the bridge catches this exception and returns."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(tensor)
+
+
+def _release(arr: np.memmap) -> None:
+    """Drop a memory map's resident pages from this process. For a shared file mapping the kernel keeps the
+    written (dirty) data in the page cache and writes it back as usual: nothing is lost, no msync needed.
+    A no-op where ``mmap.MADV_DONTNEED`` is missing (e.g. Windows)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass(eq=False)
