@@ -57,8 +57,8 @@ Split, baselines and statistics (all on the *same* instances, seeded by ``seed``
   (`probekit.stats.empirical_p`). Per head, ``dev_p_maxT`` is the same max-statistic p-value of that
   head's dev accuracy (Westfall-Young single-step maxT: family-wise over heads).
 - **Bootstrap CIs**: 95% percentile cluster bootstrap over *sentences* (``n_boot`` resamples, shared
-  across heads) for every head's test accuracy; same method and seed handling as
-  `probekit.stats.bootstrap_ci` with ``groups`` (vectorised over heads).
+  across heads) for every head's test accuracy: `probekit.stats.cluster_bootstrap_ci`, which draws the
+  same resamples as `probekit.stats.bootstrap_ci` with ``groups`` (vectorised over heads).
 - **Per-head test vs the offset baseline** (test split): paired, clustered sign-flip test. With
   d_s = sum over sentence s of (head correct - offset correct), under H0 (head and offset predictions
   exchangeable within each sentence) the signs of d_s are symmetric; ``p_offset`` is the one-sided
@@ -129,7 +129,7 @@ from probekit.data.relations import (
     relation_instances,
 )
 from probekit.errors import ProbekitError
-from probekit.stats import empirical_p, holm
+from probekit.stats import cluster_bootstrap_ci, cluster_sums, empirical_p, holm
 
 #: Word-pair relations scored by default (those present in the data).
 CORE_RELATIONS: tuple[str, ...] = ("nsubj", "obj", "amod", "det")
@@ -635,50 +635,6 @@ def _positional_frame(model_name: str, sc: _Scored, threshold: float = POSITIONA
 # statistics
 
 
-def _cluster_sums(values: np.ndarray, codes: np.ndarray, n_units: int) -> np.ndarray:
-    """Per-cluster sums of ``values  # [m, K]`` for ``codes`` in 0..n_units-1."""
-    values = np.asarray(values, dtype=np.float64)
-    out = np.zeros((n_units, values.shape[1]))
-    if len(codes) == 0:
-        return out
-    if np.any(np.diff(codes) < 0):
-        order = np.argsort(codes, kind="stable")
-        codes, values = codes[order], values[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(codes) > 0])
-    out[codes[starts]] = np.add.reduceat(values, starts, axis=0)
-    return out
-
-
-def cluster_bootstrap_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, ci: float = 0.95,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile cluster-bootstrap CI of the mean of each column of ``values  # [m, K]``.
-
-    The same resamples of whole groups are shared by all K columns; for one column this is
-    `probekit.stats.bootstrap_ci(values[:, k], groups, n_boot=n_boot, seed=seed)` (same draws, same
-    chunking), vectorised: resample counts C  # [n_boot, n_groups] times per-group sums.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    codes = codes.ravel()
-    n_units = int(codes.max()) + 1
-    sums = _cluster_sums(values, codes, n_units)
-    counts = np.bincount(codes, minlength=n_units).astype(float)
-    rng = np.random.default_rng(seed)
-    reps = np.empty((n_boot, values.shape[1]))
-    chunk = max(1, 2_000_000 // n_units)
-    for start in range(0, n_boot, chunk):
-        stop = min(start + chunk, n_boot)
-        idx = rng.integers(0, n_units, size=(stop - start, n_units))
-        flat = (idx + n_units * np.arange(stop - start)[:, None]).ravel()
-        c = np.bincount(flat, minlength=(stop - start) * n_units).reshape(stop - start, n_units).astype(float)
-        reps[start:stop] = (c @ sums) / (c @ counts)[:, None]
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(reps, [alpha, 1.0 - alpha], axis=0)
-    return low, high
-
-
 def signflip_p(diff: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """One-sided p-values (mean diff > 0) of a clustered paired sign-flip test, per column of ``diff``.
 
@@ -686,7 +642,7 @@ def signflip_p(diff: np.ndarray, codes: np.ndarray) -> np.ndarray:
     Normal approximation of the randomisation distribution: z = sum d_s / sqrt(sum d_s^2).
     """
     _, c = np.unique(codes, return_inverse=True)
-    d = _cluster_sums(np.asarray(diff, dtype=np.float64), c.ravel(), int(c.max()) + 1)
+    d = cluster_sums(np.asarray(diff, dtype=np.float64), c.ravel(), int(c.max()) + 1)
     num, den = d.sum(0), np.sqrt((d**2).sum(0))
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(den > 0, num / den, 0.0)
@@ -817,15 +773,16 @@ def _relation_verdict(verdicts: pd.Series) -> str:
 
 def write_report(res: HeadAnalysis, out: str | os.PathLike, heatmaps: bool = True) -> list[Path]:
     """``heads.csv``, ``baselines.csv``, ``verdicts.csv``, ``counts.csv``, ``positional.csv``,
-    ``specificity.csv``, ``summary.md`` and ``heatmap_<relation>.png`` (deterministic CSVs)."""
-    from probekit.report import atomic_write_text, write_table
+    ``specificity.csv``, ``summary.md`` and ``heatmap_<relation>.png`` (deterministic CSVs). The summary
+    tables (all but the per-head ``heads.csv``) also get LaTeX (booktabs) renderings, ``<name>.tex``."""
+    from probekit.report import atomic_write_text, latex_table, write_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_table(res.heads, out / "heads.csv"), write_table(res.baselines, out / "baselines.csv"),
-               write_table(res.verdicts, out / "verdicts.csv"), write_table(res.counts, out / "counts.csv"),
-               write_table(res.positional, out / "positional.csv"),
-               write_table(res.specificity, out / "specificity.csv")]
+    written = [write_table(res.heads, out / "heads.csv")]
+    for name, frame in (("baselines", res.baselines), ("verdicts", res.verdicts), ("counts", res.counts),
+                        ("positional", res.positional), ("specificity", res.specificity)):
+        written += [write_table(frame, out / f"{name}.csv"), atomic_write_text(out / f"{name}.tex", latex_table(frame))]
     written.append(atomic_write_text(out / "summary.md", summary_markdown(res)))
     if heatmaps:
         written += plot_heatmaps(res.heads[res.heads.model == res.model], out)

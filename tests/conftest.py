@@ -56,3 +56,15 @@ def shared_data() -> Path:
 @pytest.fixture()
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "capture-cache"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import probekit as pk
 from probekit import ablation as A
 from probekit.errors import ProbekitError
 from probekit.scoring import PUBLISHED_BLIMP, score_pairs
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 def test_smollm_prefers_grammatical_blimp_sentences(smollm, shared_data):

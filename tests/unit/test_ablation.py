@@ -15,14 +15,7 @@ from probekit.data.schema import MinimalPair
 from probekit.errors import ProbekitError
 from probekit.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
