@@ -43,6 +43,7 @@ _EXPORTS = {
     "LinearProbe": "probekit.probes",
     "RidgeProbe": "probekit.probes",
     "probe_layers": "probekit.probes",
+    "probe_summary": "probekit.probes",
     "control_labels": "probekit.probes",
     "score_pairs": "probekit.scoring",
     "ablate_heads": "probekit.ablation",

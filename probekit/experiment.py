@@ -75,7 +75,8 @@ class ProbesOptions(_Strict):
     layers: Literal["all"] | list[int] = Field("all", description="residual-stream layers (0 = embeddings)")
     probe: Literal["ridge", "logistic"] = Field("ridge", description="probe family")
     seeds: list[int] = Field([0, 1, 2], description="split/probe seeds")
-    split: Literal["random", "lexical"] = Field("random", description="train/test split")
+    split: Literal["random", "lexical"] | list[Literal["random", "lexical"]] = Field(
+        "random", description="train/test split: held-out sentences, held-out word types, or both as a list")
     max_sentences: int | None = Field(None, ge=1, description="first N sentences")
     random_baseline: bool = Field(True, description="also probe random:<model>")
 

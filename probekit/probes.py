@@ -147,13 +147,18 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         self.standardize = standardize
 
     def fit(self, X, y):
-        """Fit on ``X`` (n_samples, n_features) and labels ``y``; returns self."""
+        """Fit on ``X`` (n_samples, n_features) and labels ``y``; returns self.
+
+        The heavy products (the Gram matrix and ``P = X V``) run in the input's precision: float32
+        captures stay float32 (half the memory traffic of float64; the eigendecomposition, the
+        weights and everything per alpha are float64), float64 input is computed in float64.
+        """
         grid = self._alpha_grid()
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         _check_n_classes(self.classes_, "RidgeProbe.fit")
-        n, _ = X.shape
+        n, d = X.shape
         n_classes = len(self.classes_)
 
         Y = -np.ones((n, n_classes))
@@ -161,22 +166,30 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         if n_classes == 2:  # one column: +1 for classes_[1], -1 for classes_[0]
             Y = Y[:, 1:]
 
-        x_mean = X.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
-        x_scale = X.std(axis=0) if self.standardize else np.ones(X.shape[1])
-        x_scale[x_scale < 1e-12 * max(1.0, float(np.abs(X).max(initial=0.0)))] = 1.0
-        Xs = (X - x_mean) / x_scale
+        # Standardise into one new array (X is the caller's): centre, then divide by the column scale.
+        x_mean = X.mean(axis=0, dtype=np.float64) if self.fit_intercept else np.zeros(d)
+        Xs = X - x_mean.astype(X.dtype)  # [n, d], X's dtype
+        if self.standardize:
+            if self.fit_intercept:  # the root mean square of the centred columns = their std
+                x_scale = np.sqrt(np.square(Xs).sum(axis=0, dtype=np.float64) / n)
+            else:  # uncentred X: still divide by the standard deviation
+                x_scale = X.std(axis=0, dtype=np.float64)
+            x_scale[x_scale < 1e-12 * max(1.0, float(np.abs(X).max(initial=0.0)))] = 1.0
+            Xs /= x_scale.astype(X.dtype)
+        else:
+            x_scale = np.ones(d)
         y_mean = Y.mean(axis=0) if self.fit_intercept else np.zeros(Y.shape[1])
         Yc = Y - y_mean
 
         s, V, P = _spectrum(Xs, need_projection=grid is not None)
-        B = V.T @ (Xs.T @ Yc)  # (rank, K)
+        B = V.T @ (Xs.T @ Yc.astype(X.dtype)).astype(np.float64)  # [rank, K]
         if grid is None:
             alpha, self.cv_scores_ = float(self.alpha), None
         else:
             self.cv_scores_ = _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, self.fit_intercept)
             best = np.flatnonzero(self.cv_scores_ == self.cv_scores_.max())
             alpha = float(max(grid[i] for i in best))
-        W = V @ (B / (s + alpha)[:, None])  # (d, K) in standardised space
+        W = V @ (B / (s + alpha)[:, None])  # [d, K] in standardised space
 
         self.alpha_ = alpha
         self.coef_ = (W / x_scale[:, None]).T
@@ -186,8 +199,8 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Ridge scores: (n_samples,) for two classes (positive means ``classes_[1]``), else (n, K)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        scores = X @ self.coef_.T + self.intercept_
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        scores = X @ self.coef_.T + self.intercept_  # float64 (coef_ is float64)
         return scores.ravel() if scores.shape[1] == 1 else scores
 
     def predict(self, X):
@@ -213,17 +226,20 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
 def _spectrum(Xs: np.ndarray, need_projection: bool):
     """Eigen-spectrum of XᵀX: ``s`` (eigenvalues), ``V`` (eigenvectors, columns), ``P = X V`` (or None).
 
-    For n >= d the d×d Gram matrix is decomposed with ``eigh`` (cheapest when n >> d); otherwise a thin
-    SVD of X gives the same quantities restricted to the row space.
+    For n >= d the d×d Gram matrix is formed in X's precision (numpy runs ``Xᵀ @ X`` as a symmetric
+    rank-k update, half the flops of a general product) and decomposed in float64 with ``eigh`` (cheapest when
+    n >> d); ``P`` is computed in X's precision. Otherwise a thin SVD of X gives the same quantities
+    restricted to the row space. ``s`` and ``V`` are float64.
     """
     n, d = Xs.shape
     if n >= d:
-        s, V = scipy.linalg.eigh(Xs.T @ Xs, overwrite_a=True, check_finite=False)
+        gram = Xs.T @ Xs  # [d, d]; numpy runs ``a.T @ a`` as one BLAS syrk
+        s, V = scipy.linalg.eigh(gram.astype(np.float64), overwrite_a=True, check_finite=False)
         s = np.clip(s, 0.0, None)
-        P = Xs @ V if need_projection else None
+        P = Xs @ V.astype(Xs.dtype) if need_projection else None  # [n, d]
     else:
         U, sv, Vt = scipy.linalg.svd(Xs, full_matrices=False, check_finite=False)
-        s, V, P = sv**2, Vt.T, U * sv
+        s, V, P = sv.astype(np.float64) ** 2, Vt.T.astype(np.float64), U * sv
     return s, V, P
 
 
@@ -231,17 +247,20 @@ def _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, fit_intercept) -> np.ndarray:
     """Exact leave-one-out accuracy of the ridge classifier for every alpha in ``grid``.
 
     ``Y`` are the ±1 targets, ``Yc`` the same centred; the full-data prediction is ``Y - Yc + F`` and the
-    LOO prediction is ``Y - (Yc - F) / (1 - h)``.
+    LOO prediction is ``Y - (Yc - F) / (1 - h)``. The fitted values of all alphas come from one matrix
+    product ``P @ [B/(s+α_1) | … | B/(s+α_A)]`` in P's precision; the residual algebra is float64.
     """
-    n = P.shape[0]
-    hat = (P**2) @ (1.0 / (s[:, None] + grid[None, :]))  # (n, n_alphas)
+    n, K, A = P.shape[0], B.shape[1], len(grid)
+    inv = 1.0 / (s[:, None] + grid[None, :])  # [rank, A]
+    hat = np.einsum("nr,nr,ra->na", P, P, inv.astype(P.dtype), optimize=True).astype(np.float64)  # [n, A]
     if fit_intercept:
         hat += 1.0 / n
-    scores = np.empty(len(grid))
-    for a, alpha in enumerate(grid):
-        fitted = P @ (B / (s + alpha)[:, None])
-        loo = Y - (Yc - fitted) / np.clip(1.0 - hat[:, a], 1e-12, None)[:, None]
-        pred = (loo[:, 0] > 0).astype(int) if loo.shape[1] == 1 else loo.argmax(axis=1)
+    coefs = (B[:, None, :] * inv[:, :, None]).reshape(B.shape[0], A * K)  # [rank, A*K]
+    fitted = (P @ coefs.astype(P.dtype)).reshape(n, A, K)  # [n, A, K]
+    scores = np.empty(A)
+    for a in range(A):
+        loo = Y - (Yc - fitted[:, a]) / np.clip(1.0 - hat[:, a], 1e-12, None)[:, None]
+        pred = (loo[:, 0] > 0).astype(int) if K == 1 else loo.argmax(axis=1)
         scores[a] = np.mean(pred == y_idx)
     return scores
 
@@ -688,7 +707,7 @@ def probe_layers(
     probe: str | BaseEstimator = "ridge",
     seeds: Sequence[int] = (0, 1, 2),
     test_size: float = 0.3,
-    split: str = "random",
+    split: str | Sequence[str] = "random",
     control: bool = True,
     mdl: bool = False,
     mdl_probe: BaseEstimator | None = None,
@@ -716,7 +735,8 @@ def probe_layers(
         over `DEFAULT_CS`), or an unfitted estimator (cloned for every fit).
     seeds : one row per seed; the seed sets the split, the control labels, the bootstrap and MDL order.
     test_size : fraction of instances held out.
-    split : ``"random"`` — held-out *sentences* (all words of a sentence on one side, so a test word's
+    split : ``"random"``, ``"lexical"`` or a list of both (rows for each, side by side in ``split``).
+        ``"random"`` — held-out *sentences* (all words of a sentence on one side, so a test word's
         context never appeared in training); ``"lexical"`` — held-out *word types*: no test word type
         (pair type for relations) occurs in training. Sentences may then contribute to both sides; the
         question is generalisation to unseen words. Under a lexical split the control probe cannot
@@ -746,7 +766,7 @@ def probe_layers(
     resampled sentences (a paired interval). ``majority_accuracy`` is the test accuracy of always
     predicting the most frequent training label; ``regularization`` is the chosen ``alpha_`` or ``C_``.
     """
-    seeds = _check_run_args(seeds, test_size, split, n_boot, ci)
+    seeds, splits = _check_run_args(seeds, test_size, split, n_boot, ci)
     template, probe_name = _resolve_probe(probe)
     sentences = [s for s in dataset if hasattr(s, "words")]
     data_name = str(getattr(dataset, "name", None) or getattr(dataset, "spec", None) or "unnamed")
@@ -768,26 +788,30 @@ def probe_layers(
         where = f"task {t!r} on {data_name}"
         inst, rows = _align(inst, capture, where)
         _check_task_size(inst, where)
-        units, what = (inst.sentence_ids, "sentence") if split == "random" else (inst.types, "word type")
-        test_masks = {seed: _split_test_mask(units, test_size, seed, what, where) for seed in seeds}
-        for seed, test in test_masks.items():
+        test_masks = {}  # (split, seed) -> bool [n_instances]
+        for split_name in splits:
+            units, what = (inst.sentence_ids, "sentence") if split_name == "random" else (inst.types, "word type")
+            for seed in seeds:
+                test_masks[split_name, seed] = _split_test_mask(units, test_size, seed, what, where)
+        for (split_name, seed), test in test_masks.items():
             seen = np.unique(inst.labels[~test])
             if len(seen) < 2:
-                raise ProbekitError(f"too few examples: the training side of seed {seed} has a single class",
+                raise ProbekitError(f"too few examples: the training side of {split_name} split seed {seed} "
+                                    f"has a single class",
                                     where=where, fix="use more data or a smaller test_size")
             unseen = np.setdiff1d(np.unique(inst.labels[test]), seen).tolist()
             if unseen:
-                warnings.warn(f"{where}, seed {seed}: test labels {unseen} never occur in training "
-                              f"(all their {what}s went to the test side); those instances count as errors",
+                warnings.warn(f"{where}, {split_name} split seed {seed}: test labels {unseen} never occur in "
+                              f"training (all their instances went to the test side); they count as errors",
                               stacklevel=2)
         controls = {seed: control_labels(inst.types, inst.labels, seed=seed) for seed in seeds} if control else {}
         for layer in layer_list:
             X = _features(np.asarray(capture.stream(layer)), rows)
-            for seed in seeds:
-                rec = _probe_once(X, inst, test_masks[seed], controls.get(seed), template, seed,
+            for (split_name, seed), test in test_masks.items():
+                rec = _probe_once(X, inst, test, controls.get(seed), template, seed,
                                   n_boot=n_boot, ci=ci, mdl_factory=mdl_factory if mdl else None)
                 records.append({"model": model_name, "data": data_name, "task": t, "layer": int(layer),
-                                "seed": int(seed), "split": split, "probe": probe_name, **rec})
+                                "seed": int(seed), "split": split_name, "probe": probe_name, **rec})
     columns = _COLUMNS + (_MDL_COLUMNS if mdl else [])
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -886,7 +910,7 @@ def _check_task_size(inst: _Instances, where: str) -> None:
                             where=where, fix="use data where the label varies")
 
 
-def _check_run_args(seeds, test_size, split, n_boot, ci) -> list[int]:
+def _check_run_args(seeds, test_size, split, n_boot, ci) -> tuple[list[int], list[str]]:
     where = "probe_layers"
     if isinstance(seeds, Integral):
         seeds = [seeds]
@@ -895,11 +919,13 @@ def _check_run_args(seeds, test_size, split, n_boot, ci) -> list[int]:
         raise ProbekitError(f"seeds must be distinct integers, got {seeds!r}", where=where, fix="e.g. seeds=(0, 1, 2)")
     if not (isinstance(test_size, Real) and 0 < test_size < 1):
         raise ProbekitError(f"test_size must be a fraction in (0, 1), got {test_size!r}", where=where)
-    if split not in ("random", "lexical"):
-        raise ProbekitError(f"split must be 'random' or 'lexical', got {split!r}", where=where)
+    splits = [split] if isinstance(split, str) else list(split) if _is_sequence(split) else [split]
+    if not splits or any(x not in ("random", "lexical") for x in splits) or len(set(splits)) != len(splits):
+        raise ProbekitError(f"split must be 'random', 'lexical' or a list of them, got {split!r}", where=where,
+                            fix="e.g. split='random' or split=['random', 'lexical']")
     if not (isinstance(n_boot, Integral) and n_boot >= 1) or not 0 < ci < 1:
         raise ProbekitError(f"need n_boot >= 1 and 0 < ci < 1, got {n_boot!r} and {ci!r}", where=where)
-    return [int(s) for s in seeds]
+    return [int(s) for s in seeds], splits
 
 
 def _resolve_probe(probe) -> tuple[BaseEstimator, str]:
@@ -994,6 +1020,61 @@ def probe_with_baselines(
         frame.insert(0, "model_kind", kind)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def probe_summary(frame: pd.DataFrame, within: float = 0.01) -> pd.DataFrame:
+    """The layer curves of a `probe_layers`/`probe_with_baselines` frame in one row per
+    (model, data, task, split), every number a mean over seeds.
+
+    Columns: ``n_seeds``; ``best_layer`` and its ``accuracy`` (``accuracy_min``/``accuracy_max``: the
+    range over seeds; ``ci_low``/``ci_high``: the mean of the seeds' cluster-bootstrap bounds);
+    ``control_accuracy``, ``selectivity`` and ``majority_accuracy`` at that layer; ``layer0_accuracy``
+    (the embeddings: no context) and ``gain_over_layer0``; ``first_layer_within`` — the shallowest layer
+    whose accuracy is within ``within`` of the best (where in depth the property becomes linearly
+    decodable); and, when the frame holds random-init rows (``model_kind``), the random-init model's
+    ``random_init_best_layer``, ``random_init_accuracy`` and ``random_init_selectivity`` at its own best
+    layer, and ``gain_over_random_init``. The best layer is chosen on the test accuracies it reports, so
+    ``accuracy`` is slightly optimistic; the full curves are in the frame.
+    """
+    if "model_kind" not in frame:
+        frame = frame.assign(model_kind="trained")
+    keys = ["model", "data", "task", "split"]
+    metrics = ["accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "majority_accuracy"]
+
+    def curves(kind):  # mean over seeds: one row per (model, data, task, split, layer)
+        sub = frame[frame.model_kind == kind]
+        mean = sub.groupby([*keys, "layer"], sort=False)[metrics].mean()
+        spread = sub.groupby([*keys, "layer"], sort=False)["accuracy"].agg(["min", "max", "size"])
+        return mean.join(spread.rename(columns={"min": "accuracy_min", "max": "accuracy_max", "size": "n_seeds"}))
+
+    def best_rows(curve):
+        return curve.loc[curve.groupby(level=keys, sort=False)["accuracy"].idxmax()].reset_index(level="layer")
+
+    trained = curves("trained")
+    if trained.empty:
+        return pd.DataFrame(columns=[*keys, "n_seeds", "best_layer", *metrics])
+    best = best_rows(trained).rename(columns={"layer": "best_layer"})
+    by_key = {k: g.droplevel(keys) for k, g in trained.groupby(level=keys, sort=False)}  # each indexed by layer
+    rows = []
+    for key, b in best.iterrows():
+        curve = by_key[key]
+        row = dict(zip(keys, key), n_seeds=int(b.n_seeds), best_layer=int(b.best_layer),
+                   **{m: b[m] for m in [*metrics, "accuracy_min", "accuracy_max"]})
+        row["layer0_accuracy"] = curve.accuracy.get(0, np.nan)
+        row["gain_over_layer0"] = row["accuracy"] - row["layer0_accuracy"]
+        row["first_layer_within"] = int(curve.index[curve.accuracy >= b.accuracy - within][0])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    random_curve = curves("random-init")
+    if not random_curve.empty:
+        rb = best_rows(random_curve).reset_index()
+        rb["model"] = rb.model.str.removeprefix("random:")
+        rb = rb[[*keys, "layer", "accuracy", "selectivity"]].rename(columns={
+            "layer": "random_init_best_layer", "accuracy": "random_init_accuracy",
+            "selectivity": "random_init_selectivity"})
+        out = out.merge(rb, on=keys, how="left")
+        out["gain_over_random_init"] = out.accuracy - out.random_init_accuracy
+    return out
 
 
 # ==================================================================================================

@@ -105,12 +105,14 @@ def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -
 
 
 def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
-    """Accuracy, control accuracy and majority baseline against layer, per task (mean over seeds)."""
+    """Accuracy, control accuracy and majority baseline against layer, one panel per task and split
+    (mean over seeds); the random-init model's curves are dotted."""
     plt = _plt()
-    tasks = list(dict.fromkeys(frame.task))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        f = frame[frame.task == task]
+    splits = frame.split if "split" in frame else pd.Series("random", index=frame.index)
+    panels = list(dict.fromkeys(zip(frame.task, splits)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (task, split) in zip(axes[0], panels):
+        f = frame[(frame.task == task) & (splits == split)]
         for kind, style in (("trained", "-"), ("random-init", ":")):
             g = f[f.model_kind == kind].groupby("layer")[["accuracy", "control_accuracy", "majority_accuracy"]].mean()
             if g.empty:
@@ -122,7 +124,7 @@ def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
         ax.set_xlabel("residual-stream layer (0 = embeddings)")
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)
-        ax.set_title(task)
+        ax.set_title(task if splits.nunique() == 1 else f"{task}, {split} split")
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save_fig(fig, path)
@@ -242,9 +244,37 @@ def verdict_c2(run_dir: Path) -> list[dict]:
                          "particular heads, not of 'the' attention")
         else:
             verdict = "not supported"
+        tables = [_rel(run_dir, d / "bank_summary.csv"), _rel(run_dir, d / "bank_cue_heads.csv")]
+        for p, r in _probe_summaries(run_dir, model, task="sense"):
+            parts.append(_probe_sentence(r))
+            tables.append(_rel(run_dir, p))
         rows.append({"claim": "C2", "model": model, "verdict": verdict, "evidence": "; ".join(parts),
-                     "tables": f"{_rel(run_dir, d / 'bank_summary.csv')}, {_rel(run_dir, d / 'bank_cue_heads.csv')}"})
+                     "tables": ", ".join(tables)})
     return rows
+
+
+def _probe_summaries(run_dir: Path, model: str | None = None, task: str | None = None):
+    """(path, row) for every row of every ``probes/*/probes_summary.csv``, optionally filtered."""
+    for d in _stage_dirs(run_dir, "probes"):
+        f = _read(d / "probes_summary.csv")
+        if f is None:
+            continue
+        for r in f.itertuples(index=False):
+            if (model is None or r.model == model) and (task is None or r.task == task):
+                yield d / "probes_summary.csv", r
+
+
+def _probe_sentence(r) -> str:
+    """One sentence on a probe's layer curve, from a `probekit.probes.probe_summary` row."""
+    text = (f"{r.task} probe on {r.data} ({r.split} split, {int(r.n_seeds)} seed(s)): best layer {int(r.best_layer)} "
+            f"at {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], within 1 point of that from layer "
+            f"{int(r.first_layer_within)}; layer 0 (embeddings) {r.layer0_accuracy:.3f}, control task "
+            f"{r.control_accuracy:.3f} (selectivity {r.selectivity:+.3f}), majority {r.majority_accuracy:.3f}")
+    if not pd.isna(getattr(r, "random_init_accuracy", float("nan"))):
+        text += f", random-init model {r.random_init_accuracy:.3f} (its best layer {int(r.random_init_best_layer)})"
+        if r.accuracy - r.random_init_accuracy < 0.02:
+            text += " — the random-init model decodes it as well, so the probe reads surface/lexical cues"
+    return text
 
 
 def verdict_c3(run_dir: Path) -> list[dict]:
@@ -436,6 +466,13 @@ def build_report(run_dir: Path) -> Path:
         for r in sub.itertuples():
             lines += [f"- **{r.model}: {r.verdict}.** {r.evidence}. Tables: "
                       + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())]
+        lines.append("")
+    probe_rows = list(_probe_summaries(run_dir))
+    if probe_rows:
+        lines += ["## Probes", "", "Per-layer linear probes (`probekit.probes`), summarised over seeds "
+                  "(`probe_summary`); the curves are in the plots below and every row in the linked tables.", ""]
+        lines += [f"- **{r.model}** — {_probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
+                  for p, r in probe_rows]
         lines.append("")
     pngs = sorted(run_dir.rglob("*.png"))
     if pngs:

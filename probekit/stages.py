@@ -86,7 +86,7 @@ def probes(run: Run, all_opts) -> None:
 
 
 def _probes(run: Run, opts) -> None:
-    from probekit.probes import probe_layers, probe_with_baselines
+    from probekit.probes import probe_layers, probe_summary, probe_with_baselines
     from probekit.report import plot_probe_curves
 
     spec = run.spec(opts.data)
@@ -97,7 +97,7 @@ def _probes(run: Run, opts) -> None:
         def work(folder: Path, name=name):
             data = run.dataset(opts.data, opts.max_sentences)
             kwargs = dict(layers=opts.layers, probe="ridge" if opts.probe == "ridge" else "linear",
-                          seeds=tuple(opts.seeds), split=opts.split)
+                          seeds=tuple(opts.seeds), split=opts.split if isinstance(opts.split, str) else list(opts.split))
             if opts.random_baseline:
                 frame = probe_with_baselines(run.model(name), data, opts.tasks,
                                              random_model=run.model(f"random:{name}"), **kwargs)
@@ -105,7 +105,7 @@ def _probes(run: Run, opts) -> None:
                 frame = probe_layers(run.model(name), data, opts.tasks, **kwargs)
                 frame.insert(0, "model_kind", "trained")
             frame["data"] = display_spec(spec)
-            write_tables({"probes": frame}, folder)
+            write_tables({"probes": frame, "probes_summary": probe_summary(frame)}, folder)
             plot_probe_curves(frame, folder / "probe_curves.png", title=f"{name} on {display_spec(spec)}")
 
         run.stage("probes", name, opts.data, opts.model_dump(), work)

@@ -22,6 +22,7 @@ from probekit.probes import (
     load_probe,
     mdl_online_codelength,
     probe_layers,
+    probe_summary,
     probe_with_baselines,
     save_probe,
 )
@@ -173,6 +174,18 @@ def test_ridge_loo_scores_equal_brute_force_leave_one_out(shape):
             hits += RidgeProbe(alpha=alpha, standardize=False).fit(X[keep], y[keep]).predict(X[i:i + 1])[0] == y[i]
         brute.append(hits / len(y))
     np.testing.assert_allclose(fast, brute)
+
+
+def test_ridge_probe_on_float32_matches_float64():
+    # float32 captures are fitted in float32 (Gram, projection); the result must match the float64 fit
+    X, y = planted(n=2000, d=64, n_classes=5, strength=0.5)
+    X = X * np.linspace(0.01, 50, X.shape[1]) + 3  # columns on very different scales, offset
+    a = RidgeProbe(alphas=(0.1, 1, 10, 100)).fit(X.astype(np.float32), y)
+    b = RidgeProbe(alphas=(0.1, 1, 10, 100)).fit(X, y)
+    assert a.alpha_ == b.alpha_
+    np.testing.assert_allclose(a.cv_scores_, b.cv_scores_, atol=2 / len(y))
+    np.testing.assert_allclose(a.decision_function(X), b.decision_function(X), atol=1e-3)
+    assert np.mean(a.predict(X) == b.predict(X)) > 0.998
 
 
 def test_alpha_selection_sees_only_training_data():
@@ -409,6 +422,46 @@ def test_probe_layers_errors(sentences, capture):
     other = make_sentences(seed=1)
     with pytest.raises(ProbekitError, match="do not match"):
         probe_layers("m", other, "upos", capture=capture)
+
+
+def test_probe_layers_reports_random_and_lexical_splits_side_by_side(sentences, capture):
+    both = probe_layers("m", sentences, "upos", capture=capture, seeds=(0, 1), split=["random", "lexical"])
+    assert len(both) == 2 * 2 * 2  # layers x splits x seeds
+    for split in ("random", "lexical"):
+        alone = probe_layers("m", sentences, "upos", capture=capture, seeds=(0, 1), split=split)
+        pd.testing.assert_frame_equal(both[both.split == split].reset_index(drop=True), alone)
+    with pytest.raises(ProbekitError, match="split"):
+        probe_layers("m", sentences, "upos", capture=capture, split=["random", "random"])
+
+
+def test_probe_summary_reads_the_layer_curve(sentences, capture):
+    random_capture = FakeCapture(sentences, {0: capture.stream(0), 1: capture.stream(0)})
+    frame = probe_with_baselines("tiny", sentences, "upos", "all", capture=capture, random_capture=random_capture,
+                                 seeds=(0, 1), split=["random", "lexical"])
+    summary = probe_summary(frame)
+    assert len(summary) == 2 and list(summary.split) == ["random", "lexical"]
+    r = summary.iloc[0]
+    trained = frame[(frame.model_kind == "trained") & (frame.split == "random")].groupby("layer").accuracy.mean()
+    assert r.best_layer == 1 and r.accuracy == pytest.approx(trained[1]) and r.n_seeds == 2
+    assert r.layer0_accuracy == pytest.approx(trained[0]) and r.first_layer_within == 1
+    assert r.random_init_accuracy < 0.45 and r.gain_over_random_init > 0.4  # the random twin sees noise only
+    assert r.accuracy_min <= r.accuracy <= r.accuracy_max
+
+
+def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
+    from probekit.cli import main
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
+                 "--layers", "0", "2", "--seeds", "0", "--split", "random", "lexical", "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "probes.csv")
+    assert set(frame.model_kind) == {"trained", "random-init"} and set(frame.layer) == {0, 2}
+    assert set(frame.split) == {"random", "lexical"}
+    for name in ("probes_summary.csv", "probes.tex", "probe_curves.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+    assert "selectivity" in (out / "summary.md").read_text()
+    assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
+                 "--layers", "zero", "--out", str(out)]) == 2
 
 
 def test_probe_with_baselines_labels_model_kind(sentences, capture):
