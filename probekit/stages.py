@@ -89,12 +89,8 @@ def _probes(run: Run, opts) -> None:
     from probekit.probes import probe_layers, probe_summary, probe_with_baselines
     from probekit.report import plot_probe_curves
 
-    spec = run.spec(opts.data)
-    if spec is None:
-        run.skipped.append(f"probes: data {opts.data!r} is not available")
-        return
-    for name in run.cfg.models:
-        def work(folder: Path, name=name):
+    for _, spec, name in _combinations(run, "probes", [opts.data]):
+        def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
             kwargs = dict(layers=opts.layers, probe="ridge" if opts.probe == "ridge" else "linear",
                           seeds=tuple(opts.seeds), split=opts.split if isinstance(opts.split, str) else list(opts.split))
@@ -119,25 +115,34 @@ def heads(run: Run, opts) -> None:
     """C4: every head × relation, with offset, random-init and permutation baselines (`probekit.heads`)."""
     from probekit.heads import analyze_heads
 
-    for data_name in opts.data:
+    for data_name, spec, name in _combinations(run, "heads", opts.data):
+        def work(folder: Path, name=name, data_name=data_name, spec=spec):
+            data = run.dataset(data_name, opts.max_sentences)
+            result = analyze_heads(run.model(name), data, relations=opts.relations, seed=run.cfg.seed,
+                                   n_boot=opts.n_boot, n_perm=opts.n_perm, batch_size=run.cfg.batch_size,
+                                   random_baseline=opts.random_baseline, progress=run.progress,
+                                   random_model=run.model(f"random:{name}") if opts.random_baseline else None)
+            result.data = display_spec(spec)
+            for frame in (result.heads, result.baselines, result.verdicts):
+                if "data" in frame:
+                    frame["data"] = display_spec(spec)
+            result.write(folder)
+
+        run.stage("heads", name, data_name, opts.model_dump(), work)
+
+
+def _combinations(run: Run, analysis: str, data_names: list[str], needs_lm_head: bool = False):
+    """``(data name, spec, model name)`` for every available data × config model. Data that is not
+    available (an ``optional_data`` path that does not exist) and, with ``needs_lm_head``, models without a
+    trained LM head are skipped and recorded in ``run.skipped`` (REPORT.md lists them)."""
+    for data_name in data_names:
         spec = run.spec(data_name)
         if spec is None:
-            run.skipped.append(f"heads: data {data_name!r} is not available")
+            run.skipped.append(f"{analysis}: data {data_name!r} is not available")
             continue
         for name in run.cfg.models:
-            def work(folder: Path, name=name, data_name=data_name, spec=spec):
-                data = run.dataset(data_name, opts.max_sentences)
-                result = analyze_heads(run.model(name), data, relations=opts.relations, seed=run.cfg.seed,
-                                       n_boot=opts.n_boot, n_perm=opts.n_perm, batch_size=run.cfg.batch_size,
-                                       random_baseline=opts.random_baseline, progress=run.progress,
-                                       random_model=run.model(f"random:{name}") if opts.random_baseline else None)
-                result.data = display_spec(spec)
-                for frame in (result.heads, result.baselines, result.verdicts):
-                    if "data" in frame:
-                        frame["data"] = display_spec(spec)
-                result.write(folder)
-
-            run.stage("heads", name, data_name, opts.model_dump(), work)
+            if not needs_lm_head or _scoreable(run, name, analysis):
+                yield data_name, spec, name
 
 
 def _scoreable(run: Run, name: str, analysis: str) -> bool:
@@ -154,22 +159,14 @@ def score(run: Run, opts) -> None:
     """C5: minimal-pair accuracy (whole-sentence log-probability) and critical-word margin, per paradigm."""
     from probekit.scoring import score_pairs
 
-    for data_name in opts.data:
-        spec = run.spec(data_name)
-        if spec is None:
-            run.skipped.append(f"score: data {data_name!r} is not available")
-            continue
-        for name in run.cfg.models:
-            if not _scoreable(run, name, "score"):
-                continue
+    for data_name, spec, name in _combinations(run, "score", opts.data, needs_lm_head=True):
+        def work(folder: Path, name=name, data_name=data_name, spec=spec):
+            data = _first_per_paradigm(run.dataset(data_name), opts.max_pairs)
+            frame = score_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress)
+            frame.insert(1, "data", display_spec(spec))
+            write_tables({"minimal_pairs": frame}, folder)
 
-            def work(folder: Path, name=name, data_name=data_name, spec=spec):
-                data = _first_per_paradigm(run.dataset(data_name), opts.max_pairs)
-                frame = score_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress)
-                frame.insert(1, "data", display_spec(spec))
-                write_tables({"minimal_pairs": frame}, folder)
-
-            run.stage("score", name, data_name, opts.model_dump(), work)
+        run.stage("score", name, data_name, opts.model_dump(), work)
 
 
 def _first_per_paradigm(dataset, n: int | None):
