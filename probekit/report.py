@@ -448,12 +448,16 @@ def build_report(run_dir: Path) -> Path:
     rows = [r for fn in VERDICT_FUNCTIONS for r in fn(run_dir)]
     verdicts = pd.DataFrame(rows, columns=["claim", "model", "verdict", "evidence", "tables"])
     write_table(verdicts, run_dir / "verdicts.csv")
-    lines = [f"# {name}: claim verdicts", "",
-             "Each claim of the source document, measured on each model. Verdicts: " + ", ".join(VERDICTS) + ".",
-             "Numbers come from the CSV tables linked in each row; `probekit report` rebuilds this file from them.",
-             "", "## Claims", ""]
-    lines += [f"- **{k}** — {v}" for k, v in CLAIMS.items()]
-    lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
+    if verdicts.empty:  # a run without claim analyses (e.g. probes only)
+        lines = [f"# {name}", "", "Numbers come from the CSV tables linked below; `probekit report` rebuilds "
+                 "this file from them.", ""]
+    else:
+        lines = [f"# {name}: claim verdicts", "",
+                 "Each claim of the source document, measured on each model. Verdicts: " + ", ".join(VERDICTS) + ".",
+                 "Numbers come from the CSV tables linked in each row; `probekit report` rebuilds this file from them.",
+                 "", "## Claims", ""]
+        lines += [f"- **{k}** — {v}" for k, v in CLAIMS.items()]
+        lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
     if manifest.exists():
         skipped = json.loads(manifest.read_text()).get("skipped", [])
         if skipped:

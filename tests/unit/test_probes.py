@@ -460,6 +460,15 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
     for name in ("probes_summary.csv", "probes.tex", "probe_curves.png", "summary.md"):
         assert (out / name).stat().st_size > 0
     assert "selectivity" in (out / "summary.md").read_text()
+    # a run folder holding only probes gets a report without an (empty) verdict table
+    from probekit.report import build_report
+
+    run_dir = tmp_path / "run"
+    (run_dir / "probes").mkdir(parents=True)
+    out.rename(run_dir / "probes" / "tiny-bert__svo")
+    text = build_report(run_dir).read_text()
+    assert "## Probes" in text and "upos probe on" in text and "## Verdicts" not in text
+    out.mkdir()
     assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
                  "--layers", "zero", "--out", str(out)]) == 2
 
