@@ -278,6 +278,7 @@ class Run:
         self.reused: list[str] = []
         self._models: dict[str, Any] = {}
         self._data: dict[str, Any] = {}
+        self.git = _git_state()  # the code this run starts with (the tree may change while it runs)
 
     def spec(self, name_or_spec: str) -> str | None:
         """A data name -> its spec (None if it is optional and absent); anything else is a spec."""
@@ -385,7 +386,8 @@ def write_manifest(run: Run) -> Path:
         "skipped": list(dict.fromkeys(run.skipped)),
         "reused_stages": run.reused,
         "packages": packages,
-        "git_commit": _git_commit(),
+        "git_commit": run.git["commit"],
+        "git_dirty": run.git["dirty"],
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "torch_threads": _torch_threads()},
         # a stage reused from a run made before its cost was recorded has no timing (null)
@@ -404,13 +406,21 @@ def display_path(path: str) -> str:
         return p.name
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _git_state() -> dict:
+    """The checkout's HEAD commit and whether probekit's own tracked files differ from it (``dirty``);
+    both None outside a git checkout (e.g. an installed wheel)."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def _torch_threads() -> int:
