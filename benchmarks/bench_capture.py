@@ -376,6 +376,11 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                 f"from {filt:.2f}× to {cap:.2f}×. The head: `hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the "
                 f"LM/MLM head, which the floor and the bridge/`tl-*` variants compute and capture does not (it stops "
                 "on entering the final norm / head), so capture's ratio can fall below theirs and below 1.")
+        if body == body:
+            per_rep = f.pivot_table(index="repeat", columns="variant", values="seconds")
+            vs_body = (per_rep["probekit-capture"] / per_rep["hf-body-forward"]).median()
+            text += (f" Against the forward a capture actually needs — `hf-body-forward`, no head — capture runs at "
+                     f"{vs_body:.2f}× (median over repetitions): that is its true overhead, the bridge's and its own.")
         if "hf_vs_bridge_resid_max_abs_diff" in f and f["hf_vs_bridge_resid_max_abs_diff"].notna().any():
             c = f.iloc[0]
             text += (f" Check: HF hidden states vs bridge `resid_post` (blocks 0..L-2) max |diff| "

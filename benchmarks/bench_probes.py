@@ -302,13 +302,17 @@ def _notes(frame: pd.DataFrame, source: str, profiles: dict, capture_s: float) -
     if "fits_not_converged" in t and t["fits_not_converged"].max() > 0:
         lines += [f"{int(t.loc['sklearn-logreg', 'fits_not_converged'])} logistic fits hit max_iter=1000 without "
                   "converging (timed as they are).", ""]
-    lines += ["**Where probekit loses.** Below the 5× goal, because RidgeProbe does a fixed amount of dense float64 "
-              "work per layer that the logistic fit, on standardised features, does not much exceed: the Gram matrix "
-              "XᵀX and the projection P = XV (two n×d×d products, `_spectrum`), the leave-one-out scores for 8 alphas "
-              "(`_loo_accuracy`, n×d×K each), and the float64 copy plus standardisation of X (`fit`'s own time, "
-              "`_var`, `asarray`); lbfgs needs only a few dozen gradient evaluations here (`loss_gradient` calls in the profile below). Not measured "
-              "here, so only candidates: computing XᵀX and XV in float32, fusing the 8 LOO products into one "
-              "matmul, and standardising in place.", ""]
+    cost = ("per layer RidgeProbe computes two n×d×d products in float32 (the Gram matrix XᵀX, which numpy runs as "
+            "one BLAS syrk, and the projection P = XV, both in `_spectrum`), one fused n×d×(8·K) product for the "
+            "leave-one-out fits of all 8 alphas (`_loo_accuracy`) and a d×d eigendecomposition in float64; "
+            "features arrive as float32 captures and are fitted in float32 (float64 input is fitted in float64, "
+            "about twice as slow)")
+    if speedup < 5:
+        lines += [f"**Where probekit loses.** Below the 5× goal: {cost}, while lbfgs needs only a few dozen gradient "
+                  "evaluations here (`loss_gradient` calls in the profile below).", ""]
+    else:
+        lines += [f"**Where the time goes.** {cost}; the logistic fit spends its time in a few dozen lbfgs gradient "
+                  "evaluations (`loss_gradient` in the profile below).", ""]
     lines += [f"<details><summary>cProfile of one fit at layer {profiles['layer']} (top entries by self time)</summary>",
               ""]
     for variant in FACTORIES:

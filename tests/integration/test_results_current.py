@@ -34,7 +34,7 @@ def test_committed_seed_claims_are_current(tmp_path):
         pytest.skip("results/seed_claims has not been generated (run `make run`)")
     cfg, _ = load_config(REPO / "experiments" / "seed_claims.yaml", ["models=[minilm-l6]"])
     cfg.analyses.heads.data = ["svo"]
-    cfg.analyses.probes = None
+    cfg.analyses.probes = [p for p in cfg.analyses.probes if p.data == "bank"]  # the sense probe (C2)
     cfg.analyses.score = None
     cfg.analyses.ablate = None
     out = run_experiment(cfg, out=tmp_path / "slice", progress=False)
