@@ -528,6 +528,7 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path |
     if only and csv_path.exists():
         previous = pd.read_csv(csv_path)
         kept = previous[~previous["benchmark"].isin(names)]
+        kept = kept.dropna(axis=1, how="all")  # columns only the replaced benchmarks had
         meta = _previous_meta(ctx.out)
         meta["invocations"] = [i for i in meta.get("invocations", [])
                                if set(i.get("benchmarks", [])) - set(names)]

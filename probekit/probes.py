@@ -805,6 +805,13 @@ def probe_layers(
                               f"training (all their instances went to the test side); they count as errors",
                               stacklevel=2)
         controls = {seed: control_labels(inst.types, inst.labels, seed=seed) for seed in seeds} if control else {}
+        if controls and len(np.unique(inst.types)) < 2:
+            # One word type (e.g. the sense of "bank"): the control task gives every instance the same label,
+            # so it measures nothing. Report it as missing; the random-init model is the baseline that counts.
+            warnings.warn(f"{where}: every instance is the word type {inst.types[0]!r}, so the control task is "
+                          "undefined (control_accuracy and selectivity are NaN); compare with the random-init "
+                          "model instead", stacklevel=2)
+            controls = {}
         for layer in layer_list:
             X = _features(np.asarray(capture.stream(layer)), rows)
             for (split_name, seed), test in test_masks.items():
@@ -838,8 +845,8 @@ def _probe_once(X, inst: _Instances, test: np.ndarray, control_y, template, seed
     if control_y is not None:
         control_classes = np.unique(control_y[train])
         if len(control_classes) == 1:
-            # Few word types (e.g. only "bank" for the sense task) can give every training type the same
-            # control label: then any probe learns that constant, which is what we score.
+            # Few word types can give every training type the same control label: then any probe learns
+            # that constant, which is what we score.
             control_pred = np.full(int(test.sum()), control_classes[0])
         else:
             control_pred = _same_capacity(template, fitted).fit(X[train], control_y[train]).predict(X[test])

@@ -509,9 +509,9 @@ def test_load_refuses_untrusted_types(tmp_path):
         load_probe(tmp_path / "missing.skops")
 
 
-def test_control_with_a_single_word_type_is_a_constant():
-    """The sense task has one word type ("bank"): its control task is one constant label, which any
-    probe learns perfectly, so control accuracy is 1 and selectivity is accuracy - 1 (no crash)."""
+def test_control_with_a_single_word_type_is_undefined():
+    """The sense task has one word type ("bank"): its control task would be one constant label that any
+    probe learns perfectly. It measures nothing, so it is reported as missing, with a warning."""
     rng = np.random.default_rng(0)
     sentences, feats = [], []
     for i in range(60):
@@ -520,8 +520,8 @@ def test_control_with_a_single_word_type_is_a_constant():
         base = np.zeros(4)
         base[0] = 1.0 if sense == "river" else -1.0
         feats += [rng.normal(size=4), base + rng.normal(scale=0.1, size=4)]
-    frame = probe_layers("m", sentences, "sense", layers=[0], capture=FakeCapture(sentences, {0: np.array(feats)}),
-                         seeds=(0,), n_boot=100)
-    assert frame.control_accuracy.iloc[0] == 1.0
-    assert frame.selectivity.iloc[0] == pytest.approx(frame.accuracy.iloc[0] - 1.0)
+    with pytest.warns(UserWarning, match="control task is undefined"):
+        frame = probe_layers("m", sentences, "sense", layers=[0],
+                             capture=FakeCapture(sentences, {0: np.array(feats)}), seeds=(0,), n_boot=100)
+    assert np.isnan(frame.control_accuracy.iloc[0]) and np.isnan(frame.selectivity.iloc[0])
     assert frame.accuracy.iloc[0] > 0.9
