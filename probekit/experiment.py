@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from probekit.errors import ProbekitError
 
@@ -108,6 +108,16 @@ class Analyses(_Strict):
     probes: list[ProbesOptions] | None = None
     score: ScoreOptions | None = None
     ablate: AblateOptions | None = None
+
+    @field_validator("probes")
+    @classmethod
+    def _one_probes_entry_per_data(cls, entries):
+        # each (model, data) pair is one stage folder, probes/<model>__<data>: two entries would overwrite it
+        seen = [e.data for e in entries or ()]
+        repeated = sorted({d for d in seen if seen.count(d) > 1})
+        if repeated:
+            raise ValueError(f"several probes entries use data {repeated}; put their tasks in one entry")
+        return entries
 
 
 class ExperimentConfig(_Strict):

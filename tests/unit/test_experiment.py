@@ -49,6 +49,13 @@ def test_wrong_type_names_the_key(tmp_path):
         load_config(_write(tmp_path, cfg))
 
 
+def test_two_probes_entries_on_the_same_data_are_rejected(tmp_path):
+    entry = {"data": "bank", "tasks": ["sense"]}
+    cfg = dict(BASE, analyses={"probes": [entry, dict(entry, seeds=[1])]})
+    with pytest.raises(pk.ProbekitError, match=r"'analyses.probes'[\s\S]*one entry"):
+        load_config(_write(tmp_path, cfg))
+
+
 def test_missing_seed_is_rejected(tmp_path):
     cfg = {k: v for k, v in BASE.items() if k != "seed"}
     with pytest.raises(pk.ProbekitError, match="'seed'"):
