@@ -417,8 +417,9 @@ def display_path(path: str) -> str:
 
 
 def _git_state() -> dict:
-    """The checkout's HEAD commit and whether probekit's own tracked files differ from it (``dirty``);
-    both None outside a git checkout (e.g. an installed wheel)."""
+    """The checkout's HEAD commit and whether the code that makes results — the tracked files of
+    ``probekit/`` and ``experiments/`` — differs from it (``dirty``); both None outside a git checkout
+    (e.g. an installed wheel)."""
     package = Path(__file__).resolve().parent
 
     def git(*args) -> str | None:
@@ -429,7 +430,7 @@ def _git_state() -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD") or None
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".") if commit else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", "../experiments") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

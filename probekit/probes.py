@@ -151,7 +151,11 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
 
         The heavy products (the Gram matrix and ``P = X V``) run in the input's precision: float32
         captures stay float32 (half the memory traffic of float64; the eigendecomposition, the
-        weights and everything per alpha are float64), float64 input is computed in float64.
+        weights and everything per alpha are float64), float64 input is computed in float64. The LOO
+        formula is exact in either; in float32 the Gram matrix's smallest eigenvalues carry float32
+        rounding, which matters only when alpha is tiny next to them (on nearly rank-deficient features
+        with alpha = 0.01, a few predictions in a thousand can differ from a float64 fit). Pass float64
+        for bit-for-bit agreement with `sklearn.linear_model.RidgeClassifier`.
         """
         grid = self._alpha_grid()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
@@ -1041,14 +1045,16 @@ def probe_summary(frame: pd.DataFrame, within: float = 0.01) -> pd.DataFrame:
     decodable); and, when the frame holds random-init rows (``model_kind``), the random-init model's
     ``random_init_best_layer``, ``random_init_accuracy`` and ``random_init_selectivity`` at its own best
     layer, and ``gain_over_random_init``. The best layer is chosen on the test accuracies it reports, so
-    ``accuracy`` is slightly optimistic; the full curves are in the frame.
+    ``accuracy`` is slightly optimistic (ties go to the shallowest layer); the full curves are in the
+    frame. Rows are kept apart by ``model, data, task, split, probe``, whatever the row order.
     """
     if "model_kind" not in frame:
         frame = frame.assign(model_kind="trained")
-    keys = ["model", "data", "task", "split"]
+    frame = frame.sort_values("layer", kind="stable")  # each curve runs from the shallowest layer
+    keys = [k for k in ("model", "data", "task", "split", "probe") if k in frame]
     metrics = ["accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "majority_accuracy"]
 
-    def curves(kind):  # mean over seeds: one row per (model, data, task, split, layer)
+    def curves(kind):  # mean over seeds: one row per (model, data, task, split, probe, layer)
         sub = frame[frame.model_kind == kind]
         mean = sub.groupby([*keys, "layer"], sort=False)[metrics].mean()
         spread = sub.groupby([*keys, "layer"], sort=False)["accuracy"].agg(["min", "max", "size"])

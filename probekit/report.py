@@ -266,12 +266,14 @@ def _probe_summaries(run_dir: Path, model: str | None = None, task: str | None =
 
 def _probe_sentence(r) -> str:
     """One sentence on a probe's layer curve, from a `probekit.probes.probe_summary` row."""
+    baselines = [] if pd.isna(r.layer0_accuracy) else [f"layer 0 (embeddings) {r.layer0_accuracy:.3f}"]
+    baselines.append(f"control task {r.control_accuracy:.3f} (selectivity {r.selectivity:+.3f})"
+                     if not pd.isna(r.control_accuracy) else "no control task (undefined for a single word type, "
+                     "or not run)")
+    baselines.append(f"majority {r.majority_accuracy:.3f}")
     text = (f"{r.task} probe on {r.data} ({r.split} split, {int(r.n_seeds)} seed(s)): best layer {int(r.best_layer)} "
             f"at {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], within 1 point of that from layer "
-            f"{int(r.first_layer_within)}; layer 0 (embeddings) {r.layer0_accuracy:.3f}, "
-            + (f"control task {r.control_accuracy:.3f} (selectivity {r.selectivity:+.3f})"
-               if not pd.isna(r.control_accuracy) else "no control task (a single word type: it would be constant)")
-            + f", majority {r.majority_accuracy:.3f}")
+            f"{int(r.first_layer_within)}; " + ", ".join(baselines))
     if not pd.isna(getattr(r, "random_init_accuracy", float("nan"))):
         text += f", random-init model {r.random_init_accuracy:.3f} (its best layer {int(r.random_init_best_layer)})"
         if r.accuracy - r.random_init_accuracy < 0.02:

@@ -50,11 +50,14 @@ def run(args) -> int:
         except ValueError:
             raise ProbekitError(f"--layers takes 'all' or integers, got {' '.join(args.layers)}",
                                 where="probekit probe --layers", fix="e.g. --layers 0 4 8 or --layers all") from None
+    with_random = not args.no_random_baseline and not args.model.startswith("random:")
+    if not args.no_random_baseline and not with_random:
+        print(f"{args.model} is itself a random-init model: no random-init baseline is added")
     data = load_dataset(args.data, max_sentences=args.max_sentences)
     model = load_model(args.model)
     kwargs = dict(layers=layers, probe=args.probe, seeds=args.seeds, split=args.split,
                   test_size=args.test_size, mdl=args.mdl)
-    if args.no_random_baseline:
+    if not with_random:
         frame = probe_layers(model, data, args.task, **kwargs)
         frame.insert(0, "model_kind", "trained")
     else:

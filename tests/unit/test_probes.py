@@ -159,19 +159,22 @@ def test_ridge_probe_equals_sklearn_ridge_classifier():
                                scaled.decision_function(X), atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("shape", [(60, 8), (25, 40)])  # n > d (eigh of the Gram) and n < d (thin SVD)
-def test_ridge_loo_scores_equal_brute_force_leave_one_out(shape):
+def test_ridge_loo_scores_equal_brute_force_leave_one_out(shape, fit_intercept, dtype):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=shape)
+    X = rng.normal(size=shape).astype(dtype)
     y = rng.integers(0, 3, shape[0])
     alphas = (0.1, 1.0, 10.0)
-    fast = RidgeProbe(alphas=alphas, standardize=False).fit(X, y).cv_scores_
+    params = dict(standardize=False, fit_intercept=fit_intercept)
+    fast = RidgeProbe(alphas=alphas, **params).fit(X, y).cv_scores_
     brute = []
     for alpha in alphas:
         hits = 0
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
-            hits += RidgeProbe(alpha=alpha, standardize=False).fit(X[keep], y[keep]).predict(X[i:i + 1])[0] == y[i]
+            hits += RidgeProbe(alpha=alpha, **params).fit(X[keep], y[keep]).predict(X[i:i + 1])[0] == y[i]
         brute.append(hits / len(y))
     np.testing.assert_allclose(fast, brute)
 
@@ -448,6 +451,20 @@ def test_probe_summary_reads_the_layer_curve(sentences, capture):
     assert r.accuracy_min <= r.accuracy <= r.accuracy_max
 
 
+def test_probe_summary_does_not_depend_on_row_order_and_keeps_probes_apart():
+    acc = {6: 0.90, 0: 0.50, 3: 0.895, 9: 0.90}  # layers in the order a user might ask for them
+    base = dict(model="m", data="d", task="upos", seed=0, split="random", control_accuracy=0.3, selectivity=0.0,
+                majority_accuracy=0.2, ci_low=0.0, ci_high=1.0)
+    frame = pd.DataFrame([dict(base, layer=layer, accuracy=a, probe="ridge") for layer, a in acc.items()]
+                         + [dict(base, layer=layer, accuracy=a - 0.1, probe="linear") for layer, a in acc.items()])
+    summary = probe_summary(frame)
+    assert list(summary.probe) == ["ridge", "linear"] and (summary.n_seeds == 1).all()
+    ridge = summary.iloc[0]
+    assert ridge.best_layer == 6 and ridge.first_layer_within == 3 and ridge.layer0_accuracy == 0.5
+    shuffled = probe_summary(frame.sample(frac=1, random_state=1)).set_index("probe").loc[["ridge", "linear"]]
+    pd.testing.assert_frame_equal(shuffled, summary.set_index("probe"))
+
+
 def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
     from probekit.cli import main
 
@@ -471,6 +488,10 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
     out.mkdir()
     assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
                  "--layers", "zero", "--out", str(out)]) == 2
+    # a random-init model has no random-init twin: probed on its own
+    assert main(["probe", "--model", "random:tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
+                 "--layers", "1", "--seeds", "0", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out / "probes.csv").model) == {"random:tiny-bert"}
 
 
 def test_probe_with_baselines_labels_model_kind(sentences, capture):
