@@ -185,15 +185,23 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         y_mean = Y.mean(axis=0) if self.fit_intercept else np.zeros(Y.shape[1])
         Yc = Y - y_mean
 
-        s, V, P = _spectrum(Xs, need_projection=grid is not None)
-        B = V.T @ (Xs.T @ Yc.astype(X.dtype)).astype(np.float64)  # [rank, K]
-        if grid is None:
+        XtY = (Xs.T @ Yc.astype(X.dtype)).astype(np.float64)  # [d, K]
+        if grid is None and n >= d:
+            # one alpha: a Cholesky solve of (XᵀX + αI) W = XᵀY, a ninth of an eigendecomposition's cost
             alpha, self.cv_scores_ = float(self.alpha), None
+            gram = (Xs.T @ Xs).astype(np.float64)  # [d, d]
+            gram[np.diag_indices_from(gram)] += alpha
+            W = scipy.linalg.solve(gram, XtY, assume_a="pos", overwrite_a=True, check_finite=False)
         else:
-            self.cv_scores_ = _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, self.fit_intercept)
-            best = np.flatnonzero(self.cv_scores_ == self.cv_scores_.max())
-            alpha = float(max(grid[i] for i in best))
-        W = V @ (B / (s + alpha)[:, None])  # [d, K] in standardised space
+            s, V, P = _spectrum(Xs, need_projection=grid is not None)
+            B = V.T @ XtY  # [rank, K]
+            if grid is None:
+                alpha, self.cv_scores_ = float(self.alpha), None
+            else:
+                self.cv_scores_ = _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, self.fit_intercept)
+                best = np.flatnonzero(self.cv_scores_ == self.cv_scores_.max())
+                alpha = float(max(grid[i] for i in best))
+            W = V @ (B / (s + alpha)[:, None])  # [d, K] in standardised space
 
         self.alpha_ = alpha
         self.coef_ = (W / x_scale[:, None]).T
