@@ -1025,8 +1025,13 @@ def probe_with_baselines(
     defaults to ``"random:<model name>"`` (loaded with `probekit.models.load_model`). Layer 0 of the
     trained model (the embeddings) is the other baseline and is already a row of every sweep with
     ``layers="all"``. ``kwargs`` go to `probe_layers`; ``capture``/``random_capture`` may give captures
-    that already exist. Rows have ``model_kind`` "trained" or "random-init".
+    that already exist. Rows have ``model_kind`` "trained" or "random-init"; ``random_model=False`` leaves
+    the random-init rows out (e.g. when ``model`` is itself a random-init model).
     """
+    if random_model is False:
+        frame = probe_layers(model, dataset, task, layers, capture=capture, **kwargs)
+        frame.insert(0, "model_kind", "trained")
+        return frame
     if random_model is None:
         name = model if isinstance(model, str) else getattr(model, "name", None)
         if name is None:
@@ -1074,12 +1079,12 @@ def probe_summary(frame: pd.DataFrame, within: float = 0.01) -> pd.DataFrame:
     trained = curves("trained")
     if trained.empty:
         return pd.DataFrame(columns=[*keys, "n_seeds", "best_layer", *metrics])
-    best = best_rows(trained).rename(columns={"layer": "best_layer"})
-    by_key = {k: g.droplevel(keys) for k, g in trained.groupby(level=keys, sort=False)}  # each indexed by layer
     rows = []
-    for key, b in best.iterrows():
-        curve = by_key[key]
-        row = dict(zip(keys, key), n_seeds=int(b.n_seeds), best_layer=int(b.best_layer),
+    for key, curve in trained.groupby(level=keys, sort=False):
+        curve = curve.droplevel(keys)  # indexed by layer, shallowest first
+        best_layer = curve.accuracy.idxmax()  # the first maximum: ties go to the shallowest layer
+        b = curve.loc[best_layer]
+        row = dict(zip(keys, key), n_seeds=int(b.n_seeds), best_layer=int(best_layer),
                    **{m: b[m] for m in [*metrics, "accuracy_min", "accuracy_max"]})
         row["layer0_accuracy"] = curve.accuracy.get(0, np.nan)
         row["gain_over_layer0"] = row["accuracy"] - row["layer0_accuracy"]

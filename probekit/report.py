@@ -104,6 +104,17 @@ def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -
     return _save_fig(fig, path)
 
 
+def write_probe_results(frame: pd.DataFrame, folder, title: str = "") -> pd.DataFrame:
+    """A probe run's files: ``probes`` and ``probes_summary`` tables (`write_tables`) and
+    ``probe_curves.png``; returns the summary (`probekit.probes.probe_summary`)."""
+    from probekit.probes import probe_summary
+
+    summary = probe_summary(frame)
+    write_tables({"probes": frame, "probes_summary": summary}, folder)
+    plot_probe_curves(frame, Path(folder) / "probe_curves.png", title=title)
+    return summary
+
+
 def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
     """Accuracy, control accuracy and majority baseline against layer, one panel per task and split
     (mean over seeds); the random-init model's curves are dotted."""
@@ -246,7 +257,7 @@ def verdict_c2(run_dir: Path) -> list[dict]:
             verdict = "not supported"
         tables = [_rel(run_dir, d / "bank_summary.csv"), _rel(run_dir, d / "bank_cue_heads.csv")]
         for p, r in _probe_summaries(run_dir, model, task="sense"):
-            parts.append(_probe_sentence(r))
+            parts.append(probe_sentence(r))
             tables.append(_rel(run_dir, p))
         rows.append({"claim": "C2", "model": model, "verdict": verdict, "evidence": "; ".join(parts),
                      "tables": ", ".join(tables)})
@@ -264,7 +275,7 @@ def _probe_summaries(run_dir: Path, model: str | None = None, task: str | None =
                 yield d / "probes_summary.csv", r
 
 
-def _probe_sentence(r) -> str:
+def probe_sentence(r) -> str:
     """One sentence on a probe's layer curve, from a `probekit.probes.probe_summary` row."""
     baselines = [] if pd.isna(r.layer0_accuracy) else [f"layer 0 (embeddings) {r.layer0_accuracy:.3f}"]
     baselines.append(f"control task {r.control_accuracy:.3f} (selectivity {r.selectivity:+.3f})"
@@ -479,7 +490,7 @@ def build_report(run_dir: Path) -> Path:
     if probe_rows:
         lines += ["## Probes", "", "Per-layer linear probes (`probekit.probes`), summarised over seeds "
                   "(`probe_summary`); the curves are in the plots below and every row in the linked tables.", ""]
-        lines += [f"- **{r.model}** — {_probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
+        lines += [f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
                   for p, r in probe_rows]
         lines.append("")
     pngs = sorted(run_dir.rglob("*.png"))

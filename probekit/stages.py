@@ -86,23 +86,18 @@ def probes(run: Run, all_opts) -> None:
 
 
 def _probes(run: Run, opts) -> None:
-    from probekit.probes import probe_layers, probe_summary, probe_with_baselines
-    from probekit.report import plot_probe_curves
+    from probekit.probes import probe_with_baselines
+    from probekit.report import write_probe_results
 
     for _, spec, name in _combinations(run, "probes", [opts.data]):
         def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
             kwargs = dict(layers=opts.layers, probe="ridge" if opts.probe == "ridge" else "linear",
-                          seeds=tuple(opts.seeds), split=opts.split if isinstance(opts.split, str) else list(opts.split))
-            if opts.random_baseline:
-                frame = probe_with_baselines(run.model(name), data, opts.tasks,
-                                             random_model=run.model(f"random:{name}"), **kwargs)
-            else:
-                frame = probe_layers(run.model(name), data, opts.tasks, **kwargs)
-                frame.insert(0, "model_kind", "trained")
+                          seeds=tuple(opts.seeds), split=opts.split)
+            random_model = run.model(f"random:{name}") if opts.random_baseline else False
+            frame = probe_with_baselines(run.model(name), data, opts.tasks, random_model=random_model, **kwargs)
             frame["data"] = display_spec(spec)
-            write_tables({"probes": frame, "probes_summary": probe_summary(frame)}, folder)
-            plot_probe_curves(frame, folder / "probe_curves.png", title=f"{name} on {display_spec(spec)}")
+            write_probe_results(frame, folder, title=f"{name} on {display_spec(spec)}")
 
         run.stage("probes", name, opts.data, opts.model_dump(), work)
 

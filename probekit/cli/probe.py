@@ -39,8 +39,8 @@ def run(args) -> int:
     from probekit.data import load_dataset
     from probekit.errors import ProbekitError
     from probekit.models import load_model
-    from probekit.probes import probe_layers, probe_summary, probe_with_baselines
-    from probekit.report import atomic_write_text, markdown_table, plot_probe_curves, write_tables
+    from probekit.probes import probe_with_baselines
+    from probekit.report import atomic_write_text, markdown_table, probe_sentence, write_probe_results
 
     if args.layers == ["all"]:
         layers = "all"
@@ -57,24 +57,13 @@ def run(args) -> int:
     model = load_model(args.model)
     kwargs = dict(layers=layers, probe=args.probe, seeds=args.seeds, split=args.split,
                   test_size=args.test_size, mdl=args.mdl)
-    if not with_random:
-        frame = probe_layers(model, data, args.task, **kwargs)
-        frame.insert(0, "model_kind", "trained")
-    else:
-        frame = probe_with_baselines(model, data, args.task, **kwargs)
-    summary = probe_summary(frame)
+    frame = probe_with_baselines(model, data, args.task, random_model=None if with_random else False, **kwargs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_tables({"probes": frame, "probes_summary": summary}, out)
-    plot_probe_curves(frame, out / "probe_curves.png", title=f"{model.name} on {args.data}")
+    summary = write_probe_results(frame, out, title=f"{model.name} on {args.data}")
     atomic_write_text(out / "summary.md", _summary_markdown(summary, model.name, args, markdown_table))
     for r in summary.itertuples(index=False):
-        line = (f"{r.task:<12} {r.split:<8} best layer {r.best_layer:>2}: {r.accuracy:.3f} "
-                f"(layer 0 {r.layer0_accuracy:.3f}, control {r.control_accuracy:.3f}, "
-                f"selectivity {r.selectivity:+.3f}, majority {r.majority_accuracy:.3f}")
-        if "random_init_accuracy" in summary:
-            line += f", random-init {r.random_init_accuracy:.3f}"
-        print(line + ")")
+        print(f"- {probe_sentence(r)}")
     print(f"wrote {out}/probes.csv, probes_summary.csv, probe_curves.png and summary.md")
     return 0
 
