@@ -222,17 +222,7 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[idx]
 
     def _alpha_grid(self) -> np.ndarray | None:
-        if self.alphas is None:
-            _check_positive(self.alpha, "alpha", "RidgeProbe")
-            return None
-        grid = np.asarray(self.alphas, dtype=float).ravel() if _is_sequence(self.alphas) else None
-        if grid is None or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-            raise _ProbeInputError(
-                f"alphas must be a non-empty sequence of positive numbers, got {self.alphas!r}",
-                where="RidgeProbe",
-                fix="e.g. alphas=(0.1, 1, 10, 100), or alphas=None to use the single `alpha`",
-            )
-        return grid
+        return _penalty_grid(self.alpha, self.alphas, "alpha", "alphas", "RidgeProbe", "(0.1, 1, 10, 100)")
 
 
 def _spectrum(Xs: np.ndarray, need_projection: bool):
@@ -387,21 +377,27 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return np.nanmean(scores, axis=0)
 
     def _C_grid(self) -> np.ndarray | None:
-        if self.Cs is None:
-            _check_positive(self.C, "C", "LinearProbe")
-            return None
-        grid = np.asarray(self.Cs, dtype=float).ravel() if _is_sequence(self.Cs) else None
-        if grid is None or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-            raise _ProbeInputError(
-                f"Cs must be a non-empty sequence of positive numbers, got {self.Cs!r}",
-                where="LinearProbe",
-                fix="e.g. Cs=(0.01, 0.1, 1, 10), or Cs=None to use the single `C`",
-            )
-        return grid
+        return _penalty_grid(self.C, self.Cs, "C", "Cs", "LinearProbe", "(0.01, 0.1, 1, 10)")
 
 
 def _is_sequence(x) -> bool:
     return isinstance(x, Sequence | np.ndarray) and not isinstance(x, str)
+
+
+def _penalty_grid(value, values, name: str, names: str, where: str, example: str) -> np.ndarray | None:
+    """The penalties to choose from (``values``, e.g. ``alphas``), or None to use the single ``value``
+    (checked positive); bad grids raise with the estimator's parameter names."""
+    if values is None:
+        _check_positive(value, name, where)
+        return None
+    grid = np.asarray(values, dtype=float).ravel() if _is_sequence(values) else None
+    if grid is None or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+        raise _ProbeInputError(
+            f"{names} must be a non-empty sequence of positive numbers, got {values!r}",
+            where=where,
+            fix=f"e.g. {names}={example}, or {names}=None to use the single `{name}`",
+        )
+    return grid
 
 
 def _check_positive(value, name: str, where: str) -> None:
