@@ -1604,11 +1604,9 @@ def compare_patching(exact: pd.DataFrame, attribution: pd.DataFrame, k: int = 10
 def heatmap(frame: pd.DataFrame, path, *, metric: str | None = None, n_layers: int | None = None,
             n_heads: int | None = None, title: str | None = None):
     """A layers x heads heatmap of ``delta`` (one panel per metric, or just ``metric``), saved to ``path``."""
-    import matplotlib
+    from probekit.report import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     single = frame[frame["layer"] >= 0]
     metrics = [metric] if metric else list(dict.fromkeys(single["metric"]))
     n_layers = n_layers or int(single["layer"].max()) + 1

@@ -792,11 +792,9 @@ def write_report(res: HeadAnalysis, out: str | os.PathLike, heatmaps: bool = Tru
 def plot_heatmaps(heads: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     """One PNG per relation: test accuracy over layers x heads, one panel per direction; the
     dev-selected head is boxed."""
-    import matplotlib
+    from probekit.report import _plt, _save_fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     paths = []
     for rel in dict.fromkeys(heads.relation):
         sub = heads[heads.relation == rel]
@@ -818,10 +816,7 @@ def plot_heatmaps(heads: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
             ax.set_xticks(range(n_heads))
             ax.tick_params(labelsize=6)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test accuracy")
-        path = Path(out) / f"heatmap_{rel.replace(':', '_')}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_fig(fig, Path(out) / f"heatmap_{rel.replace(':', '_')}.png"))
     return paths
 
 
