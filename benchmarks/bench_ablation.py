@@ -6,7 +6,7 @@ Two workloads on the same model (``smollm2-135m``; ``tiny-llama`` with ``quick``
   ``regular_plural_subject_verb_agreement_1`` (16 pairs; 4 with ``quick``) and read accuracy, margin and
   sentence log-prob difference. ``naive`` is the reference loop (one ``run_with_hooks`` forward per
   head over the whole batch, the way ``transformer_lens.patching`` works); ``fast`` is
-  `probekit.ablation`'s engine (restart at the ablated layer with earlier blocks skipped, ablated
+  `probekit.analyses.interventions.engine`'s engine (restart at the ablated layer with earlier blocks skipped, ablated
   copies stacked along the batch, sequences cut after the last scored token, prefix-trie packing,
   unembedding only where read). Heads: all 9 heads of every third layer (90 of 270; mean layer 13.5,
   slightly *harder* for the fast engine than all heads, mean 14.5); all heads with ``quick``. The
@@ -51,7 +51,7 @@ def _pairs(n: int):
 
 
 def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFrame:
-    from probekit import ablation as A
+    from probekit.analyses.interventions import engine as A
     from probekit.models import load_model
 
     ctx = ctx or bench.BenchContext(quick=quick)

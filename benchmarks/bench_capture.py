@@ -8,7 +8,7 @@ Same sentences, same right-padded, length-sorted batches of 16 for every variant
 - ``bridge-forward``: ``model.bridge(input_ids, attention_mask=...)`` with no hooks.
 - ``tl-cache-all``: ``bridge.run_with_cache`` caching every hook.
 - ``tl-cache-filter``: ``run_with_cache`` with capture's ``names_filter`` (resid_post + hook_pattern).
-- ``probekit-capture``: ``probekit.capture`` into a fresh cache folder (tokenising, pooling words,
+- ``probekit-capture``: ``probekit.activations.capture`` into a fresh cache folder (tokenising, pooling words,
   word attention and writing the memory maps included; the folder is deleted after the clock stops).
   It stops before the final norm and the LM/MLM head, which the other variants compute (all but
   ``hf-body-forward``), so it can run faster than the floor.
@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from probekit import bench
-from probekit.align import align, pad_batch
+from probekit.activations.align import align, pad_batch
 
 VARIANTS = ("hf-forward", "hf-body-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture")
 FLOOR = "hf-forward"
@@ -45,7 +45,7 @@ CHUNK_BATCHES = 4  # variants alternate every 4 batches (64 sentences)
 
 
 class Workload:
-    """Sentences aligned and cut into the same batches `probekit.capture` makes (sorted by length)."""
+    """Sentences aligned and cut into the same batches `probekit.activations.capture` makes (sorted by length)."""
 
     def __init__(self, model, sentences, batch_size: int = BATCH_SIZE):
         self.model, self.sentences, self.batch_size = model, list(sentences), batch_size
@@ -60,7 +60,7 @@ class Workload:
                       | {f"blocks.{layer}.attn.hook_pattern" for layer in layers})
 
     def chunks(self, n_batches: int) -> list[Workload]:
-        """Consecutive groups of ``n_batches`` batches as workloads of their own; `probekit.capture` on a
+        """Consecutive groups of ``n_batches`` batches as workloads of their own; `probekit.activations.capture` on a
         chunk's sentences forms exactly these batches again (same length order, same cut points)."""
         out = []
         for k in range(0, len(self.batches), n_batches):
@@ -80,7 +80,7 @@ def load_pristine_hf(name: str, with_tokenizer: bool = False):
 
 def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] = VARIANTS) -> dict:
     """Variant name -> zero-argument callable (returns a cleanup callable or None), for ``include``."""
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
 
     model = work.model
     names = work.names
@@ -292,7 +292,7 @@ def _thread_sensitivity(model, hf, sentences, tmp_root: Path, ctx: bench.BenchCo
 
 
 def _profiles(model, sentences, tmp_root: Path, profile_dir: Path, name: str) -> dict:
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
 
     def once():
         folder = Path(tempfile.mkdtemp(dir=tmp_root))

@@ -1,6 +1,6 @@
 """Benchmark 5: `make run`'s default job, stage by stage, from a run folder's ``manifest.json``.
 
-Nothing is rerun here: the numbers are the ``timings_s`` that `probekit.experiment` wrote
+Nothing is rerun here: the numbers are the ``timings_s`` that `probekit.experiment.config` wrote
 (``--manifest PATH``, default ``results/seed_claims/manifest.json``). A stage finished in an earlier
 invocation is reused; the manifest then carries the compute time recorded in its ``.done`` marker, or
 null when the marker predates recorded times. ``total`` is the wall time of the manifest's own

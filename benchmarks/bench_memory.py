@@ -1,6 +1,6 @@
 """Benchmark 2: does capture stay linear in time and flat in memory as the input grows?
 
-``probekit.capture`` (every layer's resid_post + attention, a fresh cache folder) on 100, 1,000 and
+``probekit.activations.capture`` (every layer's resid_post + attention, a fresh cache folder) on 100, 1,000 and
 4,000 sentences, each size in a fresh process so its peak memory is its own. EWT dev has 2,001
 sentences; bigger sizes cycle it with new sentence ids (same token statistics, new cache entries).
 MiniLM runs every size; SmolLM2 (about 7× slower per token here) only 100 and 1,000.
@@ -28,7 +28,7 @@ REPEATED = ("minilm-l6", "probekit-capture")
 
 def child(model: str, n: int, variant: str = "probekit-capture", data: str | None = None) -> dict:
     """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences."""
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
     from probekit.models import load_model
 
     if variant != "probekit-capture":

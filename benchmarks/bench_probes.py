@@ -34,7 +34,7 @@ def _logreg():
 
 
 def _ridge():
-    from probekit.probes import DEFAULT_ALPHAS, RidgeProbe
+    from probekit.analyses.probes.layers import DEFAULT_ALPHAS, RidgeProbe
 
     return RidgeProbe(alphas=DEFAULT_ALPHAS)
 
@@ -43,7 +43,7 @@ FACTORIES = {"sklearn-logreg": _logreg, "probekit-ridge": _ridge}
 
 
 def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFrame:
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
     from probekit.models import load_model
 
     ctx = ctx or bench.BenchContext(quick=quick)
@@ -145,7 +145,7 @@ def _logreg_cv(cap, layer, train, test, labels, ctx, base) -> list[dict]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from probekit.probes import DEFAULT_CS
+    from probekit.analyses.probes.layers import DEFAULT_CS
 
     X = np.asarray(cap.stream(layer), dtype=np.float32)
     est = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=list(DEFAULT_CS), cv=5, max_iter=1000))

@@ -15,8 +15,8 @@ import importlib
 
 # `align` and `capture` are both modules and functions; bind the functions eagerly so that importing the
 # submodules cannot shadow them.
-from probekit.align import align
-from probekit.capture import capture
+from probekit.activations.align import align
+from probekit.activations.capture import capture
 from probekit.errors import ProbekitError
 
 __version__ = "0.1.0"
@@ -33,23 +33,23 @@ _EXPORTS = {
     "Dataset": "probekit.data",
     "load_dataset": "probekit.data",
     # alignment and capture
-    "word_attention": "probekit.align",
-    "Capture": "probekit.capture",
-    "check_attention": "probekit.attention",
+    "word_attention": "probekit.activations.align",
+    "Capture": "probekit.activations.capture",
+    "check_attention": "probekit.analyses.attention",
     # analyses
-    "score_heads": "probekit.heads",
-    "positional_heads": "probekit.heads",
-    "analyze_heads": "probekit.heads",
-    "LinearProbe": "probekit.probes",
-    "RidgeProbe": "probekit.probes",
-    "probe_layers": "probekit.probes",
-    "probe_summary": "probekit.probes",
-    "control_labels": "probekit.probes",
-    "score_pairs": "probekit.scoring",
-    "ablate_heads": "probekit.ablation",
-    "patch_heads": "probekit.ablation",
-    "attribution_patch": "probekit.ablation",
-    "specialists_vs_random": "probekit.ablation",
+    "score_heads": "probekit.analyses.heads",
+    "positional_heads": "probekit.analyses.heads",
+    "analyze_heads": "probekit.analyses.heads",
+    "LinearProbe": "probekit.analyses.probes",
+    "RidgeProbe": "probekit.analyses.probes",
+    "probe_layers": "probekit.analyses.probes",
+    "probe_summary": "probekit.analyses.probes",
+    "control_labels": "probekit.analyses.probes",
+    "score_pairs": "probekit.analyses.scoring",
+    "ablate_heads": "probekit.analyses.interventions",
+    "patch_heads": "probekit.analyses.interventions",
+    "attribution_patch": "probekit.analyses.interventions",
+    "specialists_vs_random": "probekit.analyses.interventions",
     # running
     "run_experiment": "probekit.experiment",
     "ExperimentConfig": "probekit.experiment",

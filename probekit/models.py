@@ -32,6 +32,7 @@ head (it is a sentence-embedding model), so its logits are meaningless: ``has_lm
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -124,6 +125,12 @@ class Model:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @functools.cached_property
+    def space_prefix(self) -> bool:
+        """True when the tokenizer encodes " word" and "word" differently (BPE, GPT-2/Llama style): words
+        that follow a space are then encoded with it."""
+        return uses_space_prefix(self.tokenizer)
+
     def hook(self, layer: int, name: str) -> str:
         """TransformerLens hook name, e.g. ``model.hook(3, "attn.hook_pattern")``."""
         return f"blocks.{layer}.{name}"
@@ -132,6 +139,11 @@ class Model:
         kind = "causal" if self.is_causal else "encoder"
         return (f"Model({self.name!r}, {kind}, layers={self.n_layers}, heads={self.n_heads}, "
                 f"kv_heads={self.n_kv_heads}, d_model={self.d_model})")
+
+
+def uses_space_prefix(tokenizer) -> bool:
+    """True for BPE tokenizers where " word" and "word" are different tokens (GPT-2/Llama style)."""
+    return tokenizer(" a", add_special_tokens=False).input_ids != tokenizer("a", add_special_tokens=False).input_ids
 
 
 # --------------------------------------------------------------------------------------------------

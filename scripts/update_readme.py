@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from probekit.experiment import config_reference
+from probekit.experiment.config import config_reference
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 

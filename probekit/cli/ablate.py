@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probekit.ablation import ablate_heads, heatmap, parse_heads
+    from probekit.analyses.interventions.engine import ablate_heads, heatmap, parse_heads
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import write_table

@@ -23,8 +23,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probekit.attention import check_attention
-    from probekit.capture import capture
+    from probekit.analyses.attention import check_attention
+    from probekit.activations.capture import capture
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import write_table

@@ -5,7 +5,7 @@
     probekit heads --model minilm-l6 --data template:svo_adj --relations nsubj,amod,det,obj --out runs/heads
 
 Writes heads.csv, baselines.csv, verdicts.csv, counts.csv, positional.csv, specificity.csv, summary.md
-and heatmap_<relation>.png into --out (see `probekit.heads` for every column and the rules).
+and heatmap_<relation>.png into --out (see `probekit.analyses.heads.score` for every column and the rules).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from probekit.data import load_dataset
-    from probekit.heads import analyze_heads, resolve_relations
+    from probekit.analyses.heads.score import analyze_heads, resolve_relations
     from probekit.models import load_model
 
     data = load_dataset(args.data, max_sentences=args.max_sentences, seed=args.seed)

@@ -39,8 +39,9 @@ def run(args) -> int:
     from probekit.data import load_dataset
     from probekit.errors import ProbekitError
     from probekit.models import load_model
-    from probekit.probes import probe_with_baselines
-    from probekit.report import atomic_write_text, markdown_table, probe_sentence, write_probe_results
+    from probekit.analyses.probes.layers import probe_with_baselines
+    from probekit.report import atomic_write_text, markdown_table, write_probe_results
+    from probekit.report.build import probe_sentence
 
     if args.layers == ["all"]:
         layers = "all"

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probekit.experiment import run_experiment
+    from probekit.experiment.config import run_experiment
 
     out = run_experiment(args.config, out=args.out, overrides=args.overrides)
     print(f"wrote {out}/REPORT.md")
@@ -37,7 +37,7 @@ def run(args) -> int:
 def report(args) -> int:
     from pathlib import Path
 
-    from probekit.report import build_report, compare_runs
+    from probekit.report.build import build_report, compare_runs
 
     for folder in args.runs:
         print(f"wrote {build_report(Path(folder))}")

@@ -29,7 +29,7 @@ def run(args) -> int:
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import atomic_write_text, write_table
-    from probekit.scoring import check_scorable, published_table, score_pairs, summary_markdown
+    from probekit.analyses.scoring import check_scorable, published_table, score_pairs, summary_markdown
 
     model = load_model(args.model)
     check_scorable(model)  # refuse encoders before loading data

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probekit.sweep import is_finished, load_sweep, run_sweep
+    from probekit.experiment.sweep import is_finished, load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep, out=args.out)
     if args.dry_run:

@@ -11,7 +11,7 @@ Stages (default: all, in this order), each writing its own files next to this sc
   regular_plural_subject_verb_agreement_1 -> ``sweep_rp1_zero.csv``, ``sweep_rp1_zero.png``.
 - ``specialists``: top-5 "nsubj heads" by a simple criterion (mean word-level attention from the
   agreeing verb to its subject on 300 ``template:agreement_sentences`` with seed 1, via
-  `probekit.capture`), then `specialists_vs_random` on 120 ``template:agreement`` pairs (seed 0, a
+  `probekit.activations.capture`), then `specialists_vs_random` on 120 ``template:agreement`` pairs (seed 0, a
   different draw of sentences) with 100 layer-matched random sets -> ``specialist_heads.csv``,
   ``specialists_vs_random.csv``, ``specialists_draws.csv``, plus the same 5 heads ablated jointly on
   the sentences (relation loss / attention knock-on) -> ``specialists_relation.csv``.
@@ -48,7 +48,7 @@ def log(msg: str) -> None:
 def stage_score(model) -> None:
     from probekit.data import load_dataset
     from probekit.report import atomic_write_text, write_table
-    from probekit.scoring import published_table, score_pairs, summary_markdown
+    from probekit.analyses.scoring import published_table, score_pairs, summary_markdown
 
     t0 = time.time()
     data = load_dataset(f"blimp:{BLIMP}")
@@ -65,7 +65,7 @@ def stage_score(model) -> None:
 
 
 def stage_sweep(model) -> None:
-    from probekit.ablation import ablate_heads, heatmap
+    from probekit.analyses.interventions.engine import ablate_heads, heatmap
     from probekit.data import load_dataset
     from probekit.report import write_table
 
@@ -81,7 +81,7 @@ def stage_sweep(model) -> None:
 
 def nsubj_heads(model, k: int = 5, n: int = 300, seed: int = 1) -> pd.DataFrame:
     """Mean word-level attention from the agreeing verb to its subject, per head (template sentences)."""
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
     from probekit.data import load_dataset
 
     sents = load_dataset(f"template:agreement_sentences?n={n}", seed=seed)
@@ -99,7 +99,7 @@ def nsubj_heads(model, k: int = 5, n: int = 300, seed: int = 1) -> pd.DataFrame:
 
 
 def stage_specialists(model) -> None:
-    from probekit.ablation import ablate_heads, specialists_vs_random
+    from probekit.analyses.interventions.engine import ablate_heads, specialists_vs_random
     from probekit.data import load_dataset
     from probekit.report import write_table
 
@@ -124,7 +124,7 @@ def stage_specialists(model) -> None:
 
 
 def stage_patching(model) -> None:
-    from probekit.ablation import attribution_patch, compare_patching, make_patch_pairs, patch_heads
+    from probekit.analyses.interventions.engine import attribution_patch, compare_patching, make_patch_pairs, patch_heads
     from probekit.data import load_dataset
     from probekit.report import write_table
 
@@ -142,7 +142,7 @@ def stage_patching(model) -> None:
     comp["cpu_seconds_exact"] = exact.attrs["cpu_seconds"]
     comp["cpu_seconds_attribution"] = attr.attrs["cpu_seconds"]
     # identity check against transformer_lens.patching on a few prompts
-    from probekit.ablation import PatchPairs
+    from probekit.analyses.interventions.engine import PatchPairs
 
     few = PatchPairs(pp.ids[:12], pp.clean[:12], pp.corrupted[:12], pp.good[:12], pp.bad[:12], pp.labels[:12], {})
     t0 = time.process_time()

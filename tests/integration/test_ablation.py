@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import probekit as pk
-from probekit import ablation as A
+from probekit.analyses.interventions import engine as A
 from probekit.errors import ProbekitError
-from probekit.scoring import PUBLISHED_BLIMP, score_pairs
+from probekit.analyses.scoring import PUBLISHED_BLIMP, score_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 

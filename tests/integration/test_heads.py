@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import probekit as pk
-from probekit.heads import analyze_heads
+from probekit.analyses.heads.score import analyze_heads
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import probekit as pk
-from probekit.align import align, sentence_from_text
+from probekit.activations.align import align, sentence_from_text
 
 pytestmark = pytest.mark.integration
 

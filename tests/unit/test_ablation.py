@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import probekit as pk
-from probekit import ablation as A
+from probekit.analyses.interventions import engine as A
 from probekit.data.schema import MinimalPair
 from probekit.errors import ProbekitError
-from probekit.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
+from probekit.analyses.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import probekit as pk
-from probekit.align import align, as_sentences, sentence_from_text, word_attention
+from probekit.activations.align import align, as_sentences, sentence_from_text, word_attention
 from probekit.data.schema import Sentence
 
 TRICKY = '"I don\'t know," said the U.S. mother-in-law of 1,000 cats.'
@@ -52,7 +52,7 @@ def test_word_attention_sum_to_and_mean_from():
     # 1 layer, 1 head, tokens: [sink, w0a, w0b, w1]
     pattern = np.array([[[[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.3, 0.5, 0], [0.1, 0.2, 0.3, 0.4]]]], dtype=np.float32)
     sent = Sentence(id="s", words=("ab", "c"))
-    from probekit.align import Encoded
+    from probekit.activations.align import Encoded
 
     enc = Encoded(sentence=sent, input_ids=(0, 1, 2, 3), word_spans=((1, 3), (3, 4)))
     att, mass = word_attention(pattern, enc)

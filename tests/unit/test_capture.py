@@ -13,7 +13,7 @@ from numpy.lib.format import open_memmap
 
 import probekit as pk
 
-capmod = importlib.import_module("probekit.capture")  # the module; `probekit.capture` is the function
+capmod = importlib.import_module("probekit.activations.capture")  # the module; `probekit.activations.capture` is the function
 
 SENTS = ['"I don\'t know," said the U.S. mother-in-law of 1,000 cats.', "The cat sat .",
          "Dogs bark at night near the old river bank .", "A b c .", "She gave him the book yesterday ."]
@@ -70,7 +70,7 @@ def test_capture_without_head_is_bit_identical(tiny_model, monkeypatch, pool):
 def test_last_block_matches_run_with_cache_with_head(tiny_model):
     """Independent of capture's own code path: the last block's pooled resid_post equals a plain
     run_with_cache (head running) on the same padded batch."""
-    from probekit.align import align, as_sentences, pad_batch, pooling_matrix
+    from probekit.activations.align import align, as_sentences, pad_batch, pooling_matrix
 
     last = tiny_model.n_layers - 1
     cap = _capture(tiny_model, layers=[last], resid=("resid_post",), attention=False, batch_size=8)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import probekit as pk
-from probekit import stages
-from probekit.experiment import ExperimentConfig, config_reference, load_config, run_experiment
+from probekit.experiment import stages
+from probekit.experiment.config import ExperimentConfig, config_reference, load_config, run_experiment
 
 BASE = {
     "name": "unit",

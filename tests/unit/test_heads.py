@@ -10,7 +10,7 @@ import pytest
 
 from probekit.data import Dataset, Sentence, relation_instances
 from probekit.errors import ProbekitError
-from probekit.heads import (
+from probekit.analyses.heads.score import (
     POSITIONAL_SHARE,
     analyze_heads,
     cluster_bootstrap_ci,

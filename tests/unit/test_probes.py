@@ -1,4 +1,4 @@
-"""probekit.probes on synthetic data: estimators, control task, MDL, probe_layers on a fake capture, skops I/O."""
+"""probekit.analyses.probes.layers on synthetic data: estimators, control task, MDL, probe_layers on a fake capture, skops I/O."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from probekit.data.schema import Sentence
 from probekit.errors import ProbekitError
-from probekit.probes import (
+from probekit.analyses.probes.layers import (
     LinearProbe,
     RidgeProbe,
     control_labels,
@@ -390,7 +390,7 @@ def test_splits_hold_out_sentences_or_word_types(sentences, split):
 
 
 def test_regularisation_is_chosen_on_training_data_only(sentences, capture):
-    from probekit.probes import _split_test_mask
+    from probekit.analyses.probes.layers import _split_test_mask
 
     before = probe_layers("m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), control=False)
     sids = np.array([s.id for s in sentences for _ in s.words], dtype=object)
@@ -478,7 +478,7 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
         assert (out / name).stat().st_size > 0
     assert "selectivity" in (out / "summary.md").read_text()
     # a run folder holding only probes gets a report without an (empty) verdict table
-    from probekit.report import build_report
+    from probekit.report.build import build_report
 
     run_dir = tmp_path / "run"
     (run_dir / "probes").mkdir(parents=True)

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-import probekit.sweep as sweep_mod
+import probekit.experiment.sweep as sweep_mod
 from probekit.cli import main
 from probekit.errors import ProbekitError
 from probekit.report import write_table
-from probekit.sweep import is_finished, load_sweep, run_sweep
+from probekit.experiment.sweep import is_finished, load_sweep, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -983,7 +983,7 @@ def _capture_streams(model, sentences: list, layers):
     Stream layer 0 is ``blocks.0.hook_resid_pre``; stream layer l > 0 is ``blocks.{l-1}.hook_resid_post``,
     so the blocks to capture are ``{l - 1 : l > 0}`` (plus block 0's ``resid_pre`` when 0 is asked for).
     """
-    from probekit.capture import capture as run_capture
+    from probekit.activations.capture import capture as run_capture
 
     wanted = list(range(model.n_layers + 1)) if isinstance(layers, str) else _as_layer_list(layers)
     bad = [x for x in wanted if not 0 <= x <= model.n_layers]
@@ -1104,7 +1104,7 @@ def probe_summary(frame: pd.DataFrame, within: float = 0.01) -> pd.DataFrame:
 # ==================================================================================================
 
 #: Types `load_probe` trusts beyond skops' defaults (which cover numpy and scikit-learn).
-TRUSTED_TYPES: tuple[str, ...] = ("probekit.probes.RidgeProbe", "probekit.probes.LinearProbe")
+TRUSTED_TYPES: tuple[str, ...] = ("probekit.analyses.probes.layers.RidgeProbe", "probekit.analyses.probes.layers.LinearProbe")
 
 
 def save_probe(probe: BaseEstimator, path: str | Path) -> Path:

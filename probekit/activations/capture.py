@@ -2,7 +2,7 @@
 
 `capture(model, sentences, ...)`:
 
-1. aligns every sentence to tokens (`probekit.align`), sorts by length and right-pads batches;
+1. aligns every sentence to tokens (`probekit.activations.align`), sorts by length and right-pads batches;
 2. runs the bridge with a ``names_filter`` so only the requested hooks are cached, and stops right
    after the last requested layer: ``stop_at_layer`` one past it, or, when that is the model's last block,
    a hook on the entry of the final norm / LM or MLM head (`HEAD_ENTRY_HOOKS`) that raises the bridge's
@@ -48,7 +48,8 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from probekit.align import Encoded, align, as_sentences, pad_batch, pooling_matrix, word_attention
+from probekit.activations import hooks as hook_names
+from probekit.activations.align import Encoded, align, as_sentences, pad_batch, pooling_matrix, word_attention
 from probekit.data.schema import Sentence
 from probekit.errors import ProbekitError
 
@@ -59,7 +60,7 @@ CACHE_VERSION = 1
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 #: Hook points that fire after the last block, on entry to the final norm / LM head (causal) or MLM head
 #: (encoders). `_compute` raises ``StopAtLayerException`` on those present when the last block is captured.
-HEAD_ENTRY_HOOKS = ("ln_final.hook_in", "mlm_head.hook_in", "unembed.hook_in")
+HEAD_ENTRY_HOOKS = hook_names.HEAD_ENTRY
 
 
 def capture(model, sentences, *, layers=None, resid=("resid_post",), attention: bool = True,
@@ -74,7 +75,7 @@ def capture(model, sentences, *, layers=None, resid=("resid_post",), attention: 
         resid: residual hooks among ``resid_pre``, ``resid_mid``, ``resid_post``; ``()`` for none.
         attention: also capture ``attn.hook_pattern`` as word-level attention.
         pool: ``first``, ``last`` or ``mean`` sub-token; default ``last`` for causal models and
-            ``first`` for encoders (see `probekit.align`).
+            ``first`` for encoders (see `probekit.activations.align`).
         renormalize: rescale word-attention rows to sum to 1 after dropping special tokens.
         batch_size: sentences per forward pass.
         cache: reuse/write the disk cache under ``cache_dir`` (default ``$PROBEKIT_CACHE/capture``).
@@ -176,9 +177,9 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
         att_out = open_memmap(folder / "attention.npy", mode="w+", dtype=np.float32, shape=(int(att_offsets[-1]),))
         mass_out = open_memmap(folder / "special_mass.npy", mode="w+", dtype=np.float32,
                                shape=(int(mass_offsets[-1]),))
-    names = {f"blocks.{layer}.hook_{h}" for h, layer in hooks}
+    names = {hook_names.resid(layer, h) for h, layer in hooks}
     if attention:
-        names |= {f"blocks.{layer}.attn.hook_pattern" for layer in layers}
+        names |= {hook_names.pattern(layer) for layer in layers}
     outputs = [*resid_out.values(), *((att_out, mass_out) if attention else ())]
     stop = max(layers) + 1
     stop_at_layer = stop if stop < model.n_layers else None
@@ -203,10 +204,10 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
                 if hooks:
                     pool = torch.from_numpy(pooling_matrix(enc, settings["pool"])).to(device)  # [W, T]
                     for h, layer in hooks:
-                        x = cache[f"blocks.{layer}.hook_{h}"][b, :n_tok].float()          # [T, d_model]
+                        x = cache[hook_names.resid(layer, h)][b, :n_tok].float()          # [T, d_model]
                         resid_out[(h, layer)][word_offsets[i]:word_offsets[i + 1]] = (pool @ x).cpu().numpy()
                 if attention:
-                    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][b, :, :n_tok, :n_tok]
+                    pattern = torch.stack([cache[hook_names.pattern(layer)][b, :, :n_tok, :n_tok]
                                            for layer in layers]).float().cpu().numpy()   # [L, H, T, T]
                     word_att, mass = word_attention(pattern, enc, renormalize=settings["renormalize"])
                     att_out[att_offsets[i]:att_offsets[i + 1]] = word_att.ravel()
@@ -296,7 +297,7 @@ class Capture:
             return self._array(f"{hook}.{layer}")
         if hook == "resid_pre" and ("resid_post", layer - 1) in stored:
             return self._array(f"resid_post.{layer - 1}")
-        raise ProbekitError(f"blocks.{layer}.hook_{hook} was not captured",
+        raise ProbekitError(f"{hook_names.resid(layer, hook)} was not captured",
                             fix=f"capture it: capture(..., layers=[{layer}], resid=('{hook}',)); "
                                 f"this capture has {sorted(stored)}")
 

@@ -29,7 +29,7 @@ Ablation methods (``method=``)
 
 Metrics (``metric=``)
 ---------------------
-Minimal pairs (`probekit.scoring` conventions): ``accuracy`` (good sentence has the higher total
+Minimal pairs (`probekit.analyses.scoring` conventions): ``accuracy`` (good sentence has the higher total
 log-probability), ``margin`` (log-prob difference of the critical word, summed over its tokens) and
 ``logprob_diff`` (sentence log-prob difference). Only tokens from the first token at which the two
 sentences differ enter these sums: the shared prefix contributes identical log-probabilities to both
@@ -105,7 +105,7 @@ import torch
 
 from probekit.data.schema import MinimalPair, Sentence
 from probekit.errors import ProbekitError
-from probekit.scoring import as_pairs, check_scorable, encode_pair, pad, score_pairs  # noqa: F401
+from probekit.analyses.scoring import as_pairs, check_scorable, encode_pair, pad, score_pairs  # noqa: F401
 
 Head = tuple[int, int]
 METHODS = ("zero", "mean", "resample")
@@ -516,7 +516,7 @@ def _relation_arcs(sentence: Sentence, relation: str) -> list[tuple[int, int]]:
 
 def _sentence_task(model, sentences: list[Sentence], metrics, relation: str | None,
                    target_heads) -> _Task:
-    from probekit.align import align
+    from probekit.activations.align import align
 
     task = _Task(model, metrics, "sentences")
     bad = [m for m in task.metrics if m not in SENTENCE_METRICS and m not in task.custom]
@@ -811,7 +811,7 @@ class _Replacer:
             ref_task = _make_task(model, reference, metric=None if _is_pairs(reference) else ["loss"],
                                   relation=None) if model.is_causal else None
             if ref_task is None:  # encoders: align the reference sentences directly
-                from probekit.align import align
+                from probekit.activations.align import align
 
                 ref_seqs = [align(model, s).input_ids for s in getattr(reference, "sentences", reference)]
                 ref_items = [[i] for i in range(len(ref_seqs))]
@@ -1311,14 +1311,13 @@ class PatchPairs:
         """Build from prompt strings (the sink token is prepended) and answer words (a leading space is
         added for space-prefix tokenizers). Pairs whose prompts differ in token length, or whose
         answers share their first token, are dropped and counted."""
-        from probekit.align import uses_space_prefix
 
         if not model.is_causal:
             check_scorable(model)
         if not (len(clean) == len(corrupted) == len(good) == len(bad)):
             raise ProbekitError("clean, corrupted, good and bad must have the same length")
         tok = model.tokenizer
-        space = " " if uses_space_prefix(tok) else ""
+        space = " " if model.space_prefix else ""
         ids = list(ids) if ids is not None else [f"p{i}" for i in range(len(clean))]
         labels = list(labels) if labels is not None else [{} for _ in clean]
         out = cls([], [], [], [], [], [], {})
@@ -1604,9 +1603,9 @@ def compare_patching(exact: pd.DataFrame, attribution: pd.DataFrame, k: int = 10
 def heatmap(frame: pd.DataFrame, path, *, metric: str | None = None, n_layers: int | None = None,
             n_heads: int | None = None, title: str | None = None):
     """A layers x heads heatmap of ``delta`` (one panel per metric, or just ``metric``), saved to ``path``."""
-    from probekit.report import _plt
+    from probekit.report import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     single = frame[frame["layer"] >= 0]
     metrics = [metric] if metric else list(dict.fromkeys(single["metric"]))
     n_layers = n_layers or int(single["layer"].max()) + 1

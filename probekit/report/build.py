@@ -1,167 +1,14 @@
-"""Writing results: atomic, deterministic tables (CSV/Markdown/LaTeX) and plots.
-
-Every file is written to a temporary name in the same folder and renamed into place, so a killed run
-never leaves a half-written table. CSVs use a fixed float format so the same numbers give the same bytes.
-"""
+"""REPORT.md: claim verdicts with their evidence, rebuilt from a run's CSVs alone."""
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
-FLOAT_FORMAT = "%.6g"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a tidy frame as CSV (atomically, deterministic float format)."""
-    return atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n"))
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    def fmt(v):
-        if isinstance(v, float):
-            return "" if pd.isna(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
-def latex_table(df: pd.DataFrame) -> str:
-    """A LaTeX tabular (booktabs) for papers."""
-    return df.to_latex(index=False, float_format=lambda v: format(v, ".3g"), escape=True)
-
-
-def write_tables(tables: dict[str, pd.DataFrame], folder: str | os.PathLike) -> None:
-    """Write each frame as ``name.csv``, ``name.md`` and ``name.tex`` in ``folder`` (atomically)."""
-    folder = Path(folder)
-    for name, df in tables.items():
-        write_table(df, folder / f"{name}.csv")
-        atomic_write_text(folder / f"{name}.md", markdown_table(df))
-        atomic_write_text(folder / f"{name}.tex", latex_table(df))
-
-
-# --------------------------------------------------------------------------------------------------
-# plots (matplotlib, Agg backend: no display needed)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_fig(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
-
-
-def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -> Path:
-    """Word × word heatmaps of chosen heads, labelled with the words. ``att  # [layer, head, from, to]``."""
-    plt = _plt()
-    layers = list(layers) if layers is not None else list(range(att.shape[0]))
-    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4.0), squeeze=False)
-    for ax, (layer, head) in zip(axes[0], heads):
-        m = att[layers.index(layer), head]
-        ax.imshow(m, cmap="viridis", vmin=0, vmax=max(float(m.max()), 1e-6))
-        ax.set_xticks(range(len(words)), words, rotation=70, fontsize=7)
-        ax.set_yticks(range(len(words)), words, fontsize=7)
-        ax.set_title(f"layer {layer}, head {head}", fontsize=9)
-        ax.set_xlabel("attended word (to)", fontsize=8)
-        ax.set_ylabel("attending word (from)", fontsize=8)
-        for i in range(len(words)):
-            for j in range(len(words)):
-                if m[i, j] >= 0.1:
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5, color="w")
-    fig.suptitle(title, fontsize=9)
-    return _save_fig(fig, path)
-
-
-def write_probe_results(frame: pd.DataFrame, folder, title: str = "") -> pd.DataFrame:
-    """A probe run's files: ``probes`` and ``probes_summary`` tables (`write_tables`) and
-    ``probe_curves.png``; returns the summary (`probekit.probes.probe_summary`)."""
-    from probekit.probes import probe_summary
-
-    summary = probe_summary(frame)
-    write_tables({"probes": frame, "probes_summary": summary}, folder)
-    plot_probe_curves(frame, Path(folder) / "probe_curves.png", title=title)
-    return summary
-
-
-def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
-    """Accuracy, control accuracy and majority baseline against layer, one panel per task and split
-    (mean over seeds); the random-init model's curves are dotted."""
-    plt = _plt()
-    splits = frame.split if "split" in frame else pd.Series("random", index=frame.index)
-    panels = list(dict.fromkeys(zip(frame.task, splits)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (task, split) in zip(axes[0], panels):
-        f = frame[(frame.task == task) & (splits == split)]
-        for kind, style in (("trained", "-"), ("random-init", ":")):
-            g = f[f.model_kind == kind].groupby("layer")[["accuracy", "control_accuracy", "majority_accuracy"]].mean()
-            if g.empty:
-                continue
-            ax.plot(g.index, g.accuracy, style, color="C0", label=f"probe ({kind})")
-            ax.plot(g.index, g.control_accuracy, style, color="C1", label=f"control task ({kind})")
-            if kind == "trained":
-                ax.plot(g.index, g.majority_accuracy, "--", color="grey", label="majority class")
-        ax.set_xlabel("residual-stream layer (0 = embeddings)")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(task if splits.nunique() == 1 else f"{task}, {split} split")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _save_fig(fig, path)
-
-
-def plot_head_heatmap(values, path, title: str = "", cbar: str = "", layers=None, cmap: str = "viridis",
-                      center: float | None = None) -> Path:
-    """A layers × heads heatmap (``values  # [layer, head]``)."""
-    import numpy as np
-
-    plt = _plt()
-    values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.35 * values.shape[1], 0.8 + 0.22 * values.shape[0]))
-    kwargs = {}
-    if center is not None:
-        span = np.nanmax(np.abs(values - center)) or 1.0
-        kwargs = {"vmin": center - span, "vmax": center + span}
-    im = ax.imshow(values, aspect="auto", cmap=cmap, **kwargs)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_yticks(range(values.shape[0]), layers if layers is not None else range(values.shape[0]), fontsize=6)
-    ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=6)
-    fig.colorbar(im, ax=ax, label=cbar)
-    ax.set_title(title, fontsize=9)
-    return _save_fig(fig, path)
-
+from probekit.report.figures import *  # noqa: F403  (temporary, until the verdicts move out)
+from probekit.report.tables import atomic_write_text, markdown_table, write_table
 
 # --------------------------------------------------------------------------------------------------
 # REPORT.md: claim verdicts with their evidence, rebuilt from the CSVs alone
@@ -488,7 +335,7 @@ def build_report(run_dir: Path) -> Path:
         lines.append("")
     probe_rows = list(_probe_summaries(run_dir))
     if probe_rows:
-        lines += ["## Probes", "", "Per-layer linear probes (`probekit.probes`), summarised over seeds "
+        lines += ["## Probes", "", "Per-layer linear probes (`probekit.analyses.probes.layers`), summarised over seeds "
                   "(`probe_summary`); the curves are in the plots below and every row in the linked tables.", ""]
         lines += [f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
                   for p, r in probe_rows]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from probekit.experiment import Run, display_spec
+from probekit.experiment.config import Run, display_spec
 from probekit.report import atomic_write_text, write_tables
 
 
 def check_attention(run: Run, opts) -> None:
     """C1: recompute every layer's pattern from q and k."""
-    from probekit.attention import check_attention as check
+    from probekit.analyses.attention import check_attention as check
 
     for name in run.cfg.models:
         def work(folder: Path, name=name):
@@ -29,8 +29,8 @@ def check_attention(run: Run, opts) -> None:
 
 def claims(run: Run, opts) -> None:
     """C2 (bank) and C3 (explored): head-by-head weights on the source's own sentences."""
-    from probekit import claims as C
-    from probekit.capture import capture
+    from probekit.analyses import claims as C
+    from probekit.activations.capture import capture
     from probekit.report import plot_word_attention
 
     for name in run.cfg.models:
@@ -86,7 +86,7 @@ def probes(run: Run, all_opts) -> None:
 
 
 def _probes(run: Run, opts) -> None:
-    from probekit.probes import probe_with_baselines
+    from probekit.analyses.probes.layers import probe_with_baselines
     from probekit.report import write_probe_results
 
     for _, spec, name in _combinations(run, "probes", [opts.data]):
@@ -107,8 +107,8 @@ def _save_json(obj, path: Path) -> None:
 
 
 def heads(run: Run, opts) -> None:
-    """C4: every head × relation, with offset, random-init and permutation baselines (`probekit.heads`)."""
-    from probekit.heads import analyze_heads
+    """C4: every head × relation, with offset, random-init and permutation baselines (`probekit.analyses.heads.score`)."""
+    from probekit.analyses.heads.score import analyze_heads
 
     for data_name, spec, name in _combinations(run, "heads", opts.data):
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
@@ -152,7 +152,7 @@ def _scoreable(run: Run, name: str, analysis: str) -> bool:
 
 def score(run: Run, opts) -> None:
     """C5: minimal-pair accuracy (whole-sentence log-probability) and critical-word margin, per paradigm."""
-    from probekit.scoring import score_pairs
+    from probekit.analyses.scoring import score_pairs
 
     for data_name, spec, name in _combinations(run, "score", opts.data, needs_lm_head=True):
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
@@ -182,8 +182,8 @@ def _first_per_paradigm(dataset, n: int | None):
 
 def ablate(run: Run, opts) -> None:
     """C4, causally: ablate the top-k heads for a relation vs layer-matched random head sets."""
-    from probekit.ablation import specialists_vs_random
-    from probekit.heads import score_heads
+    from probekit.analyses.interventions.engine import specialists_vs_random
+    from probekit.analyses.heads.score import score_heads
 
     if run.spec(opts.data) is None or run.spec(opts.heads_data) is None:
         run.skipped.append(f"ablate: data {opts.data!r} or {opts.heads_data!r} is not available")
@@ -194,7 +194,7 @@ def ablate(run: Run, opts) -> None:
 
         def work(folder: Path, name=name):
             model = run.model(name)
-            # the specialists: the top-k heads by dev-split accuracy for the relation (probekit.heads)
+            # the specialists: the top-k heads by dev-split accuracy for the relation (probekit.analyses.heads.score)
             scored = score_heads(model, run.dataset(opts.heads_data), relations=[opts.relation],
                                  directions=(opts.direction,), seed=run.cfg.seed, n_boot=200, n_perm=20,
                                  batch_size=run.cfg.batch_size, progress=run.progress)
@@ -217,9 +217,9 @@ def ablate(run: Run, opts) -> None:
 
 def _plot_draws(summary, draws, path: Path, title: str) -> None:
     """Histogram of the random-set deltas with the specialists' delta marked, per metric."""
-    from probekit.report import _plt, _save_fig
+    from probekit.report import pyplot, save_fig
 
-    plt = _plt()
+    plt = pyplot()
     metrics = list(dict.fromkeys(summary.metric))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
@@ -229,4 +229,4 @@ def _plot_draws(summary, draws, path: Path, title: str) -> None:
         ax.set_xlabel("change when ablated")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save_fig(fig, path)
+    save_fig(fig, path)

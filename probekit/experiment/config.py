@@ -357,8 +357,8 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, out: str | os.P
 
     ``load_model`` replaces `probekit.models.load_model` for this run (a sweep worker passes one that
     keeps models resident across runs)."""
-    from probekit import stages
-    from probekit.report import build_report
+    from probekit.experiment import stages
+    from probekit.report.build import build_report
 
     if isinstance(config, ExperimentConfig):
         cfg = config

@@ -9,7 +9,7 @@ Conventions
 -----------
 - **Input.** A sentence is ``<sink> + tokens``: the sink token ``<|endoftext|>`` (see `probekit.models`)
   in front, never scored. The sentence is tokenized in segments, ``prefix``, ``" " + critical word``,
-  rest, and the segments' tokens concatenated (the same word-by-word convention as `probekit.align`), so
+  rest, and the segments' tokens concatenated (the same word-by-word convention as `probekit.activations.align`), so
   the critical word's tokens are known exactly.
 - **Accuracy** (the BLiMP convention, Warstadt et al. 2020): a pair is correct when the *sum of the
   token log-probabilities of the whole sentence* is higher for ``good`` than for ``bad``. Ties count as

@@ -75,7 +75,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from probekit.errors import ProbekitError
-from probekit.experiment import (
+from probekit.experiment.config import (
     ExperimentConfig,
     display_spec,
     read_yaml,

@@ -20,7 +20,8 @@ import einops
 import pandas as pd
 import torch
 
-from probekit.align import align, as_sentences
+from probekit.activations import hooks
+from probekit.activations.align import align, as_sentences
 from probekit.errors import ProbekitError
 
 
@@ -29,18 +30,18 @@ def check_attention(model, sentence) -> pd.DataFrame:
     enc = align(model, as_sentences(sentence)[0])
     input_ids = torch.tensor([enc.input_ids], device=model.device)  # [1, pos]
     hook_names = set(model.bridge.hook_dict) if hasattr(model.bridge, "hook_dict") else set()
-    rotary = "blocks.0.attn.hook_rot_q" in hook_names
+    rotary = hooks.attn(0, "hook_rot_q") in hook_names
     q_name, k_name = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
-    if "blocks.0.attn.hook_pattern" not in hook_names:
+    if hooks.pattern(0) not in hook_names:
         raise ProbekitError(f"{model.name} exposes no attn.hook_pattern", fix="load the model with eager attention")
-    wanted = {f"blocks.{layer}.attn.{n}" for layer in range(model.n_layers) for n in (q_name, k_name, "hook_pattern")}
+    wanted = {hooks.attn(layer, n) for layer in range(model.n_layers) for n in (q_name, k_name, "hook_pattern")}
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(input_ids, names_filter=lambda name: name in wanted)
     group = model.n_heads // model.n_kv_heads
     rows = []
     for layer in range(model.n_layers):
-        q = cache[f"blocks.{layer}.attn.{q_name}"][0].double()  # [pos, head, d_head]
-        k = cache[f"blocks.{layer}.attn.{k_name}"][0].double()  # [pos, kv_head, d_head]
+        q = cache[hooks.attn(layer, q_name)][0].double()  # [pos, head, d_head]
+        k = cache[hooks.attn(layer, k_name)][0].double()  # [pos, kv_head, d_head]
         if k.shape[1] != q.shape[1]:
             k = einops.repeat(k, "pos kv d -> pos (kv group) d", group=group)
         scores = einops.einsum(q, k, "q head d, k head d -> head q k") / math.sqrt(q.shape[-1])
@@ -49,9 +50,9 @@ def check_attention(model, sentence) -> pd.DataFrame:
             future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
             scores = scores.masked_fill(future, float("-inf"))
         recomputed = scores.softmax(-1)                                   # [head, q, k]
-        actual = cache[f"blocks.{layer}.attn.hook_pattern"][0].double()  # [head, q, k]
+        actual = cache[hooks.pattern(layer)][0].double()  # [head, q, k]
         rows.append({"model": model.name, "layer": layer, "q_hook": q_name, "k_hook": k_name,
-                     "n_heads": q.shape[1], "n_kv_heads": cache[f"blocks.{layer}.attn.{k_name}"].shape[2],
+                     "n_heads": q.shape[1], "n_kv_heads": cache[hooks.attn(layer, k_name)].shape[2],
                      "scale": f"1/sqrt({q.shape[-1]})", "causal_mask": model.is_causal,
                      "max_abs_diff": float((recomputed - actual).abs().max())})
     return pd.DataFrame(rows)

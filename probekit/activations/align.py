@@ -134,18 +134,10 @@ def as_sentences(items) -> list[Sentence]:
 # encoding
 
 
-def uses_space_prefix(tokenizer) -> bool:
-    """True for BPE tokenizers where " word" and "word" are different tokens (GPT-2/Llama style)."""
-    return tokenizer(" a", add_special_tokens=False).input_ids != tokenizer("a", add_special_tokens=False).input_ids
-
-
 def align(model, sentence: Sentence) -> Encoded:
     """Encode one sentence for ``model`` with an exact word -> token-span map."""
     tok = model.tokenizer
-    space_prefix = getattr(model, "_space_prefix", None)
-    if space_prefix is None:
-        space_prefix = uses_space_prefix(tok)
-        model._space_prefix = space_prefix
+    space_prefix = model.space_prefix
     pieces = [(" " + w) if (space_prefix and sentence.space_before(i)) else w for i, w in enumerate(sentence.words)]
     per_word = tok(pieces, add_special_tokens=False).input_ids
     prefix = [model.sink_token_id] if model.is_causal else [model.cls_token_id]

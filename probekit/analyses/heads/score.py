@@ -20,7 +20,7 @@ Python::
 
 Scores (Clark et al. 2019, "What Does BERT Look At?")
 -----------------------------------------------------
-Word attention comes from `probekit.capture` (to = sum over a word's tokens, from = mean; the sink /
+Word attention comes from `probekit.activations.capture` (to = sum over a word's tokens, from = mean; the sink /
 [CLS] / [SEP] columns are dropped, so a row sums to 1 - special_mass). A *relation instance* is a
 (source word, gold partner) pair from `probekit.data.relation_instances`.
 
@@ -220,7 +220,7 @@ def analyze_heads(model, dataset: Dataset, relations=None, directions=DIRECTIONS
             data + the positional relations. ``dobj`` is an alias of ``obj``; ``x:y`` subtypes work.
         directions: word-pair directions, any of ``dep_to_head``, ``head_to_dep``.
         capture: an existing capture of ``dataset`` (anything with ``attention(i)``, ``n_words``,
-            ``sentences``, ``attn_layers``, ``n_heads``); default: `probekit.capture` (disk-cached).
+            ``sentences``, ``attn_layers``, ``n_heads``); default: `probekit.activations.capture` (disk-cached).
         seed: split, bootstrap and permutation seed. n_boot / n_perm: resamples / null draws.
         random_baseline: also score ``random:<model name>`` (``random_model`` if given, e.g. one already
             loaded by an experiment run).
@@ -532,7 +532,7 @@ def _share(offsets: np.ndarray, k) -> float:
 
 
 def _capture(model, dataset, batch_size, progress):
-    from probekit.capture import capture
+    from probekit.activations.capture import capture
 
     bridge = getattr(model, "bridge", None)
     hooks = getattr(bridge, "hook_dict", None) or {}
@@ -792,9 +792,9 @@ def write_report(res: HeadAnalysis, out: str | os.PathLike, heatmaps: bool = Tru
 def plot_heatmaps(heads: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     """One PNG per relation: test accuracy over layers x heads, one panel per direction; the
     dev-selected head is boxed."""
-    from probekit.report import _plt, _save_fig
+    from probekit.report import pyplot, save_fig
 
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for rel in dict.fromkeys(heads.relation):
         sub = heads[heads.relation == rel]
@@ -816,7 +816,7 @@ def plot_heatmaps(heads: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
             ax.set_xticks(range(n_heads))
             ax.tick_params(labelsize=6)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test accuracy")
-        paths.append(_save_fig(fig, Path(out) / f"heatmap_{rel.replace(':', '_')}.png"))
+        paths.append(save_fig(fig, Path(out) / f"heatmap_{rel.replace(':', '_')}.png"))
     return paths
 
 
@@ -832,7 +832,7 @@ def summary_markdown(res: HeadAnalysis) -> str:
              f"({s.get('n_perm')} draws). Layer/head indices are 0-based. Specialist rule: test accuracy >= "
              f"offset + {SPECIALIST_MARGIN:.2f}, CI low > offset, p_perm < {ALPHA}, (when scored) CI low > the "
              f"random-init model's best head, and n >= {MIN_N} test instances; a passing head that is Voita-positional with the relation mostly "
-             "at its offset is 'only positional' (see `probekit.heads`).", "", "## Verdicts", ""]
+             "at its offset is 'only positional' (see `probekit.analyses.heads.score`).", "", "## Verdicts", ""]
     v = res.verdicts.copy()
     b = res.baselines
     show = v[["model", "relation", "direction", "n", "layer", "head", "accuracy", "ci_low", "ci_high", "offset",

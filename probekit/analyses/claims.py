@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from probekit.capture import capture as run_capture
+from probekit.activations.capture import capture as run_capture
 from probekit.errors import ProbekitError
 from probekit.stats import empirical_p
 

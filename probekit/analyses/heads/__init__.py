@@ -1,0 +1,3 @@
+"""heads (temporary re-export during the redesign)."""
+
+from probekit.analyses.heads.score import *  # noqa: F403

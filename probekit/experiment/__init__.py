@@ -1,0 +1,3 @@
+"""Experiments (temporary re-export during the redesign)."""
+
+from probekit.experiment.config import *  # noqa: F403
