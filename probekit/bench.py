@@ -63,7 +63,7 @@ TITLES = {
     "probes": "4. Probe sweep: every residual-stream layer, UPOS",
     "e2e": "5. End to end: `make run` by stage",
 }
-EWT_DEV = Path("/work/shared/data/ud-en-ewt/en_ewt-ud-dev.conllu")
+from probekit.data.bundled import EWT_DEV  # noqa: E402
 
 
 @dataclass

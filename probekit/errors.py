@@ -8,7 +8,19 @@ from __future__ import annotations
 
 
 class ProbekitError(Exception):
-    """A user-facing error: what was wrong, where, and what to do about it."""
+    """A user-facing error: what was wrong, where, and what to do about it.
+
+    The command line prints it as one message and exits with status 2.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> try:
+    ...     pk.load_dataset("nope:x")
+    ... except pk.ProbekitError as err:
+    ...     print(err.what)
+    unknown dataset scheme 'nope'...
+    """
 
     def __init__(self, what: str, *, where: str | None = None, fix: str | None = None):
         self.what, self.where, self.fix = what, where, fix

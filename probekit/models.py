@@ -84,6 +84,13 @@ class Model:
     ``sink_token_id`` is prepended to every causal input (never a word); ``cls_token_id`` /
     ``sep_token_id`` frame encoder inputs. ``fingerprint`` is a content hash of the weights (computed
     lazily), used to key the capture cache.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> model = pk.load_model("tiny-bert", device="cpu")
+    >>> model.is_causal, model.hook(1, "attn.hook_pattern")
+    (False, 'blocks.1.attn.hook_pattern')
     """
 
     name: str
@@ -151,7 +158,14 @@ def uses_space_prefix(tokenizer) -> bool:
 
 
 def list_models() -> list[dict[str, str]]:
-    """The built-in names, as rows for a table (``probekit models``)."""
+    """The built-in names, as rows for a table (``probekit models``).
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> [row["name"] for row in pk.list_models()][:2]
+    ['smollm2-135m', 'minilm-l6']
+    """
     rows = [{"name": s.name, "kind": "causal" if s.is_causal else "encoder", "description": s.description,
              "ships in": s.package} for s in BUILTINS.values()]
     rows.append({"name": "random:<name>", "kind": "-", "description": "same architecture, re-initialised weights",
@@ -163,8 +177,30 @@ def load_model(name_or_path: str, device: str | None = None, *, allow_network: b
                seed: int = 0) -> Model:
     """Load a built-in, ``random:<name>``, a local HF directory, or (network allowed) a hub name.
 
-    ``seed`` only matters for random-init models (``tiny-*`` and ``random:*``). ``random:<name>`` draws
-    from ``seed + RANDOM_SEED_OFFSET`` so that ``random:tiny-llama`` never equals ``tiny-llama``.
+    Parameters
+    ----------
+    name_or_path : str
+        ``smollm2-135m``, ``minilm-l6``, ``tiny-llama``, ``tiny-bert``, ``random:<name>`` (same
+        architecture, re-initialised), a local Hugging Face model folder, or a hub name (network only).
+    device : str, optional
+        ``"cpu"`` or ``"cuda"``; default CUDA when available.
+    allow_network : bool, optional
+        Allow hub downloads (default: ``PROBEKIT_ALLOW_NETWORK``, else offline).
+    seed : int
+        Only for random-init models (``tiny-*`` and ``random:*``). ``random:<name>`` draws from
+        ``seed + RANDOM_SEED_OFFSET`` so that ``random:tiny-llama`` never equals ``tiny-llama``.
+
+    Returns
+    -------
+    Model
+        The TransformerLens bridge plus the facts every analysis needs.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> model = pk.load_model("tiny-llama", device="cpu")
+    >>> model.is_causal, model.n_layers
+    (True, 2)
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or str(name_or_path).strip() == "":
         raise ProbekitError(f"model name {name_or_path!r} is not a name or path",

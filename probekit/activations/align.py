@@ -135,7 +135,19 @@ def as_sentences(items) -> list[Sentence]:
 
 
 def align(model, sentence: Sentence) -> Encoded:
-    """Encode one sentence for ``model`` with an exact word -> token-span map."""
+    """Encode one sentence for ``model`` with an exact word -> token-span map.
+
+    Each word is encoded on its own (with its leading space for BPE tokenizers), so every token
+    belongs to exactly one word; causal models get the sink token in front, encoders [CLS] ... [SEP].
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> model = pk.load_model("tiny-llama", device="cpu")
+    >>> enc = pk.align(model, pk.load_dataset("seed:explored")[0])
+    >>> enc.input_ids[0] == model.sink_token_id, enc.word_spans[:2]
+    (True, ((1, 2), (2, 3)))
+    """
     tok = model.tokenizer
     space_prefix = model.space_prefix
     pieces = [(" " + w) if (space_prefix and sentence.space_before(i)) else w for i, w in enumerate(sentence.words)]
@@ -198,6 +210,18 @@ def word_attention(pattern: np.ndarray, enc: Encoded, renormalize: bool = False)
     Returns ``word_att  # [layer, head, from_word, to_word]`` and ``special_mass  # [layer, head, from_word]``,
     the attention each word sends to special/sink tokens. Without renormalisation
     ``word_att.sum(-1) + special_mass == 1`` for every row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import probekit as pk
+    >>> enc = pk.align(pk.load_model("tiny-llama", device="cpu"), pk.load_dataset("seed:explored")[0])
+    >>> n = enc.n_tokens
+    >>> pattern = np.tril(np.ones((1, 1, n, n), dtype=np.float32))      # [layer, head, q_tok, k_tok]
+    >>> pattern /= pattern.sum(-1, keepdims=True)                       # uniform causal attention
+    >>> word_att, mass = pk.word_attention(pattern, enc)
+    >>> word_att.shape, float(word_att[0, 0, 1].sum() + mass[0, 0, 1])
+    ((1, 1, 8, 8), 1.0)
     """
     from_mean = pooling_matrix(enc, "mean")                       # [W, T]
     to_sum = (from_mean > 0).astype(pattern.dtype)                # [W, T]

@@ -2,8 +2,8 @@
 
 Everything is loaded through one function and a *spec* string ``SCHEME:ARGUMENT``::
 
-    load_dataset("ud:../shared/data/ud-en-ewt/en_ewt-ud-dev.conllu")   # CoNLL-U treebank
-    load_dataset("blimp:../shared/data/blimp")                         # BLiMP .jsonl file or directory
+    load_dataset("ud:data/ud-en-ewt/en_ewt-ud-dev.conllu")   # CoNLL-U treebank (bundled: UD EWT dev)
+    load_dataset("blimp:data/blimp")                         # BLiMP .jsonl file or directory (bundled)
     load_dataset("template:svo_adj?n=500", seed=1)                     # generated, gold arcs
     load_dataset("text:notes.txt")                                     # raw text parsed with spaCy
     load_dataset("seed:bank")                                          # the source document's examples
@@ -20,6 +20,9 @@ Schemes (`SCHEMES`):
   UD (`probekit.data.parse`; needs ``pip install 'probekit-mi[parse]'``). For text in memory use
   `parse_text`.
 - ``seed:NAME`` — ``bank``, ``explored`` or ``all`` (`probekit.data.seeds`).
+
+The repository ships UD English EWT dev and six BLiMP agreement paradigms in ``data/``
+(`probekit.data.bundled`: ``EWT_DEV``, ``BLIMP_DIR``); any spec can point at a user's own files.
 
 ``max_sentences`` keeps the first N items (sentences or pairs), deterministically. A problem with the
 input raises one `probekit.errors.ProbekitError` saying what, where and what to do; nothing partial is
@@ -120,7 +123,29 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, int]]:
 def load_dataset(spec: str, *, max_sentences: int | None = None, seed: int = 0) -> Dataset:
     """Load the dataset that ``spec`` names (see the module docstring for the schemes).
 
-    ``max_sentences`` keeps the first N items; ``seed`` seeds generated (``template:``) data.
+    Parameters
+    ----------
+    spec : str
+        ``SCHEME:ARGUMENT``: ``ud:PATH``, ``blimp:PATH``, ``template:NAME[?n=N]``, ``text:PATH``,
+        ``seed:NAME``.
+    max_sentences : int, optional
+        Keep the first N items (sentences or pairs).
+    seed : int
+        Seeds generated (``template:``) data.
+
+    Returns
+    -------
+    Dataset
+        Sentences (with gold arcs where the source has them) or minimal pairs.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> data = pk.load_dataset("template:svo_adj?n=3", seed=0)
+    >>> len(data), data[0].words[:2]
+    (3, ('The', ...))
+    >>> pk.load_dataset("seed:explored")[0].text
+    'The curious cat explored the mysterious room.'
     """
     if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1):
         raise ProbekitError(f"max_sentences is {max_sentences!r}", where="load_dataset", fix="pass a positive integer, or None for all")

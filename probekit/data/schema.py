@@ -21,6 +21,17 @@ from probekit.errors import ProbekitError
 
 @dataclass(frozen=True)
 class Sentence:
+    """One sentence of words with optional gold annotation (0-based ``heads``, -1 for the root).
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> s = pk.Sentence("s1", ("The", "cat", "sat", "."), heads=(1, 2, -1, 2),
+    ...                 deprels=("det", "nsubj", "root", "punct"))
+    >>> s.text
+    'The cat sat .'
+    """
+
     id: str
     words: tuple[str, ...]
     heads: tuple[int, ...] | None = None
@@ -109,6 +120,13 @@ class MinimalPair:
     ``prefix`` is the shared text before the critical word; ``good_word``/``bad_word`` are the critical
     words (``prefix + " " + good_word`` starts ``good``). ``subject_index`` optionally gives the word index of
     the agreeing subject in ``good``.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> pair = pk.load_dataset("template:agreement?n=2")[0]
+    >>> pair.good.startswith(pair.prefix + " " + pair.good_word)
+    True
     """
 
     id: str

@@ -1,4 +1,4 @@
-"""The loaders on the real reference data in ``../shared/data`` (UD English EWT dev, BLiMP).
+"""The loaders on the bundled real data in ``data/`` (UD English EWT dev, BLiMP).
 
 Counts are checked against an independent reading of the files made here with plain line parsing,
 so a bug in the loaders (or in the `conllu` library) cannot hide behind itself.
@@ -16,17 +16,12 @@ from probekit.data import load_dataset
 
 pytestmark = pytest.mark.integration
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-EWT_DEV = SHARED / "ud-en-ewt" / "en_ewt-ud-dev.conllu"
-BLIMP = SHARED / "blimp"
-
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED} (the ../shared/data folder next to the repository)")
+from probekit.data.bundled import BLIMP_DIR as BLIMP
+from probekit.data.bundled import EWT_DEV
 
 
 @pytest.fixture(scope="module")
 def ewt():
-    if not EWT_DEV.is_file():
-        pytest.skip(f"{EWT_DEV} not found")
     return load_dataset(f"ud:{EWT_DEV}")
 
 
@@ -48,7 +43,6 @@ def plain_count(path: Path) -> tuple[int, Counter]:
     return sentences, deprels
 
 
-@needs_shared
 def test_ewt_dev_sentences_and_arc_counts(ewt):
     n_sentences, expected = plain_count(EWT_DEV)
     assert len(ewt) == n_sentences == 2001
@@ -60,18 +54,25 @@ def test_ewt_dev_sentences_and_arc_counts(ewt):
     assert len(ewt.to_frame()) == sum(expected.values())
 
 
-@needs_shared
+def test_bundled_data_has_licences_and_attribution():
+    readme = (BLIMP.parent / "README.md").read_text()
+    assert (EWT_DEV.parent / "LICENSE.txt").read_text().startswith("Attribution-ShareAlike 4.0 International")
+    assert "CC BY 4.0" in (BLIMP / "LICENSE.md").read_text()
+    assert "Warstadt" in readme and "CC BY-SA 4.0" in readme
+    assert sorted(p.stem for p in BLIMP.glob("*.jsonl")) == sorted(
+        ["determiner_noun_agreement_1", "determiner_noun_agreement_with_adjective_1",
+         "irregular_plural_subject_verb_agreement_1", "irregular_plural_subject_verb_agreement_2",
+         "regular_plural_subject_verb_agreement_1", "regular_plural_subject_verb_agreement_2"])
+
+
 def test_ewt_dev_text_matches_metadata(ewt):
     texts = [line[len("# text = "):] for line in EWT_DEV.read_text(encoding="utf-8").splitlines() if line.startswith("# text = ")]
     assert len(texts) == len(ewt)
     assert [s.text for s in ewt] == texts
 
 
-@needs_shared
 def test_blimp_file_loads_1000_pairs():
     path = BLIMP / "regular_plural_subject_verb_agreement_1.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
     data = load_dataset(f"blimp:{path}")
     assert len(data) == 1000 and len(data.pairs) == 1000
     for p in data:
@@ -81,7 +82,6 @@ def test_blimp_file_loads_1000_pairs():
     assert data[0].good == first["sentence_good"] and data[0].paradigm == first["UID"]
 
 
-@needs_shared
 def test_blimp_directory_loads_every_file():
     files = sorted(BLIMP.glob("*.jsonl"))
     data = load_dataset(f"blimp:{BLIMP}")
