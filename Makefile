@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install bench lint clean
+.PHONY: run test install bench lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,8 +31,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/probekit bench --out results/benchmarks
 
+# ruff (rules in pyproject.toml, line length enforced) and ruff format over all Python code; mypy over
+# probekit/ (strictness stated in pyproject.toml [tool.mypy]).
+LINT_PATHS := probekit tests benchmarks scripts
+
 lint: $(STAMP)
-	$(BIN)/ruff check probekit tests
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
