@@ -41,7 +41,7 @@ def run(args) -> int:
     from probekit.models import load_model
     from probekit.analyses.probes.layers import probe_with_baselines
     from probekit.report import atomic_write_text, markdown_table, write_probe_results
-    from probekit.report.build import probe_sentence
+    from probekit.report.markdown import probe_sentence
 
     if args.layers == ["all"]:
         layers = "all"

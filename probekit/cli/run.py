@@ -37,7 +37,8 @@ def run(args) -> int:
 def report(args) -> int:
     from pathlib import Path
 
-    from probekit.report.build import build_report, compare_runs
+    from probekit.experiment.verdicts import build_report
+    from probekit.report import compare_runs
 
     for folder in args.runs:
         print(f"wrote {build_report(Path(folder))}")

@@ -358,7 +358,7 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, out: str | os.P
     ``load_model`` replaces `probekit.models.load_model` for this run (a sweep worker passes one that
     keeps models resident across runs)."""
     from probekit.experiment import stages
-    from probekit.report.build import build_report
+    from probekit.experiment.verdicts import build_report
 
     if isinstance(config, ExperimentConfig):
         cfg = config

@@ -1,7 +1,9 @@
 """Figures (matplotlib, Agg backend: no display needed), saved atomically and byte-reproducibly.
 
 `pyplot` gives the configured ``matplotlib.pyplot``; `save_fig` writes a figure by atomic rename with
-no timestamp metadata; `plot_head_heatmap` is the one layers × heads heatmap every analysis uses.
+no timestamp metadata. The plots: `plot_word_attention` (word × word attention of chosen heads, the
+claims stage), `plot_probe_curves` (probe accuracy against layer) and `plot_head_heatmap` (one
+layers × heads grid of values; the only such heatmap in ``probekit.report``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,19 @@ import pandas as pd
 from probekit.report.tables import write_tables
 
 
-
 def pyplot():
+    """``matplotlib.pyplot`` with the Agg backend (no display needed), imported on first use.
+
+    Returns
+    -------
+    module
+        ``matplotlib.pyplot``.
+
+    Examples
+    --------
+    >>> pyplot().get_backend().lower()
+    'agg'
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,6 +39,28 @@ def pyplot():
 
 
 def save_fig(fig, path: str | os.PathLike) -> Path:
+    """Save a figure atomically (temporary name, then rename) at 110 dpi without the Software
+    metadata, so the same figure gives the same bytes; then close it.
+
+    Parameters
+    ----------
+    fig
+        A matplotlib figure.
+    path
+        The PNG file (its folder is created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fig, ax = pyplot().subplots()
+    >>> save_fig(fig, Path(tempfile.mkdtemp()) / "empty.png").stat().st_size > 0
+    True
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
@@ -36,11 +71,40 @@ def save_fig(fig, path: str | os.PathLike) -> Path:
 
 
 def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -> Path:
-    """Word × word heatmaps of chosen heads, labelled with the words. ``att  # [layer, head, from, to]``."""
+    """Word × word heatmaps of chosen heads, labelled with the words (weights >= 0.1 written in).
+
+    Parameters
+    ----------
+    att
+        Word-level attention, ``att  # [layer, head, from_word, to_word]``.
+    words
+        The words, labelling both axes.
+    heads
+        ``(layer, head)`` pairs, one panel each.
+    path
+        The PNG file.
+    title
+        The figure's title.
+    layers
+        The layers that ``att``'s first axis holds (default ``0 .. att.shape[0] - 1``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> att = np.full((1, 2, 3, 3), 1 / 3)  # [layer, head, from, to]
+    >>> plot_word_attention(att, ["a", "cat", "sat"], [(0, 1)], Path(tempfile.mkdtemp()) / "a.png").suffix
+    '.png'
+    """
     plt = pyplot()
     layers = list(layers) if layers is not None else list(range(att.shape[0]))
     fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4.0), squeeze=False)
-    for ax, (layer, head) in zip(axes[0], heads):
+    for ax, (layer, head) in zip(axes[0], heads, strict=True):
         m = att[layers.index(layer), head]
         ax.imshow(m, cmap="viridis", vmin=0, vmax=max(float(m.max()), 1e-6))
         ax.set_xticks(range(len(words)), words, rotation=70, fontsize=7)
@@ -69,15 +133,43 @@ def write_probe_results(frame: pd.DataFrame, folder, title: str = "") -> pd.Data
 
 def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
     """Accuracy, control accuracy and majority baseline against layer, one panel per task and split
-    (mean over seeds); the random-init model's curves are dotted."""
+    (mean over seeds); the random-init model's curves are dotted.
+
+    Parameters
+    ----------
+    frame
+        A `probekit.analyses.probes.probe_layers` table (``task, layer, model_kind, accuracy,
+        control_accuracy, majority_accuracy`` and optionally ``split``).
+    path
+        The PNG file.
+    title
+        The figure's title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> frame = pd.DataFrame({"task": "upos", "layer": [0, 1], "model_kind": "trained",
+    ...     "accuracy": [0.5, 0.9], "control_accuracy": [0.4, 0.5], "majority_accuracy": 0.3})
+    >>> plot_probe_curves(frame, Path(tempfile.mkdtemp()) / "curves.png").name
+    'curves.png'
+    """
     plt = pyplot()
     splits = frame.split if "split" in frame else pd.Series("random", index=frame.index)
-    panels = list(dict.fromkeys(zip(frame.task, splits)))
+    panels = list(dict.fromkeys(zip(frame.task, splits, strict=True)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (task, split) in zip(axes[0], panels):
+    for ax, (task, split) in zip(axes[0], panels, strict=True):
         f = frame[(frame.task == task) & (splits == split)]
         for kind, style in (("trained", "-"), ("random-init", ":")):
-            g = f[f.model_kind == kind].groupby("layer")[["accuracy", "control_accuracy", "majority_accuracy"]].mean()
+            g = (
+                f[f.model_kind == kind]
+                .groupby("layer")[["accuracy", "control_accuracy", "majority_accuracy"]]
+                .mean()
+            )
             if g.empty:
                 continue
             ax.plot(g.index, g.accuracy, style, color="C0", label=f"probe ({kind})")
@@ -93,9 +185,45 @@ def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
     return save_fig(fig, path)
 
 
-def plot_head_heatmap(values, path, title: str = "", cbar: str = "", layers=None, cmap: str = "viridis",
-                      center: float | None = None) -> Path:
-    """A layers × heads heatmap (``values  # [layer, head]``)."""
+def plot_head_heatmap(
+    values,
+    path,
+    title: str = "",
+    cbar: str = "",
+    layers=None,
+    cmap: str = "viridis",
+    center: float | None = None,
+) -> Path:
+    """A layers × heads heatmap.
+
+    Parameters
+    ----------
+    values
+        ``values  # [layer, head]`` (NaN cells are left blank).
+    path
+        The PNG file.
+    title, cbar
+        The title and the colour bar's label.
+    layers
+        Labels of the rows (default ``0 .. n_layers - 1``).
+    cmap
+        A matplotlib colour map.
+    center
+        If given, a colour scale symmetric around it (e.g. 0 for effects with a diverging ``cmap``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> values = np.arange(6.0).reshape(2, 3)  # [layer, head]
+    >>> plot_head_heatmap(values, Path(tempfile.mkdtemp()) / "h.png", cbar="score").name
+    'h.png'
+    """
     import numpy as np
 
     plt = pyplot()
@@ -108,7 +236,9 @@ def plot_head_heatmap(values, path, title: str = "", cbar: str = "", layers=None
     im = ax.imshow(values, aspect="auto", cmap=cmap, **kwargs)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_yticks(range(values.shape[0]), layers if layers is not None else range(values.shape[0]), fontsize=6)
+    ax.set_yticks(
+        range(values.shape[0]), layers if layers is not None else range(values.shape[0]), fontsize=6
+    )
     ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=6)
     fig.colorbar(im, ax=ax, label=cbar)
     ax.set_title(title, fontsize=9)

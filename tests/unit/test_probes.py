@@ -478,7 +478,7 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
         assert (out / name).stat().st_size > 0
     assert "selectivity" in (out / "summary.md").read_text()
     # a run folder holding only probes gets a report without an (empty) verdict table
-    from probekit.report.build import build_report
+    from probekit.experiment.verdicts import build_report
 
     run_dir = tmp_path / "run"
     (run_dir / "probes").mkdir(parents=True)

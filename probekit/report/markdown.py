@@ -1,0 +1,244 @@
+"""REPORT.md of a run folder and the comparison of runs, rendered from verdict rows and the run's tables.
+
+The claim verdicts are decided in `probekit.experiment.verdicts`, which passes its rows to `write_report`;
+this module only renders them, with the probe summaries, the plots and the list of tables it finds in the
+run folder. It reads tables only through `probekit.report.read_table` and the columns of
+`probekit.report.schema`. See ``docs/methods/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from probekit.report.schema import CLAIM_VERDICTS, PROBES_SUMMARY
+from probekit.report.tables import atomic_write_text, markdown_table, read_table, stage_tables
+
+
+def _rel(run_dir: Path, path: Path) -> str:
+    return str(path.relative_to(run_dir))
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """A run folder's ``manifest.json`` (name, config, ``skipped`` notes, ...); ``{}`` if it has none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> read_manifest(tempfile.mkdtemp())
+    {}
+    """
+    path = Path(run_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def probe_summaries(
+    run_dir: str | os.PathLike, model: str | None = None, task: str | None = None
+) -> Iterator[tuple[Path, tuple]]:
+    """(path, row) for every row of every ``probes/*/probes_summary.csv`` of a run folder.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder.
+    model, task
+        Keep only rows of this model / probing task.
+
+    Returns
+    -------
+    iterator of (pathlib.Path, namedtuple)
+        The summary file and one of its rows (``DataFrame.itertuples``), folder by folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> list(probe_summaries(tempfile.mkdtemp()))
+    []
+    """
+    for folder, (frame,) in stage_tables(run_dir, PROBES_SUMMARY):
+        for r in frame.itertuples(index=False):
+            if (model is None or r.model == model) and (task is None or r.task == task):
+                yield folder / PROBES_SUMMARY.file, r
+
+
+def probe_sentence(r) -> str:
+    """One sentence on a probe's layer curve.
+
+    Parameters
+    ----------
+    r
+        A row of a `probekit.analyses.probes.probe_summary` table (``itertuples``), with the columns of
+        `probekit.report.schema.PROBES_SUMMARY`.
+
+    Returns
+    -------
+    str
+        Best layer with its CI, the first layer within one point of it and the baselines.
+
+    Examples
+    --------
+    >>> row = pd.DataFrame([dict(task="upos", data="svo", split="random", n_seeds=1, best_layer=2,
+    ...     accuracy=0.9, ci_low=0.85, ci_high=0.95, first_layer_within=1, layer0_accuracy=0.5,
+    ...     control_accuracy=0.6, selectivity=0.3, majority_accuracy=0.4)])
+    >>> probe_sentence(next(row.itertuples()))
+    'upos probe on svo (random split, 1 seed(s)): best layer 2 at 0.900 [0.850, 0.950], within 1 point of that from layer 1; layer 0 (embeddings) 0.500, control task 0.600 (selectivity +0.300), majority 0.400'
+    """  # noqa: E501
+    baselines = [] if pd.isna(r.layer0_accuracy) else [f"layer 0 (embeddings) {r.layer0_accuracy:.3f}"]
+    baselines.append(
+        f"control task {r.control_accuracy:.3f} (selectivity {r.selectivity:+.3f})"
+        if not pd.isna(r.control_accuracy)
+        else "no control task (undefined for a single word type, or not run)"
+    )
+    baselines.append(f"majority {r.majority_accuracy:.3f}")
+    text = (
+        f"{r.task} probe on {r.data} ({r.split} split, {int(r.n_seeds)} seed(s)): "
+        f"best layer {int(r.best_layer)} "
+        f"at {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], within 1 point of that from layer "
+        f"{int(r.first_layer_within)}; " + ", ".join(baselines)
+    )
+    if not pd.isna(getattr(r, "random_init_accuracy", float("nan"))):
+        text += (
+            f", random-init model {r.random_init_accuracy:.3f} "
+            f"(its best layer {int(r.random_init_best_layer)})"
+        )
+        if r.accuracy - r.random_init_accuracy < 0.02:
+            text += " — the random-init model decodes it as well, so the probe reads surface/lexical cues"
+    return text
+
+
+def write_report(
+    run_dir: str | os.PathLike, verdicts: pd.DataFrame, claims: Mapping[str, str], labels: Sequence[str]
+) -> Path:
+    """Write ``REPORT.md`` of a run folder: the verdict table, each claim's evidence, the probe
+    summaries, the plots and every table.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder (its ``manifest.json`` gives the title and the skipped stages).
+    verdicts
+        One row per (claim, model), columns ``claim, model, verdict, evidence, tables`` (``tables``: the
+        comma-separated run-relative paths of the evidence); no rows for a run without claim analyses.
+    claims
+        Claim id -> claim text, in report order.
+    labels
+        The possible verdicts, listed in the report's introduction.
+
+    Returns
+    -------
+    pathlib.Path
+        ``run_dir / "REPORT.md"``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> rows = pd.DataFrame(columns=["claim", "model", "verdict", "evidence", "tables"])
+    >>> path = write_report(tempfile.mkdtemp(), rows, {}, [])
+    >>> path.read_text().splitlines()[2]
+    'Numbers come from the CSV tables linked below; `probekit report` rebuilds this file from them.'
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    name = manifest.get("name", run_dir.name)
+    if verdicts.empty:  # a run without claim analyses (e.g. probes only)
+        lines = [
+            f"# {name}",
+            "",
+            "Numbers come from the CSV tables linked below; `probekit report` rebuilds this file from them.",
+            "",
+        ]
+    else:
+        lines = [
+            f"# {name}: claim verdicts",
+            "",
+            "Each claim of the source document, measured on each model. Verdicts: " + ", ".join(labels) + ".",
+            "Numbers come from the CSV tables linked in each row; `probekit report` rebuilds this file "
+            "from them.",
+            "",
+            "## Claims",
+            "",
+        ]
+        lines += [f"- **{k}** — {v}" for k, v in claims.items()]
+        lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
+    skipped = manifest.get("skipped", [])
+    if skipped:
+        lines += ["Not run: " + "; ".join(dict.fromkeys(skipped)) + ".", ""]
+    for claim, text in claims.items():
+        sub = verdicts[verdicts.claim == claim]
+        if sub.empty:
+            continue
+        lines += [f"## {claim}", "", f"> {text}", ""]
+        for r in sub.itertuples():
+            lines += [
+                f"- **{r.model}: {r.verdict}.** {r.evidence}. Tables: "
+                + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())
+            ]
+        lines.append("")
+    probe_rows = list(probe_summaries(run_dir))
+    if probe_rows:
+        lines += [
+            "## Probes",
+            "",
+            "Per-layer linear probes (`probekit.analyses.probes.layers`), summarised over seeds "
+            "(`probe_summary`); the curves are in the plots below and every row in the linked tables.",
+            "",
+        ]
+        lines += [
+            f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
+            for p, r in probe_rows
+        ]
+        lines.append("")
+    pngs = sorted(run_dir.rglob("*.png"))
+    if pngs:
+        lines += ["## Plots", ""]
+        lines += [f"![{_rel(run_dir, p)}]({_rel(run_dir, p)})" for p in pngs]
+        lines.append("")
+    tables = sorted(p for p in run_dir.rglob("*.csv") if p.parent != run_dir)
+    if tables:
+        lines += (
+            ["## All tables", ""] + [f"- [{_rel(run_dir, p)}]({_rel(run_dir, p)})" for p in tables] + [""]
+        )
+    return atomic_write_text(run_dir / "REPORT.md", "\n".join(lines))
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One Markdown table of every run's claim verdicts (``verdicts.csv``), side by side.
+
+    Parameters
+    ----------
+    run_dirs
+        Run folders; one without ``verdicts.csv`` is left out.
+    out
+        The Markdown file to write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = compare_runs([], Path(tempfile.mkdtemp()) / "comparison.md")
+    >>> out.read_text().splitlines()[:3]
+    ['# Comparison of runs', '', '| claim | model |']
+    """
+    frames = []
+    for d in map(Path, run_dirs):
+        if (d / CLAIM_VERDICTS.file).exists():
+            f = read_table(d / CLAIM_VERDICTS.file, CLAIM_VERDICTS)
+            f.insert(0, "run", d.name)
+            frames.append(f)
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["run", "claim", "model", "verdict"])
+    )
+    pivot = table.pivot_table(
+        index=["claim", "model"], columns="run", values="verdict", aggfunc="first"
+    ).reset_index()
+    return atomic_write_text(out, "# Comparison of runs\n\n" + markdown_table(pivot))

@@ -1,0 +1,221 @@
+"""The tables of a run folder that probekit reads back, and the columns it reads.
+
+A stage writes its tables into ``<run>/<stage>/<model>[__<data>]/`` (`probekit.report.write_tables`); the
+claim verdicts (`probekit.experiment.verdicts`), REPORT.md and `compare_runs` (`probekit.report.markdown`)
+read some of them back. Each `TableSchema` below names one such file, the stage folder that holds it and
+the columns the readers use, so that a renamed or missing column fails in `probekit.report.read_table`
+with the file, the column and what to do, instead of an ``AttributeError`` deep inside a verdict rule.
+
+Only the columns that are read are listed: a stage may write more. This module is pure data (no pandas)
+and lives in ``report`` because the readers are there; writers and readers both depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """One CSV file of a run folder and the columns that are read from it.
+
+    Parameters
+    ----------
+    file
+        The file name, e.g. ``"check_attention.csv"``.
+    stage
+        The run folder's subfolder whose per-model folders hold the file (``"check_attention"`` for
+        ``check_attention/<model>/check_attention.csv``); ``None`` for a file in the run folder itself.
+    columns
+        Columns every reader needs.
+    optional
+        Columns read only when present (written only for some models or options).
+    writer
+        The code that writes the file, named in error messages.
+
+    Examples
+    --------
+    >>> CHECK_ATTENTION.pattern
+    'check_attention/*/check_attention.csv'
+    >>> CHECK_ATTENTION.missing(["model", "q_hook"])[:2]
+    ('k_hook', 'n_heads')
+    """
+
+    file: str
+    stage: str | None
+    columns: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    writer: str = ""
+
+    @property
+    def pattern(self) -> str:
+        """Where the file lives, relative to the run folder (a glob)."""
+        return self.file if self.stage is None else f"{self.stage}/*/{self.file}"
+
+    def missing(self, present, columns: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The required ``columns`` (default: `columns`) that are not among ``present``, in order."""
+        have = set(present)
+        return tuple(c for c in (self.columns if columns is None else columns) if c not in have)
+
+
+CHECK_ATTENTION = TableSchema(
+    "check_attention.csv",
+    "check_attention",
+    ("model", "q_hook", "k_hook", "n_heads", "n_kv_heads", "scale", "max_abs_diff"),
+    writer="the check_attention stage (probekit.analyses.attention.check_attention)",
+)
+
+BANK_SUMMARY = TableSchema(
+    "bank_summary.csv",
+    "claims",
+    (
+        "model",
+        "bank",
+        "sense",
+        "testable",
+        "own_cues_visible",
+        "other_cues_visible",
+        "heads_own_gt_other",
+        "n_heads",
+        "mean_own",
+        "mean_other",
+    ),
+    writer="the claims stage (probekit.analyses.claims)",
+)
+
+BANK_CUE_SUMMARY = TableSchema(
+    "bank_cue_summary.csv",
+    "claims",
+    (
+        "n_sentences",
+        "best_head",
+        "best_cue_attention",
+        "its_random_word_attention",
+        "its_offset_matched_attention",
+        "median_head_cue_attention",
+        "null_best_mean",
+        "p_value",
+        "heads_cue_gt_offset",
+        "n_heads",
+    ),
+    writer="the claims stage (probekit.analyses.claims)",
+)
+
+#: a causal model has ``mean_room_to_explored``/``max_room_to_explored`` ('room' cannot be seen from
+#: 'explored'), a bidirectional one ``mean_explored_to_room``
+EXPLORED_SUMMARY = TableSchema(
+    "explored_summary.csv",
+    "claims",
+    (
+        "model",
+        "n_heads",
+        "closest_head",
+        "closest_cat",
+        "closest_room",
+        "heads_within_0.1",
+        "mean_explored_to_cat",
+        "max_explored_to_cat",
+        "heads_argmax_cat",
+        "mean_explored_to_sink",
+    ),
+    optional=("mean_room_to_explored", "max_room_to_explored", "mean_explored_to_room"),
+    writer="the claims stage (probekit.analyses.claims)",
+)
+
+HEAD_VERDICTS = TableSchema(
+    "verdicts.csv",
+    "heads",
+    (
+        "model",
+        "data",
+        "relation",
+        "direction",
+        "layer",
+        "head",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "offset_accuracy",
+        "verdict",
+        "also_passes",
+        "relation_verdict",
+    ),
+    writer="the heads stage (HeadAnalysis.write in probekit.analyses.heads)",
+)
+
+PROBES_SUMMARY = TableSchema(
+    "probes_summary.csv",
+    "probes",
+    (
+        "model",
+        "data",
+        "task",
+        "split",
+        "n_seeds",
+        "best_layer",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "first_layer_within",
+        "layer0_accuracy",
+        "control_accuracy",
+        "selectivity",
+        "majority_accuracy",
+    ),
+    optional=("random_init_accuracy", "random_init_best_layer"),
+    writer="the probes stage or `probekit probe` (probekit.analyses.probes.probe_summary)",
+)
+
+MINIMAL_PAIRS = TableSchema(
+    "minimal_pairs.csv",
+    "score",
+    ("model", "data", "paradigm", "accuracy", "ci_low", "ci_high"),
+    writer="the score stage (probekit.analyses.scoring)",
+)
+
+SPECIALISTS_VS_RANDOM = TableSchema(
+    "specialists_vs_random.csv",
+    "ablate",
+    (
+        "model",
+        "relation",
+        "metric",
+        "method",
+        "specialists_delta",
+        "random_mean_delta",
+        "effect_size",
+        "p_value",
+        "diff_ci_low",
+        "diff_ci_high",
+    ),
+    writer="the ablate stage (probekit.analyses.interventions.specialists_vs_random)",
+)
+
+SPECIALISTS = TableSchema(
+    "specialists.csv",
+    "ablate",
+    ("layer", "head"),
+    writer="the ablate stage (probekit.analyses.interventions.specialists_vs_random)",
+)
+
+#: the claim verdicts of a run (`probekit.experiment.verdicts`), in the run folder itself
+CLAIM_VERDICTS = TableSchema(
+    "verdicts.csv",
+    None,
+    ("claim", "model", "verdict", "evidence", "tables"),
+    writer="`probekit report` (probekit.experiment.verdicts)",
+)
+
+#: every schema, for checks over a whole run folder
+SCHEMAS = (
+    CHECK_ATTENTION,
+    BANK_SUMMARY,
+    BANK_CUE_SUMMARY,
+    EXPLORED_SUMMARY,
+    HEAD_VERDICTS,
+    PROBES_SUMMARY,
+    MINIMAL_PAIRS,
+    SPECIALISTS_VS_RANDOM,
+    SPECIALISTS,
+    CLAIM_VERDICTS,
+)
