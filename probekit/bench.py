@@ -506,8 +506,12 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path | None = None) -> tuple[Path, Path]:
+def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
+            folder: Path | None = None) -> tuple[Path, Path, list[str]]:
     """Run the benchmarks (all, or ``only``) and write ``benchmarks.csv`` and ``benchmarks.md`` in ``ctx.out``.
+
+    Returns the two paths and the names of the benchmarks that failed (missing module, exception, or no
+    rows): their notes in ``benchmarks.md`` say why, and `probekit bench` exits non-zero.
 
     With ``only``, rows of the *other* benchmarks already in ``ctx.out/benchmarks.csv`` are kept (and their
     notes re-rendered), so one benchmark can be rerun without losing the rest; the report lists every
@@ -544,11 +548,14 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path |
             tables[name], notes[name] = _render_one(name, kept[kept["benchmark"] == name], ctx, folder,
                                                     meta.get("notes", {}).get(name, ""))
     frames = [kept]
+    failed: list[str] = []
     for name in names:
         ctx.say(f"--- {name}")
         start = time.perf_counter()
         frame, notes[name], tables[name] = run_benchmark(name, ctx, folder)
         wall[name] = time.perf_counter() - start
+        if frame.empty and not notes[name].startswith("Skipped"):
+            failed.append(name)
         frames.append(frame)
         table = pd.concat([f for f in frames if not f.empty] or [_empty()], ignore_index=True)
         table = table.sort_values("benchmark", key=lambda b: b.map({x: i for i, x in enumerate(BENCHMARKS)}),
@@ -561,7 +568,7 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None, folder: Path |
             indent=2, default=str) + "\n")
         shown = {b: notes[b] for b in order if b in notes}
         atomic_write_text(md_path, render_report(table, shown, machine, ctx, wall, tables))
-    return csv_path, md_path
+    return csv_path, md_path, failed
 
 
 def _render_one(name: str, sub: pd.DataFrame, ctx: BenchContext, folder: Path, fallback: str):

@@ -10,6 +10,7 @@ benchmark, the machine, and what the numbers mean), plus ``OUT/profiles/``. See 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -55,6 +56,10 @@ def run(args) -> int:
 
         print(f"wrote {render_only(ctx, folder)}")
         return 0
-    csv_path, md_path = run_all(ctx, only=only, folder=folder)
+    csv_path, md_path, failed = run_all(ctx, only=only, folder=folder)
     print(f"wrote {csv_path} and {md_path}")
+    if failed:
+        print(f"probekit bench: {len(failed)} benchmark(s) failed: {', '.join(failed)} (see {md_path})",
+              file=sys.stderr)
+        return 1
     return 0

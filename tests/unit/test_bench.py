@@ -85,6 +85,23 @@ def test_failing_benchmark_module_is_reported_not_raised(tmp_path):
     assert "boom" in note and "Not available" in note
 
 
+def test_cli_exits_non_zero_when_a_benchmark_fails(tmp_path, capsys):
+    from probekit.cli import main
+
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_capture.py").write_text("def run(quick):\n    raise RuntimeError('boom')\n")
+    (folder / "bench_memory.py").write_text(
+        "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n")
+    out = tmp_path / "out"
+    code = main(["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)])
+    assert code == 1
+    assert "1 benchmark(s) failed: capture" in capsys.readouterr().err
+    frame = pd.read_csv(out / "benchmarks.csv")
+    assert frame.benchmark.tolist() == ["memory"] and frame.seconds.tolist() == [1.0]
+    assert "boom" in (out / "benchmarks.md").read_text()
+
+
 def test_e2e_skips_without_manifest(tmp_path):
     ctx = bench.BenchContext(quick=True, out=tmp_path, manifest=tmp_path / "nope.json")
     frame, note, _ = bench.run_benchmark("e2e", ctx, bench.default_benchmarks_dir())
