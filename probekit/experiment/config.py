@@ -298,7 +298,7 @@ def validate_config(raw: dict, where: str = "config") -> ExperimentConfig:
     """An `ExperimentConfig` from a raw mapping; the first problem becomes a `ProbekitError`.
 
     An unknown key gets the nearest valid key suggested, and a rejected value is quoted in at most
-    ``EXCERPT_CHARS`` characters.
+    ``EXCERPT_CHARS`` characters (`validation_error`).
 
     Parameters
     ----------
@@ -324,33 +324,49 @@ def validate_config(raw: dict, where: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            parent = _model_at(first["loc"][:-1])
-            known = list(parent.model_fields) if parent else []
-            guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
-            fix = (
-                f"did you mean {'.'.join([*map(str, first['loc'][:-1]), guess[0]])!r}?"
-                if guess
-                else f"valid keys here: {', '.join(known)}"
-            )
-            raise ProbekitError(f"unknown config key {key!r}", where=where, fix=fix) from None
-        if first["type"] == "missing":  # its input is the whole section: do not quote it
-            raise ProbekitError(
-                f"config key {key!r}: {first['msg']}",
-                where=where,
-                fix="add it (see the config reference in the README)",
-            ) from None
-        raise ProbekitError(
-            f"config key {key!r}: {first['msg']} (got {excerpt(first.get('input'))})",
-            where=where,
-            fix="see the config reference in the README",
+        raise validation_error(
+            err, ExperimentConfig, kind="config", where=where, reference="the config reference in the README"
         ) from None
 
 
-def _model_at(loc) -> type[BaseModel] | None:
-    model: type[BaseModel] = ExperimentConfig
+def validation_error(
+    err: ValidationError, root: type[BaseModel], *, kind: str, where: str, reference: str
+) -> ProbekitError:
+    """pydantic's first problem as a `ProbekitError` that names the dotted key (used for configs and
+    sweep files).
+
+    An unknown key comes first (a typo explains the errors after it) with the nearest valid key of its
+    section; a missing key is named without quoting the section it is missing from; any other rejected
+    value is quoted in at most ``EXCERPT_CHARS`` characters. ``kind`` is the word before "key" and
+    ``reference`` the place the fix points to.
+    """
+    first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    loc = first["loc"]
+    key = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1], root)
+        known = list(parent.model_fields) if parent else []
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        fix = (
+            f"did you mean {'.'.join([*map(str, loc[:-1]), guess[0]])!r}?"
+            if guess
+            else f"valid keys here: {', '.join(known)}"
+        )
+        return ProbekitError(f"unknown {kind} key {key!r}", where=where, fix=fix)
+    if first["type"] == "missing":  # its input is the whole section: do not quote it
+        return ProbekitError(
+            f"{kind} key {key!r}: {first['msg']}", where=where, fix=f"add it (see {reference})"
+        )
+    return ProbekitError(
+        f"{kind} key {key!r}: {first['msg']} (got {excerpt(first.get('input'))})",
+        where=where,
+        fix=f"see {reference}",
+    )
+
+
+def _model_at(loc, root: type[BaseModel] = ExperimentConfig) -> type[BaseModel] | None:
+    """The pydantic model of the section at ``loc`` (e.g. ``("analyses", "probes", 0)``), if it is one."""
+    model: type[BaseModel] = root
     for part in loc:
         if isinstance(part, int):  # an item of a list, e.g. analyses.probes.0
             continue

@@ -69,7 +69,7 @@ def run_experiment(
     ...                        "analyses": {"check_attention": {}}})
     >>> folder = run_experiment(cfg, out=tempfile.mkdtemp(), progress=False)
     >>> sorted(p.name for p in folder.iterdir())
-    ['REPORT.md', 'check_attention', 'manifest.json']
+    ['REPORT.md', 'check_attention', 'manifest.json', 'verdicts.csv']
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config, overrides)[0]
     out_dir = Path(out).resolve() if out else Path(cfg.out)

@@ -23,7 +23,6 @@ in ``docs/methods/experiments.md``.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import json
 import os
@@ -37,7 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from probekit.errors import ProbekitError
-from probekit.experiment.config import excerpt, read_yaml, resolve_spec, set_dotted, validate_config
+from probekit.experiment.config import read_yaml, resolve_paths, set_dotted, validate_config, validation_error
 from probekit.experiment.context import display_spec
 from probekit.experiment.sweep_backends import (
     FAILED,
@@ -100,8 +99,36 @@ class Sweep:
 
 
 def load_sweep(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Sweep:
-    """Read, validate and expand a sweep file. ``out`` (relative to the working directory) replaces the
-    file's ``out``. Every run's config is validated here, so a bad grid value fails before any work."""
+    """Read, validate and expand a sweep file.
+
+    Every run's config is validated here, so a bad grid value fails before any work.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The sweep file (``out`` and a ``base`` path in it are relative to its folder).
+    out : str or PathLike, optional
+        Sweep folder (relative to the working directory), replacing the file's ``out``.
+
+    Returns
+    -------
+    Sweep
+        Its runs in grid order (the first key varies slowest), each with its resolved config.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "demo.sweep.yaml").write_text(
+    ...     "out: sweep\\nbase: {name: demo, seed: 0, out: x, models: [tiny-llama]}\\n"
+    ...     "grid: {models: [[tiny-llama], [tiny-bert]], seed: [0, 1]}\\n")
+    >>> sweep = load_sweep(folder / "demo.sweep.yaml")
+    >>> [run.name for run in sweep.runs]  # doctest: +NORMALIZE_WHITESPACE
+    ['models=tiny-llama,seed=0', 'models=tiny-llama,seed=1',
+     'models=tiny-bert,seed=0', 'models=tiny-bert,seed=1']
+    >>> sweep.runs[3].folder == folder / "sweep" / "runs" / "models=tiny-bert,seed=1"
+    True
+    """
     path = Path(path)
     spec = _validate(read_yaml(path), str(path))
     here = path.resolve().parent
@@ -133,45 +160,19 @@ def load_sweep(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         raw = copy.deepcopy(base)
         for key, value in point.items():
             set_dotted(raw, key, copy.deepcopy(value), where=str(path))
-        raw["out"] = str(folder)
-        cfg = validate_config(raw, where=f"{path} (run {run_name})")
-        cfg.out = str(folder)
-        cfg.data = {k: resolve_spec(v, base_dir) for k, v in cfg.data.items()}
-        cfg.optional_data = {k: resolve_spec(v, base_dir) for k, v in cfg.optional_data.items()}
+        raw["out"] = str(folder)  # absolute, so resolving it against the base config's folder keeps it
+        cfg = resolve_paths(validate_config(raw, where=f"{path} (run {run_name})"), base_dir)
         runs.append(SweepRun(run_name, labels, cfg))
     return Sweep(name=name, path=path.resolve(), out=sweep_out, keys=keys, runs=tuple(runs))
 
 
 def _validate(raw: dict, where: str) -> SweepFile:
-    """Validate a sweep file; turn pydantic's first error into a `ProbekitError` that names the key."""
-    model = SweepFile
+    """Validate a sweep file; pydantic's first error becomes a `ProbekitError` that names the key."""
     try:
-        return model.model_validate(raw)
+        return SweepFile.model_validate(raw)
     except ValidationError as err:
-        errors = sorted(
-            err.errors(), key=lambda e: e["type"] != "extra_forbidden"
-        )  # a typo explains the rest
-        first = errors[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            guess = difflib.get_close_matches(key, list(model.model_fields), n=1)
-            raise ProbekitError(
-                f"unknown sweep key {key!r}",
-                where=where,
-                fix=f"did you mean {guess[0]!r}?"
-                if guess
-                else f"valid keys: {', '.join(model.model_fields)}",
-            ) from None
-        if first["type"] == "missing":
-            raise ProbekitError(
-                f"the sweep file has no {key!r}",
-                where=where,
-                fix="a sweep file needs out, base and grid (see docs/sweeps.md)",
-            ) from None
-        raise ProbekitError(
-            f"sweep key {key!r}: {first['msg']} (got {excerpt(first.get('input'))})",
-            where=where,
-            fix="see docs/sweeps.md for the sweep file format",
+        raise validation_error(
+            err, SweepFile, kind="sweep", where=where, reference="docs/sweeps.md"
         ) from None
 
 
@@ -254,21 +255,47 @@ def run_sweep(
 ) -> SweepResult:
     """Run every unfinished run of a sweep, then write ``sweep.csv``, ``sweep.md`` and ``tables/``.
 
-    Args:
-        sweep: a `Sweep` or the path of a sweep file.
-        backend: ``local`` (serial, in this process) or ``ray``.
-        address: Ray cluster to join (``auto``, ``HOST:6379``, ``ray://HOST:10001``); default: a Ray
-            session this process already started, else a new one on this machine.
-        gpus_per_task: GPUs of each Ray actor; a fraction shares a GPU between actors.
-        cpus_per_task: CPUs of each Ray actor (default 1), and the torch threads of each run on both
-            backends (local default: leave torch's own setting). Runs must use the same thread count
-            to agree byte for byte: the count changes the last bits of float reductions.
-        actors_per_model: Ray actors per model group (each loads the weights once).
-        max_retries: extra attempts for a run that raised (not for a `ProbekitError`).
-        out: sweep folder, replacing the sweep file's ``out``.
-        progress: a progress bar over finished runs.
-    Returns:
-        a `SweepResult`; failed runs are in ``.failed`` and in the tables, never raised.
+    Parameters
+    ----------
+    sweep : Sweep, str or PathLike
+        A `Sweep` or the path of a sweep file.
+    backend : {"local", "ray"}
+        ``local`` (serial, in this process) or ``ray`` (one actor per model group).
+    address : str, optional
+        Ray cluster to join (``auto``, ``HOST:6379``, ``ray://HOST:10001``); default: a Ray session this
+        process already started, else a new one on this machine.
+    gpus_per_task : float
+        GPUs of each Ray actor; a fraction shares a GPU between actors.
+    cpus_per_task : float, optional
+        CPUs of each Ray actor (default 1), and the torch threads of each run on both backends (local
+        default: leave torch's own setting). Runs must use the same thread count to agree byte for byte:
+        the count changes the last bits of float reductions.
+    actors_per_model : int
+        Ray actors per model group (each loads the weights once).
+    max_retries : int
+        Extra attempts for a run that raised (not for a `ProbekitError`).
+    out : str or PathLike, optional
+        Sweep folder, replacing the sweep file's ``out``.
+    progress : bool
+        A progress bar over finished runs.
+
+    Returns
+    -------
+    SweepResult
+        Failed runs are in ``.failed`` and in the tables, never raised.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "demo.sweep.yaml").write_text(
+    ...     "out: sweep\\nbase: {name: demo, seed: 0, out: x, models: [tiny-bert], "
+    ...     "analyses: {check_attention: {}}}\\ngrid: {seed: [0, 1]}\\n")
+    >>> result = run_sweep(folder / "demo.sweep.yaml", progress=False)
+    >>> result.ran, result.failed, result.table.name
+    (['seed=0', 'seed=1'], [], 'sweep.csv')
+    >>> run_sweep(folder / "demo.sweep.yaml", progress=False).reused  # finished runs are kept
+    ['seed=0', 'seed=1']
     """
     if backend not in BACKENDS:
         raise ProbekitError(f"unknown backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
