@@ -1,9 +1,12 @@
 """`probekit run CONFIG.yaml [--out DIR] [--set key=value ...]` and `probekit report DIR...`.
 
-probekit run experiments/seed_claims.yaml
-probekit run experiments/seed_claims.yaml --out runs/quick --set analyses.heads.max_sentences=50
-probekit report results/seed_claims
-probekit report runs/a runs/b --out runs/comparison.md
+    probekit run experiments/seed_claims.yaml
+    probekit run experiments/seed_claims.yaml --out runs/quick --set analyses.heads.max_sentences=50
+    probekit report results/seed_claims
+    probekit report runs/a runs/b --out runs/comparison.md
+
+Both print the files they wrote; the work is `probekit.experiment.run_experiment` and
+`probekit.report.build.build_report`.
 """
 
 from __future__ import annotations
