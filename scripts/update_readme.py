@@ -1,6 +1,6 @@
 """Regenerate the README's config reference from the pydantic models (run after changing a config field).
 
-    .venv/bin/python scripts/update_readme.py
+.venv/bin/python scripts/update_readme.py
 """
 
 from pathlib import Path

@@ -4,30 +4,45 @@
     probekit run experiments/seed_claims.yaml --out runs/quick --set analyses.heads.max_sentences=50
     probekit report results/seed_claims
     probekit report runs/a runs/b --out runs/comparison.md
+
+Both print the files they wrote; the work is `probekit.experiment.run_experiment` and
+`probekit.experiment.verdicts.build_report`.
 """
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run an experiment config (YAML)",
-                       description="Run every analysis of an experiment config; finished stages are reused.")
+    p = sub.add_parser(
+        "run",
+        help="run an experiment config (YAML)",
+        description="Run every analysis of an experiment config; finished stages are reused.",
+    )
     p.add_argument("config", help="path to a YAML config, e.g. experiments/seed_claims.yaml")
     p.add_argument("--out", default=None, help="output folder (default: the config's `out`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set analyses.heads.max_sentences=50 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set analyses.heads.max_sentences=50 (repeatable)",
+    )
     p.set_defaults(func=run)
 
-    r = sub.add_parser("report", help="rebuild REPORT.md from a run's CSVs, or compare runs",
-                       description="Rebuild REPORT.md of one run folder from its CSV tables; with several "
-                                   "folders, also write one comparison table across them.")
+    r = sub.add_parser(
+        "report",
+        help="rebuild REPORT.md from a run's CSVs, or compare runs",
+        description="Rebuild REPORT.md of one run folder from its CSV tables; with several "
+        "folders, also write one comparison table across them.",
+    )
     r.add_argument("runs", nargs="+", help="run folders")
     r.add_argument("--out", default=None, help="comparison Markdown file (several runs)")
     r.set_defaults(func=report)
 
 
 def run(args) -> int:
-    from probekit.experiment.config import run_experiment
+    from probekit.experiment.run import run_experiment
 
     out = run_experiment(args.config, out=args.out, overrides=args.overrides)
     print(f"wrote {out}/REPORT.md")

@@ -14,23 +14,53 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="run an experiment over a grid of values (local or Ray)",
-                       description="Expand a sweep file's grid into runs, run the unfinished ones, and write "
-                                   "sweep.csv + sweep.md comparing them.")
+    p = sub.add_parser(
+        "sweep",
+        help="run an experiment over a grid of values (local or Ray)",
+        description="Expand a sweep file's grid into runs, run the unfinished ones, and write "
+        "sweep.csv + sweep.md comparing them.",
+    )
     p.add_argument("sweep", help="path to a sweep file, e.g. experiments/tiny.sweep.yaml")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one run after the other in this process; ray: one actor per model")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: start Ray here)")
-    p.add_argument("--gpus-per-task", type=float, default=0.0, metavar="X",
-                   help="GPUs per Ray actor; a fraction (0.5) shares a GPU between actors")
-    p.add_argument("--cpus-per-task", type=float, default=None, metavar="X",
-                   help="CPUs per Ray actor (default 1) and torch threads per run on both backends; use the "
-                        "same value to get byte-identical tables from both")
-    p.add_argument("--actors-per-model", type=int, default=1, metavar="N",
-                   help="Ray actors per model group, each loading the weights once")
-    p.add_argument("--max-retries", type=int, default=1, metavar="N",
-                   help="extra attempts for a run that raised (user errors are not retried)")
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one run after the other in this process; ray: one actor per model",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: start Ray here)",
+    )
+    p.add_argument(
+        "--gpus-per-task",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="GPUs per Ray actor; a fraction (0.5) shares a GPU between actors",
+    )
+    p.add_argument(
+        "--cpus-per-task",
+        type=float,
+        default=None,
+        metavar="X",
+        help="CPUs per Ray actor (default 1) and torch threads per run on both backends; use the "
+        "same value to get byte-identical tables from both",
+    )
+    p.add_argument(
+        "--actors-per-model",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Ray actors per model group, each loading the weights once",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="extra attempts for a run that raised (user errors are not retried)",
+    )
     p.add_argument("--out", default=None, help="sweep folder (default: the sweep file's `out`)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
@@ -46,11 +76,20 @@ def run(args) -> int:
             print(f"{'finished' if is_finished(r) else 'to run  '}  {r.name}  ->  {r.folder}")
         print(f"{len(sweep.runs)} runs in {sweep.out}")
         return 0
-    result = run_sweep(sweep, backend=args.backend, address=args.address, gpus_per_task=args.gpus_per_task,
-                       cpus_per_task=args.cpus_per_task, actors_per_model=args.actors_per_model,
-                       max_retries=args.max_retries, progress=args.progress)
-    print(f"sweep {sweep.name}: {len(result.results)} runs, {len(result.ran)} ran, {len(result.reused)} "
-          f"reused, {len(result.failed)} failed")
+    result = run_sweep(
+        sweep,
+        backend=args.backend,
+        address=args.address,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        actors_per_model=args.actors_per_model,
+        max_retries=args.max_retries,
+        progress=args.progress,
+    )
+    print(
+        f"sweep {sweep.name}: {len(result.results)} runs, {len(result.ran)} ran, {len(result.reused)} "
+        f"reused, {len(result.failed)} failed"
+    )
     for r in result.results:
         if r.status != "ok":
             print(f"  failed: {r.name}: {r.error}")

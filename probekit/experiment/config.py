@@ -1,33 +1,20 @@
-"""Experiment configs: a YAML file -> a validated `ExperimentConfig` -> a run folder of tables and plots.
+"""Experiment configs: a YAML file -> a validated `ExperimentConfig`.
 
-A config names the models, the data (named spec strings), the analyses with their options, the seed
-and the output folder. `run_experiment` runs every (analysis, model, data) *stage*, writes its tables
-as CSV + Markdown + LaTeX (atomically) and marks it done with the hash of the options that produced
-it, so a rerun after a kill resumes from the finished stages and a changed option reruns only what it
-touches. It ends with ``manifest.json`` (resolved config, its hash, package versions, git commit,
-machine, per-stage timings) and ``REPORT.md``.
-
-The same config and seed give byte-identical CSVs: every analysis is seeded and the tables are written
-with a fixed float format.
-
-Config rules: unknown keys are rejected with the nearest valid key suggested; types are checked;
+A config names the models, the data (named spec strings), the analyses with their options, the seed and
+the output folder. Unknown keys are rejected with the nearest valid key suggested, types are checked,
 relative paths (``out`` and the paths inside ``ud:``/``blimp:``/``text:`` specs) resolve against the
-config file's folder; the seed is explicit. Data listed under ``optional_data`` is used only when its
-path exists (e.g. the shared UD/BLiMP reference data); analyses that name it are skipped, and the
-report says so, when it is absent.
+config file's folder, and the seed is explicit. How a config is run (stages, resume, manifest) is in
+``docs/methods/experiments.md``.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
-import platform
-import subprocess
-import sys
-import time
-from importlib import metadata
+import reprlib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +22,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from probekit.errors import ProbekitError
+
+#: spec schemes whose argument is a file or folder path (resolved against the config file's folder)
+PATH_SCHEMES = ("ud", "blimp", "text")
+#: values that YAML aliases (``*name``) may add to one file, in all: a bound against alias bombs
+MAX_ALIAS_VALUES = 1000
+#: characters of a rejected value quoted in an error message
+EXCERPT_CHARS = 80
 
 
 class _Strict(BaseModel):
@@ -52,7 +46,9 @@ class ClaimsOptions(_Strict):
 
     bank: str = Field("seed:bank", description="data with the two-sense 'bank' sentence")
     bank_template: str = Field("template:bank_sense", description="data for the scaled-up cue-attention test")
-    explored: str = Field("seed:explored", description="data with 'The curious cat explored the mysterious room.'")
+    explored: str = Field(
+        "seed:explored", description="data with 'The curious cat explored the mysterious room.'"
+    )
     n_perm: int = Field(200, ge=10, description="permutations for the best-head null")
 
 
@@ -60,7 +56,9 @@ class HeadsOptions(_Strict):
     """Claim C4: score every head on every relation, with offset/random-init/permutation baselines."""
 
     data: list[str] = Field(..., description="data names or specs to score on")
-    relations: list[str] | None = Field(None, description="relations (None = nsubj, amod, det, obj + positional)")
+    relations: list[str] | None = Field(
+        None, description="relations (None = nsubj, amod, det, obj + positional)"
+    )
     max_sentences: int | None = Field(None, ge=1, description="first N sentences of each dataset")
     random_baseline: bool = Field(True, description="also score random:<model>")
     n_boot: int = Field(1000, ge=100, description="bootstrap resamples over sentences")
@@ -76,7 +74,8 @@ class ProbesOptions(_Strict):
     probe: Literal["ridge", "logistic"] = Field("ridge", description="probe family")
     seeds: list[int] = Field([0, 1, 2], description="split/probe seeds")
     split: Literal["random", "lexical"] | list[Literal["random", "lexical"]] = Field(
-        "random", description="train/test split: held-out sentences, held-out word types, or both as a list")
+        "random", description="train/test split: held-out sentences, held-out word types, or both as a list"
+    )
     max_sentences: int | None = Field(None, ge=1, description="first N sentences")
     random_baseline: bool = Field(True, description="also probe random:<model>")
 
@@ -94,7 +93,9 @@ class AblateOptions(_Strict):
     data: str = Field(..., description="minimal-pair data to measure the effect on")
     heads_data: str = Field(..., description="sentence data to pick the top-k heads on")
     relation: str = Field("nsubj", description="relation whose heads are ablated")
-    direction: Literal["dep_to_head", "head_to_dep"] = Field("head_to_dep", description="direction to rank heads by")
+    direction: Literal["dep_to_head", "head_to_dep"] = Field(
+        "head_to_dep", description="direction to rank heads by"
+    )
     top_k: int = Field(3, ge=1, description="number of heads")
     n_draws: int = Field(20, ge=2, description="random layer-matched head sets")
     method: Literal["zero", "mean", "resample"] = Field("mean", description="ablation method")
@@ -102,6 +103,8 @@ class AblateOptions(_Strict):
 
 
 class Analyses(_Strict):
+    """The analyses to run: one optional section per stage of `probekit.experiment.stages.STAGES`."""
+
     check_attention: CheckAttentionOptions | None = None
     claims: ClaimsOptions | None = None
     heads: HeadsOptions | None = None
@@ -124,25 +127,53 @@ class ExperimentConfig(_Strict):
     """One experiment: models × data × analyses, with an explicit seed."""
 
     name: str = Field(..., description="experiment name (used in titles)")
-    seed: int = Field(..., description="seed for every random choice (splits, bootstraps, permutations, random-init)")
+    seed: int = Field(
+        ..., description="seed for every random choice (splits, bootstraps, permutations, random-init)"
+    )
     out: str = Field(..., description="output folder, relative to the config file")
     models: list[str] = Field(..., min_length=1, description="model names (see `probekit models`)")
-    data: dict[str, str] = Field(default_factory=dict, description="named data specs, e.g. svo: template:svo_adj")
-    optional_data: dict[str, str] = Field(default_factory=dict,
-                                          description="named specs used only if their path exists")
+    data: dict[str, str] = Field(
+        default_factory=dict, description="named data specs, e.g. svo: template:svo_adj"
+    )
+    optional_data: dict[str, str] = Field(
+        default_factory=dict, description="named specs used only if their path exists"
+    )
     batch_size: int = Field(16, ge=1, description="sentences per forward pass")
     analyses: Analyses = Field(default_factory=Analyses, description="what to run")
 
     def config_hash(self) -> str:
+        """The first 16 hex digits of the SHA-256 of the config's JSON (recorded in ``manifest.json``)."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------
-# loading and validating
+# reading YAML
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[ExperimentConfig, Path]:
-    """Read a YAML config, apply ``--set key=value`` overrides, validate, resolve relative paths."""
+    """Read a YAML config, apply ``--set key=value`` overrides, validate, resolve relative paths.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The YAML file.
+    overrides : list of str, optional
+        ``key=value`` items, e.g. ``analyses.heads.max_sentences=50``; the value is read as YAML.
+
+    Returns
+    -------
+    (ExperimentConfig, Path)
+        The validated config (``out`` and data paths absolute) and the config file's folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "exp.yaml").write_text("name: x\\nseed: 0\\nout: out\\nmodels: [tiny-llama]\\n")
+    >>> cfg, base = load_config(folder / "exp.yaml", ["seed=3"])
+    >>> cfg.seed, cfg.out == str(base / "out")
+    (3, True)
+    """
     path = Path(path)
     raw = read_yaml(path)
     for item in overrides or ():
@@ -153,54 +184,198 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping from a file (``yaml.safe_load``); errors name the file and line."""
+    """A YAML mapping from a file; errors name the file and line.
+
+    Only plain YAML is read (``yaml.SafeLoader``), and aliases (``*name``) may repeat at most
+    ``MAX_ALIAS_VALUES`` values in all, so a small file cannot expand into a huge value (an "alias
+    bomb") before it is validated.
+
+    Parameters
+    ----------
+    path : Path
+        A YAML file holding a mapping (an experiment config or a sweep file).
+
+    Returns
+    -------
+    dict
+        The mapping (``{}`` for an empty file).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.yaml"
+    >>> _ = path.write_text("layers: &l [0, 1]\\nagain: *l\\n")
+    >>> read_yaml(path)
+    {'layers': [0, 1], 'again': [0, 1]}
+    """
     if not path.exists():
         raise ProbekitError(f"file {path} does not exist", fix="check the path")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml_text(path.read_text(), str(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ProbekitError(f"not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
+    except RecursionError:
+        raise ProbekitError("the YAML is nested too deeply", where=str(path)) from None
     if not isinstance(raw, dict):
         raise ProbekitError("the file must be a mapping of keys to values", where=str(path))
     return raw
 
 
-def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
-    """Resolve ``out`` and the paths inside data specs against the config file's folder ``base``."""
-    cfg.out = str((base / cfg.out).resolve())
-    cfg.data = {k: resolve_spec(v, base) for k, v in cfg.data.items()}
-    cfg.optional_data = {k: resolve_spec(v, base) for k, v in cfg.optional_data.items()}
-    return cfg
+class _BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that counts the values aliases repeat and refuses a file past the bound."""
+
+    def __init__(self, text: str, where: str):
+        super().__init__(text)
+        self.where = where
+        self.sizes: dict[int, int] = {}  # id(node) -> values in the node once aliases are expanded
+        self.repeated = 0
+
+    def compose_node(self, parent, index):
+        if not self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            children = (
+                node.value
+                if isinstance(node, yaml.SequenceNode)
+                else [n for pair in node.value for n in pair]
+                if isinstance(node, yaml.MappingNode)
+                else []
+            )
+            self.sizes[id(node)] = 1 + sum(self.sizes[id(c)] for c in children)
+            return node
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        where = f"{self.where}:{event.start_mark.line + 1}"
+        if id(node) not in self.sizes:  # the alias is inside the value it names
+            raise ProbekitError(
+                f"YAML alias *{event.anchor} refers to a value that contains it",
+                where=where,
+                fix="write the value out instead of using the alias",
+            )
+        self.repeated += self.sizes[id(node)]
+        if self.repeated > MAX_ALIAS_VALUES:
+            raise ProbekitError(
+                f"YAML aliases repeat more than {MAX_ALIAS_VALUES} values (alias "
+                f"*{event.anchor}); a config is refused before it expands that far",
+                where=where,
+                fix="write the values out, or use fewer nested aliases",
+            )
+        return node
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """One YAML document from ``text`` with `read_yaml`'s alias bound (``where`` names it in errors)."""
+    loader = _BoundedLoader(text, where)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short repr of a possibly huge value, for error messages (never more than ``limit`` characters).
+
+    Examples
+    --------
+    >>> excerpt("abc")
+    "'abc'"
+    >>> len(excerpt(list(range(10_000)))) <= 80
+    True
+    """
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxtuple, short.maxset = 3, 8, 8, 8, 8
+    short.maxstring = short.maxother = short.maxlong = limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# validating and resolving
 
 
 def validate_config(raw: dict, where: str = "config") -> ExperimentConfig:
+    """An `ExperimentConfig` from a raw mapping; the first problem becomes a `ProbekitError`.
+
+    An unknown key gets the nearest valid key suggested, and a rejected value is quoted in at most
+    ``EXCERPT_CHARS`` characters (`validation_error`).
+
+    Parameters
+    ----------
+    raw : dict
+        The mapping read from YAML (with overrides applied).
+    where : str
+        What the error names as the place (the file, or a sweep run).
+
+    Returns
+    -------
+    ExperimentConfig
+
+    Examples
+    --------
+    >>> validate_config({"name": "x", "seed": 0, "out": "o", "models": ["tiny-bert"]}).models
+    ['tiny-bert']
+    >>> validate_config({"name": "x", "seed": 0, "out": "o", "modles": ["tiny-bert"]})
+    Traceback (most recent call last):
+    ...
+    probekit.errors.ProbekitError: unknown config key 'modles' (at config)
+      what to do: did you mean 'models'?
+    """
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            parent = _model_at(first["loc"][:-1])
-            known = list(parent.model_fields) if parent else []
-            guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
-            fix = f"did you mean {'.'.join([*map(str, first['loc'][:-1]), guess[0]])!r}?" if guess else \
-                f"valid keys here: {', '.join(known)}"
-            raise ProbekitError(f"unknown config key {key!r}", where=where, fix=fix) from None
-        raise ProbekitError(f"config key {key!r}: {first['msg']} (got {first.get('input')!r})", where=where,
-                            fix="see the config reference in the README") from None
+        raise validation_error(
+            err, ExperimentConfig, kind="config", where=where, reference="the config reference in the README"
+        ) from None
 
 
-def _model_at(loc) -> type[BaseModel] | None:
-    model: type[BaseModel] = ExperimentConfig
+def validation_error(
+    err: ValidationError, root: type[BaseModel], *, kind: str, where: str, reference: str
+) -> ProbekitError:
+    """pydantic's first problem as a `ProbekitError` that names the dotted key (used for configs and
+    sweep files).
+
+    An unknown key comes first (a typo explains the errors after it) with the nearest valid key of its
+    section; a missing key is named without quoting the section it is missing from; any other rejected
+    value is quoted in at most ``EXCERPT_CHARS`` characters. ``kind`` is the word before "key" and
+    ``reference`` the place the fix points to.
+    """
+    first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    loc = first["loc"]
+    key = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1], root)
+        known = list(parent.model_fields) if parent else []
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        fix = (
+            f"did you mean {'.'.join([*map(str, loc[:-1]), guess[0]])!r}?"
+            if guess
+            else f"valid keys here: {', '.join(known)}"
+        )
+        return ProbekitError(f"unknown {kind} key {key!r}", where=where, fix=fix)
+    if first["type"] == "missing":  # its input is the whole section: do not quote it
+        return ProbekitError(
+            f"{kind} key {key!r}: {first['msg']}", where=where, fix=f"add it (see {reference})"
+        )
+    return ProbekitError(
+        f"{kind} key {key!r}: {first['msg']} (got {excerpt(first.get('input'))})",
+        where=where,
+        fix=f"see {reference}",
+    )
+
+
+def _model_at(loc, root: type[BaseModel] = ExperimentConfig) -> type[BaseModel] | None:
+    """The pydantic model of the section at ``loc`` (e.g. ``("analyses", "probes", 0)``), if it is one."""
+    model: type[BaseModel] = root
     for part in loc:
         if isinstance(part, int):  # an item of a list, e.g. analyses.probes.0
             continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        candidates = [a for a in _flatten_type(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        candidates = [
+            a for a in _flatten_type(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not candidates:
             return None
         model = candidates[0]
@@ -220,234 +395,93 @@ def _apply_override(raw: dict, item: str) -> None:
 
     A number picks a list item: ``analyses.probes.0.seeds=[0]``."""
     if "=" not in item:
-        raise ProbekitError(f"--set {item!r} is not key=value", fix="e.g. --set analyses.heads.max_sentences=50")
+        raise ProbekitError(
+            f"--set {item!r} is not key=value", fix="e.g. --set analyses.heads.max_sentences=50"
+        )
     key, value = item.split("=", 1)
-    set_dotted(raw, key.strip(), yaml.safe_load(value), where=f"--set {key}")
+    where = f"--set {key}"
+    try:
+        parsed = load_yaml_text(value, where)
+    except yaml.YAMLError as err:
+        raise ProbekitError(f"not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
+    set_dotted(raw, key.strip(), parsed, where=where)
 
 
 def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     """``analyses.claims.n_perm`` -> raw["analyses"]["claims"]["n_perm"] = value; a number picks a list
-    item (``analyses.probes.0.data``). Missing sections are created."""
+    item (``analyses.probes.0.data``). Missing sections are created.
+
+    Examples
+    --------
+    >>> raw = {"analyses": {"probes": [{"data": "svo"}]}}
+    >>> set_dotted(raw, "analyses.probes.0.data", "bank", where="example")
+    >>> set_dotted(raw, "analyses.claims.n_perm", 50, where="example")
+    >>> raw
+    {'analyses': {'probes': [{'data': 'bank'}], 'claims': {'n_perm': 50}}}
+    """
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts):
         here = repr(".".join(parts[:i])) if i else "the top level"
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ProbekitError(f"key {key!r}: {here} is a list of {len(node)} items, so {part!r} must "
-                                    f"be an index 0..{len(node) - 1}", where=where,
-                                    fix="e.g. analyses.probes.0.data for the first probes entry")
+                raise ProbekitError(
+                    f"key {key!r}: {here} is a list of {len(node)} items, so {part!r} must "
+                    f"be an index 0..{len(node) - 1}",
+                    where=where,
+                    fix="e.g. analyses.probes.0.data for the first probes entry",
+                )
             part = int(part)
         elif not isinstance(node, dict):
-            raise ProbekitError(f"key {key!r}: {here} is a value, not a section", where=where,
-                                fix="set a leaf key, e.g. analyses.claims.n_perm")
+            raise ProbekitError(
+                f"key {key!r}: {here} is a value, not a section",
+                where=where,
+                fix="set a leaf key, e.g. analyses.claims.n_perm",
+            )
         if i == len(parts) - 1:
             node[part] = value
             return
-        if isinstance(node, dict) and node.get(part) is None:  # missing, or `check_attention:` with no options
+        if (
+            isinstance(node, dict) and node.get(part) is None
+        ):  # missing, or `check_attention:` with no options
             node[part] = {}
         node = node[part]
 
 
+def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Resolve ``out`` and the paths inside data specs against the config file's folder ``base``."""
+    cfg.out = str((base / cfg.out).resolve())
+    cfg.data = {k: resolve_spec(v, base) for k, v in cfg.data.items()}
+    cfg.optional_data = {k: resolve_spec(v, base) for k, v in cfg.optional_data.items()}
+    return cfg
+
+
 def resolve_spec(spec: str, base: Path) -> str:
-    """Make the path in ``ud:``/``blimp:``/``text:`` specs absolute, relative to the config folder."""
+    """Make the path in ``ud:``/``blimp:``/``text:`` specs absolute, relative to the config folder.
+
+    Examples
+    --------
+    >>> resolve_spec("ud:data/en.conllu", Path("/work/experiments"))
+    'ud:/work/experiments/data/en.conllu'
+    >>> resolve_spec("template:svo_adj?n=20", Path("/work/experiments"))
+    'template:svo_adj?n=20'
+    """
     scheme, _, arg = spec.partition(":")
-    if scheme in ("ud", "blimp", "text") and arg and not Path(arg).expanduser().is_absolute():
+    if scheme in PATH_SCHEMES and arg and not Path(arg).expanduser().is_absolute():
         return f"{scheme}:{(base / arg).resolve()}"
     return spec
 
 
-def spec_path_exists(spec: str) -> bool:
-    scheme, _, arg = spec.partition(":")
-    return scheme not in ("ud", "blimp", "text") or Path(arg).exists()
-
-
-def display_spec(spec: str) -> str:
-    """A spec without machine-specific absolute paths, for tables and reports."""
-    scheme, _, arg = spec.partition(":")
-    if scheme in ("ud", "blimp", "text"):
-        p = Path(arg)
-        return f"{scheme}:{'/'.join(p.parts[-2:])}"
-    return spec
-
-
 # --------------------------------------------------------------------------------------------------
-# running
-
-
-class Run:
-    """The state of one run: its folder, the data resolver, stage bookkeeping and timings."""
-
-    def __init__(self, cfg: ExperimentConfig, out: Path, progress: bool = True, load_model=None):
-        from probekit.models import load_model as default_loader
-
-        self.cfg, self.out, self.progress = cfg, out, progress
-        self._load_model = load_model or default_loader
-        self.timings: dict[str, float] = {}
-        self.skipped: list[str] = []
-        self.reused: list[str] = []
-        self._models: dict[str, Any] = {}
-        self._data: dict[str, Any] = {}
-        self.git = _git_state()  # the code this run starts with (the tree may change while it runs)
-
-    def spec(self, name_or_spec: str) -> str | None:
-        """A data name -> its spec (None if it is optional and absent); anything else is a spec."""
-        if name_or_spec in self.cfg.data:
-            return self.cfg.data[name_or_spec]
-        if name_or_spec in self.cfg.optional_data:
-            spec = self.cfg.optional_data[name_or_spec]
-            return spec if spec_path_exists(spec) else None
-        return name_or_spec
-
-    def dataset(self, name_or_spec: str, max_items: int | None = None):
-        from probekit.data import load_dataset
-
-        spec = self.spec(name_or_spec)
-        key = (spec, max_items)
-        if key not in self._data:
-            self._data[key] = load_dataset(spec, max_sentences=max_items, seed=self.cfg.seed)
-        return self._data[key]
-
-    def model(self, name: str):
-        """Load (or reuse) a model; ``random:<name>`` baselines are models too."""
-        if name not in self._models:
-            if len(self._models) >= 2:  # keep memory bounded on small machines
-                self._models.pop(next(iter(self._models)))
-            self._models[name] = self._load_model(name, seed=self.cfg.seed)
-        return self._models[name]
-
-    def stage(self, analysis: str, model: str, data: str, options: dict, fn) -> Path | None:
-        """Run ``fn(stage_dir)`` unless a finished stage with the same options exists."""
-        folder = self.out / analysis / (f"{_slug(model)}__{_slug(data)}" if data else _slug(model))
-        digest = hashlib.sha256(json.dumps({"model": model, "data": data, "seed": self.cfg.seed,
-                                            "batch_size": self.cfg.batch_size, "options": options},
-                                           sort_keys=True, default=str).encode()).hexdigest()[:16]
-        marker = folder / ".done"
-        label = f"{analysis}/{folder.name}"
-        done = marker.read_text().split() if marker.exists() else []
-        if done and done[0] == digest:
-            # the time it took when it was computed, so the manifest still shows what each stage costs
-            self.timings.setdefault(label, float(done[1]) if len(done) > 1 else float("nan"))
-            self.reused.append(label)
-            _log(f"[skip] {label} (finished earlier)")
-            return folder
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        _log(f"[run ] {label}")
-        start = time.perf_counter()
-        fn(folder)
-        self.timings[label] = round(time.perf_counter() - start, 2)
-        from probekit.report import atomic_write_text
-
-        atomic_write_text(marker, f"{digest} {self.timings[label]}\n")
-        return folder
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in display_spec(text)).strip("-")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run_experiment(config: str | os.PathLike | ExperimentConfig, out: str | os.PathLike | None = None,
-                   overrides: list[str] | None = None, progress: bool = True, load_model=None) -> Path:
-    """Run every stage of a config; return the run folder (which holds REPORT.md).
-
-    ``load_model`` replaces `probekit.models.load_model` for this run (a sweep worker passes one that
-    keeps models resident across runs)."""
-    from probekit.experiment import stages
-    from probekit.experiment.verdicts import build_report
-
-    if isinstance(config, ExperimentConfig):
-        cfg = config
-    else:
-        cfg, _ = load_config(config, overrides)
-    out_dir = Path(out).resolve() if out else Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, out_dir, progress, load_model)
-    total = time.perf_counter()
-    for analysis in Analyses.model_fields:
-        options = getattr(cfg.analyses, analysis)
-        if options is not None:
-            getattr(stages, analysis)(run, options)
-    run.timings["total"] = round(time.perf_counter() - total, 2)
-    write_manifest(run)
-    build_report(out_dir)
-    return out_dir
-
-
-def write_manifest(run: Run) -> Path:
-    from probekit.report import atomic_write_text
-
-    packages = {}
-    for dist in ("probekit-mi", "torch", "transformer-lens", "transformers", "numpy", "pandas", "scikit-learn",
-                 "scipy", "pydantic"):
-        try:
-            packages[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            packages[dist] = None
-    manifest = {
-        "name": run.cfg.name,
-        "config": json.loads(run.cfg.model_dump_json()) | {"out": display_path(run.cfg.out)},
-        "config_hash": run.cfg.config_hash(),
-        "seed": run.cfg.seed,
-        "skipped": list(dict.fromkeys(run.skipped)),
-        "reused_stages": run.reused,
-        "packages": packages,
-        "git_commit": run.git["commit"],
-        "git_dirty": run.git["dirty"],
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(), "torch_threads": _torch_threads()},
-        # a stage reused from a run made before its cost was recorded has no timing (null)
-        "timings_s": {k: (None if v != v else v) for k, v in run.timings.items()},
-    }
-    manifest["config"]["data"] = {k: display_spec(v) for k, v in run.cfg.data.items()}
-    manifest["config"]["optional_data"] = {k: display_spec(v) for k, v in run.cfg.optional_data.items()}
-    return atomic_write_text(run.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def display_path(path: str) -> str:
-    p = Path(path)
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return p.name
-
-
-def _git_state() -> dict:
-    """The checkout's HEAD commit and whether the code that makes results — the tracked files of
-    ``probekit/`` and ``experiments/`` — differs from it (``dirty``); both None outside a git checkout
-    (e.g. an installed wheel)."""
-    package = Path(__file__).resolve().parent
-
-    def git(*args) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD") or None
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", "../experiments") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+# the reference table in the README
 
 
 def _type_name(annotation) -> str:
     """``Literal['a', 'b'] | None`` -> ``'a' | 'b' | None``, ``list[int]`` -> ``list[int]``."""
-    import typing
-
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
     if origin is not None:
         return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
@@ -457,20 +491,38 @@ def _type_name(annotation) -> str:
 
 
 def config_reference() -> str:
-    """Markdown reference of every config field, generated from the pydantic models (for the README)."""
+    """Markdown reference of every config field, generated from the pydantic models (for the README).
+
+    Returns
+    -------
+    str
+        One table per section (top level, then each ``analyses.<name>``); ``scripts/update_readme.py``
+        pastes it into the README.
+
+    Examples
+    --------
+    >>> print(config_reference().splitlines()[0])
+    **`top level`** — One experiment: models × data × analyses, with an explicit seed.
+    """
     lines = []
     sections = [("top level", ExperimentConfig)]
-    sections += [(f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))
-                 for k in Analyses.model_fields]
+    sections += [
+        (f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))
+        for k in Analyses.model_fields
+    ]
     for title, model in sections:
-        lines.append(f"**`{title}`**" + (f" — {model.__doc__.strip().splitlines()[0]}" if model.__doc__ else ""))
+        lines.append(
+            f"**`{title}`**" + (f" — {model.__doc__.strip().splitlines()[0]}" if model.__doc__ else "")
+        )
         lines.append("")
         lines.append("| key | type | default | meaning |")
         lines.append("|---|---|---|---|")
         for key, field in model.model_fields.items():
             if key == "analyses" and model is ExperimentConfig:
                 continue
-            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = (
+                "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            )
             ann = _type_name(field.annotation)
             lines.append(f"| `{key}` | `{ann}` | {default} | {field.description or ''} |")
         lines.append("")

@@ -2,17 +2,20 @@
 
 Each function loops over the config's models (and data), and runs one `Run.stage` per combination.
 A stage writes its tidy tables with `write_tables` (CSV + Markdown + LaTeX) and its plots into its
-own folder; `probekit.report.build_report` later reads only those files.
+own folder; `probekit.experiment.verdicts.build_report` later reads only those files. `STAGES` (at the bottom) is the
+registry `probekit.experiment.run.run_experiment` runs, in its order.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from probekit.experiment.config import Run, display_spec
+from probekit.experiment.context import Run, display_spec
 from probekit.report import atomic_write_text, write_tables
 
 
@@ -230,3 +233,15 @@ def _plot_draws(summary, draws, path: Path, title: str) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     save_fig(fig, path)
+
+
+#: every stage, in the order `run_experiment` runs them; the keys are exactly the fields of
+#: `probekit.experiment.config.Analyses` (tests/unit/test_layout.py checks both)
+STAGES: dict[str, Callable[[Run, Any], None]] = {
+    "check_attention": check_attention,
+    "claims": claims,
+    "heads": heads,
+    "probes": probes,
+    "score": score,
+    "ablate": ablate,
+}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probekit.experiment.config import load_config, run_experiment
+from probekit.experiment import load_config, run_experiment
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,9 @@ import yaml
 
 import probekit as pk
 from probekit.experiment import stages
-from probekit.experiment.config import ExperimentConfig, config_reference, load_config, run_experiment
+from probekit.experiment.config import MAX_ALIAS_VALUES, ExperimentConfig, config_reference, load_config
+from probekit.experiment.run import run_experiment
+from probekit.experiment.sweep import load_sweep
 
 BASE = {
     "name": "unit",
@@ -33,7 +35,9 @@ def _write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
 
 def test_unknown_key_suggests_the_nearest(tmp_path):
     cfg = dict(BASE, analyses={"check_atention": {}})
-    with pytest.raises(pk.ProbekitError, match=r"unknown config key 'analyses.check_atention'[\s\S]*check_attention"):
+    with pytest.raises(
+        pk.ProbekitError, match=r"unknown config key 'analyses.check_atention'[\s\S]*check_attention"
+    ):
         load_config(_write(tmp_path, cfg))
     cfg = dict(BASE, modles=["tiny-bert"])
     with pytest.raises(pk.ProbekitError, match=r"did you mean 'models'"):
@@ -81,23 +85,86 @@ def test_bad_yaml_gives_file_and_line(tmp_path):
         load_config(path)
 
 
+# --------------------------------------------------------------------------------------------------
+# hostile or broken files give short errors, fast (issue 15)
+
+
+def _alias_bomb(levels: int) -> str:
+    """A config whose ``name`` is ``levels`` nested lists of 9 aliases each: 9**levels strings of 60
+    characters once expanded, from a file of a few hundred bytes."""
+    lines = ["name: &top", f'  - &l0 "{"x" * 60}"']
+    for level in range(1, levels + 1):
+        lines.append(f"  - &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join([*lines, "seed: 0", "out: o", "models: [tiny-bert]", ""])
+
+
+@pytest.mark.parametrize("levels", [4, 6])
+def test_a_yaml_alias_bomb_is_refused_before_validation(tmp_path, levels):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(levels))
+    assert len(path.read_bytes()) < 600
+    start = time.perf_counter()
+    with pytest.raises(pk.ProbekitError, match=rf"repeat more than {MAX_ALIAS_VALUES} values") as err:
+        load_config(path)
+    assert time.perf_counter() - start < 1.0
+    assert len(str(err.value)) < 400
+    assert "bomb.yaml:6" in str(err.value)  # the 4th level (line 6) is the first to repeat > 1000 values
+    sweep = tmp_path / "bomb.sweep.yaml"  # sweep files are read the same way
+    sweep.write_text(_alias_bomb(levels).replace("name: &top", "grid: {seed: [0]}\nbase: &top"))
+    with pytest.raises(pk.ProbekitError, match="YAML aliases"):
+        load_sweep(sweep)
+
+
+def test_small_aliases_and_recursive_aliases(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "name: x\nseed: 0\nout: o\nmodels: &m [tiny-bert]\ndata: {}\n"
+        "analyses:\n  heads: {data: &d [svo]}\n  score: {data: *d}\n"
+    )
+    assert load_config(path)[0].analyses.score.data == ["svo"]
+    path.write_text("name: &n [*n]\nseed: 0\nout: o\nmodels: [tiny-bert]\n")
+    with pytest.raises(
+        pk.ProbekitError, match=r"alias \*n refers to a value that contains it[\s\S]*ok.yaml:1"
+    ):
+        load_config(path)
+
+
+def test_a_rejected_value_is_quoted_in_a_short_excerpt(tmp_path):
+    name = [[f"{i}.{j}" * 40 for j in range(20)] for i in range(20)]  # large, no aliases (distinct values)
+    cfg = dict(BASE, name=name)
+    with pytest.raises(pk.ProbekitError, match=r"config key 'name': Input should be a valid string") as err:
+        load_config(_write(tmp_path, cfg))
+    assert len(str(err.value)) < 300
+    with pytest.raises(pk.ProbekitError, match=r"not valid YAML[\s\S]*--set seed"):
+        load_config(_write(tmp_path, BASE), ["seed=[0"])
+
+
+def test_a_missing_key_error_does_not_print_the_config(tmp_path):
+    cfg = {k: v for k, v in BASE.items() if k != "seed"} | {
+        "data": {f"d{i}": "template:svo_adj" for i in range(99)}
+    }
+    with pytest.raises(pk.ProbekitError, match=r"config key 'seed': Field required") as err:
+        load_config(_write(tmp_path, cfg))
+    assert "template:svo_adj" not in str(err.value) and len(str(err.value)) < 300
+
+
 def test_run_is_byte_identical_and_resumes_after_a_kill(tmp_path, monkeypatch):
     path = _write(tmp_path, BASE)
     clean = run_experiment(path, out=tmp_path / "clean", progress=False)
 
     # kill the run during its second analysis (claims), after check_attention finished
-    real_claims = stages.claims
-
     def killed(run, opts):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(stages, "claims", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(path, out=tmp_path / "resumed", progress=False)
+    with monkeypatch.context() as patch:
+        patch.setitem(stages.STAGES, "claims", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(path, out=tmp_path / "resumed", progress=False)
     assert (tmp_path / "resumed/check_attention/tiny-llama/.done").exists()
     assert not (tmp_path / "resumed/claims").exists()
 
-    monkeypatch.setattr(stages, "claims", real_claims)
     resumed = run_experiment(path, out=tmp_path / "resumed", progress=False)
     import json
 
@@ -133,7 +200,9 @@ def test_config_reference_covers_every_field():
 
 def test_readme_documents_every_config_field():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert config_reference() in readme, "README's config reference is stale: paste probekit.experiment.config_reference()"
+    assert config_reference() in readme, (
+        "README's config reference is stale: paste probekit.experiment.config_reference()"
+    )
 
 
 def test_shipped_configs_validate():

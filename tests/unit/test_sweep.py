@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-import probekit.experiment.sweep as sweep_mod
+import probekit.experiment.sweep_backends as backends
 from probekit.cli import main
 from probekit.errors import ProbekitError
-from probekit.report import write_table
 from probekit.experiment.sweep import is_finished, load_sweep, run_sweep
+from probekit.report import write_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,23 +28,33 @@ BASE = {
     "data": {"svo": "template:svo_adj?n=20"},
     "analyses": {
         "check_attention": {},
-        "probes": [{"data": "svo", "tasks": ["upos"], "layers": [0, 2], "seeds": [0], "random_baseline": False}],
+        "probes": [
+            {"data": "svo", "tasks": ["upos"], "layers": [0, 2], "seeds": [0], "random_baseline": False}
+        ],
     },
 }
 GRID = {"models": [["tiny-llama"], ["tiny-bert"]], "analyses.probes.0.seeds": [[0], [1]]}
 
 
-def _write_sweep(folder: Path, grid: dict, base: dict | str | None = None, name: str = "unit.sweep.yaml",
-                 **extra) -> Path:
+def _write_sweep(
+    folder: Path, grid: dict, base: dict | str | None = None, name: str = "unit.sweep.yaml", **extra
+) -> Path:
     path = folder / name
-    path.write_text(yaml.safe_dump({"out": "sweep-out", "base": BASE if base is None else base, "grid": grid,
-                                    **extra}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"out": "sweep-out", "base": BASE if base is None else base, "grid": grid, **extra},
+            sort_keys=False,
+        )
+    )
     return path
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix in (".csv", ".md")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".csv", ".md")
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,15 +62,23 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_grid_expands_in_file_order_with_deterministic_names(tmp_path):
-    grid = {"models": [["tiny-llama"], ["tiny-bert", "tiny-llama"]], "seed": [0, 1],
-            "analyses.probes.0.data": ["svo", "template:svo_adj?n=20"]}
+    grid = {
+        "models": [["tiny-llama"], ["tiny-bert", "tiny-llama"]],
+        "seed": [0, 1],
+        "analyses.probes.0.data": ["svo", "template:svo_adj?n=20"],
+    }
     sweep = load_sweep(_write_sweep(tmp_path, grid))
     assert sweep.name == "unit" and sweep.out == (tmp_path / "sweep-out").resolve()
     assert len(sweep.runs) == 8
     first, last = sweep.runs[0], sweep.runs[-1]
     assert first.name == "models=tiny-llama,seed=0,analyses.probes.0.data=svo"
     assert last.name == "models=tiny-bert+tiny-llama,seed=1,analyses.probes.0.data=template:svo_adj?n=20"
-    assert last.folder == sweep.out / "runs" / "models=tiny-bert+tiny-llama,seed=1,analyses.probes.0.data=template_svo_adj_n=20"
+    assert (
+        last.folder
+        == sweep.out
+        / "runs"
+        / "models=tiny-bert+tiny-llama,seed=1,analyses.probes.0.data=template_svo_adj_n=20"
+    )
     assert last.config.models == ["tiny-bert", "tiny-llama"] and last.config.seed == 1
     assert last.config.analyses.probes[0].data == "template:svo_adj?n=20"
     assert last.model_key == ("tiny-bert", "tiny-llama")
@@ -71,23 +89,31 @@ def test_base_path_and_data_paths_resolve_against_their_files(tmp_path):
     (tmp_path / "configs").mkdir()
     base = dict(BASE, out="ignored", data={"svo": "template:svo_adj?n=30", "mine": "text:corpus.txt"})
     (tmp_path / "configs" / "exp.yaml").write_text(yaml.safe_dump(base))
-    sweep = load_sweep(_write_sweep(tmp_path, {"seed": [3]}, base="configs/exp.yaml"), out=tmp_path / "elsewhere")
+    sweep = load_sweep(
+        _write_sweep(tmp_path, {"seed": [3]}, base="configs/exp.yaml"), out=tmp_path / "elsewhere"
+    )
     cfg = sweep.runs[0].config
     assert cfg.data["mine"] == f"text:{(tmp_path / 'configs' / 'corpus.txt').resolve()}"
     assert cfg.out == str((tmp_path / "elsewhere" / "runs" / "seed=3").resolve()) and cfg.seed == 3
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"gird": {"seed": [0]}}, r"unknown sweep key 'gird'[\s\S]*did you mean 'grid'"),
-    ({"grid": {"seed": 0}}, r"sweep key 'grid.seed'.*valid list"),
-    ({"grid": {"seed": []}}, r"sweep key 'grid.seed'.*at least 1"),
-    ({"grid": {"sed": [0]}}, r"unknown config key 'sed'[\s\S]*did you mean 'seed'"),
-    ({"grid": {"out": ["a"]}}, r"cannot set `out`"),
-    ({"grid": {"analyses.probes.3.data": ["svo"]}}, r"'analyses.probes' is a list of 1 items, so '3' must be an index"),
-    ({"grid": {"seed.x": [0]}}, r"'seed' is a value, not a section"),
-    ({"grid": {"seed": ["zero"]}}, r"config key 'seed'[\s\S]*run seed=zero"),
-    ({"base": "missing.yaml"}, r"missing.yaml does not exist"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"gird": {"seed": [0]}}, r"unknown sweep key 'gird'[\s\S]*did you mean 'grid'"),
+        ({"grid": {"seed": 0}}, r"sweep key 'grid.seed'.*valid list"),
+        ({"grid": {"seed": []}}, r"sweep key 'grid.seed'.*at least 1"),
+        ({"grid": {"sed": [0]}}, r"unknown config key 'sed'[\s\S]*did you mean 'seed'"),
+        ({"grid": {"out": ["a"]}}, r"cannot set `out`"),
+        (
+            {"grid": {"analyses.probes.3.data": ["svo"]}},
+            r"'analyses.probes' is a list of 1 items, so '3' must be an index",
+        ),
+        ({"grid": {"seed.x": [0]}}, r"'seed' is a value, not a section"),
+        ({"grid": {"seed": ["zero"]}}, r"config key 'seed'[\s\S]*run seed=zero"),
+        ({"base": "missing.yaml"}, r"missing.yaml does not exist"),
+    ],
+)
 def test_bad_sweep_files_are_user_errors(tmp_path, change, message):
     raw = {"out": "o", "base": BASE, "grid": {"seed": [0]}} | change
     if "gird" in change:
@@ -130,16 +156,23 @@ def test_retries_failure_reports_and_resume(tmp_path, monkeypatch):
             raise ProbekitError("bad input", fix="fix it")  # a user error: never retried
         if cfg.seed == 3:
             raise RuntimeError("always broken")
-        write_table(pd.DataFrame({"seed": [7], "value": [cfg.seed / 3]}), out / "fake" / "stage" / "numbers.csv")
+        write_table(
+            pd.DataFrame({"seed": [7], "value": [cfg.seed / 3]}), out / "fake" / "stage" / "numbers.csv"
+        )
         (out / "manifest.json").write_text("{}\n")
         (out / "REPORT.md").write_text("# fake\n")
         return out
 
-    monkeypatch.setattr(sweep_mod, "run_experiment", fake_run)
+    monkeypatch.setattr(backends, "run_experiment", fake_run)
     path = _write_sweep(tmp_path, {"seed": [0, 1, 2, 3]})
     result = run_sweep(path, max_retries=1, progress=False)
     status = {r.name: (r.status, r.attempts) for r in result.results}
-    assert status == {"seed=0": ("ok", 1), "seed=1": ("ok", 2), "seed=2": ("failed", 1), "seed=3": ("failed", 2)}
+    assert status == {
+        "seed=0": ("ok", 1),
+        "seed=1": ("ok", 2),
+        "seed=2": ("failed", 1),
+        "seed=3": ("failed", 2),
+    }
     assert sorted(calls) == [0, 1, 1, 2, 3, 3]
 
     out = result.sweep.out
@@ -148,7 +181,9 @@ def test_retries_failure_reports_and_resume(tmp_path, monkeypatch):
     assert index.error[2] == "ProbekitError: bad input what to do: fix it"
     assert index.error[3] == "RuntimeError: always broken"
     assert "always broken" in (out / "runs" / "seed=3" / "ERROR.txt").read_text()
-    numbers = pd.read_csv(out / "tables" / "fake.numbers.csv")  # only finished runs; `seed` clashes -> grid.seed
+    numbers = pd.read_csv(
+        out / "tables" / "fake.numbers.csv"
+    )  # only finished runs; `seed` clashes -> grid.seed
     assert list(numbers.columns) == ["run", "grid.seed", "stage", "seed", "value"]
     assert numbers.run.tolist() == ["seed=0", "seed=1"] and numbers["grid.seed"].tolist() == [0, 1]
     assert "| seed=3 | 3 | failed | RuntimeError: always broken |" in (out / "sweep.md").read_text()
@@ -171,8 +206,13 @@ def ray_session():
     except ImportError:
         pytest.skip("ray is not installed (pip install 'probekit-mi[ray]'), so the Ray backend is not tested")
     temp = tempfile.mkdtemp(prefix="pkray-")  # short: Ray's socket paths must stay under 107 characters
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=80 * 1024**2)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=80 * 1024**2,
+    )
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -207,14 +247,22 @@ def test_ray_sweep_matches_local_byte_for_byte(swept):
     assert [r.status for r in ray.results] == ["ok"] * 4 and not local.failed
     local_files, ray_files = _files(local.sweep.out), _files(ray.sweep.out)
     assert set(local_files) == set(ray_files)
-    assert {"sweep.csv", "sweep.md", "tables/check_attention.check_attention.csv", "tables/probes.probes.csv",
-            "tables/verdicts.csv"} <= set(ray_files)
+    assert {
+        "sweep.csv",
+        "sweep.md",
+        "tables/check_attention.check_attention.csv",
+        "tables/probes.probes.csv",
+        "tables/verdicts.csv",
+    } <= set(ray_files)
     different = [name for name in ray_files if ray_files[name] != local_files[name]]
     assert different == []
     probes = pd.read_csv(ray.sweep.out / "tables" / "probes.probes.csv")
     assert probes.groupby("run").size().tolist() == [2, 2, 2, 2]
     # one actor per model, each loading its weights once for its two runs
-    assert ray.model_loads == {"tiny-llama": {"requests": 2, "loads": 1}, "tiny-bert": {"requests": 2, "loads": 1}}
+    assert ray.model_loads == {
+        "tiny-llama": {"requests": 2, "loads": 1},
+        "tiny-bert": {"requests": 2, "loads": 1},
+    }
 
 
 def test_rerun_does_no_new_work(swept):
@@ -239,8 +287,14 @@ def test_failed_task_is_reported_and_finished_runs_are_kept(swept, tmp_path):
     result = run_sweep(path, backend="ray", out=out, max_retries=2, progress=False)
     assert len(result.reused) == 4 and len(result.ran) == 2
     failed = [r for r in result.results if r.status == "failed"]
-    assert [r.name for r in failed] == result.failed == [
-        "models=no-such-model,analyses.probes.0.seeds=0", "models=no-such-model,analyses.probes.0.seeds=1"]
+    assert (
+        [r.name for r in failed]
+        == result.failed
+        == [
+            "models=no-such-model,analyses.probes.0.seeds=0",
+            "models=no-such-model,analyses.probes.0.seeds=1",
+        ]
+    )
     assert all(r.attempts == 1 and "unknown model 'no-such-model'" in r.error for r in failed)  # user error
     index = pd.read_csv(out / "sweep.csv")
     assert index.status.tolist() == ["ok"] * 4 + ["failed"] * 2
