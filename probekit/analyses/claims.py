@@ -146,7 +146,7 @@ def analyze_claims(
     >>> res = analyze_claims(pk.load_model("tiny-bert"), pk.load_dataset("seed:bank").sentences[0],
     ...                      pk.load_dataset("seed:explored").sentences[0],
     ...                      pk.load_dataset("template:bank_sense?n=8"), n_perm=20)
-    >>> sorted(res.tables())[:3], res.explored_summary.n_heads.iloc[0]
+    >>> sorted(res.tables())[:3], int(res.explored_summary.n_heads.iloc[0])
     (['bank_attention', 'bank_cue_heads', 'bank_cue_summary'], 8)
     """
     cap = run_capture(

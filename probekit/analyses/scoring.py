@@ -446,8 +446,8 @@ def score_pairs(
     >>> import probekit as pk
     >>> summary = pk.score_pairs(pk.load_model("tiny-llama"), pk.load_dataset("template:agreement?n=8"),
     ...                          n_boot=50)
-    >>> int(summary.n.sum())
-    8
+    >>> summary.paradigm.tolist()[-1], int(summary.n.iloc[-1])   # the "all" row pools every pair
+    ('all', 8)
     """
     res = analyze_pairs(
         model,
