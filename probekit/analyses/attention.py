@@ -15,6 +15,9 @@ unpadded sentence). Each head has its own W_Q; under GQA, W_K and W_V are shared
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import einops
 import pandas as pd
@@ -23,18 +26,78 @@ import torch
 from probekit.activations import hooks
 from probekit.activations.align import align, as_sentences
 from probekit.errors import ProbekitError
+from probekit.report import write_tables
+
+
+@dataclass(frozen=True)
+class AttentionCheck:
+    """Claim C1 for one model: ``table`` has one row per layer with the max abs difference between the
+    recomputed and the model's own pattern (`check_attention`)."""
+
+    model: str
+    table: pd.DataFrame
+
+    def write(self, folder: str | os.PathLike) -> list[Path]:
+        """Write ``check_attention.csv``, ``.md`` and ``.tex`` into ``folder``."""
+        folder = Path(folder)
+        write_tables({"check_attention": self.table}, folder)
+        return [folder / f"check_attention.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def analyze_attention(model, sentence) -> AttentionCheck:
+    """Claim C1 as a result object: `check_attention` wrapped in an `AttentionCheck` (``.write(folder)``).
+
+    Parameters
+    ----------
+    model : a `probekit.Model` with eager attention.
+    sentence : a sentence (text, `Sentence`, or a one-sentence dataset).
+
+    Returns
+    -------
+    AttentionCheck
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> res = analyze_attention(pk.load_model("tiny-bert"), "The cat sat.")
+    >>> bool(res.table.max_abs_diff.max() < 1e-5)
+    True
+    """
+    return AttentionCheck(model=model.name, table=check_attention(model, sentence))
 
 
 def check_attention(model, sentence) -> pd.DataFrame:
-    """Recompute every layer's attention pattern from q and k; one row per layer with the max abs diff."""
+    """Recompute every layer's attention pattern from q and k; one row per layer with the max abs diff.
+
+    Parameters
+    ----------
+    model : a `probekit.Model` with eager attention.
+    sentence : a sentence (text, `Sentence`, or a one-sentence dataset); the first one is used.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model, layer, q_hook, k_hook, n_heads, n_kv_heads, scale, causal_mask, max_abs_diff``.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> table = pk.check_attention(pk.load_model("tiny-llama"), "The cat sat.")
+    >>> table[["layer", "n_heads", "n_kv_heads", "causal_mask"]].values.tolist()
+    [[0, 4, 2, True], [1, 4, 2, True]]
+    """
     enc = align(model, as_sentences(sentence)[0])
     input_ids = torch.tensor([enc.input_ids], device=model.device)  # [1, pos]
     hook_names = set(model.bridge.hook_dict) if hasattr(model.bridge, "hook_dict") else set()
     rotary = hooks.attn(0, "hook_rot_q") in hook_names
     q_name, k_name = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
     if hooks.pattern(0) not in hook_names:
-        raise ProbekitError(f"{model.name} exposes no attn.hook_pattern", fix="load the model with eager attention")
-    wanted = {hooks.attn(layer, n) for layer in range(model.n_layers) for n in (q_name, k_name, "hook_pattern")}
+        raise ProbekitError(
+            f"{model.name} exposes no attn.hook_pattern", fix="load the model with eager attention"
+        )
+    wanted = {
+        hooks.attn(layer, n) for layer in range(model.n_layers) for n in (q_name, k_name, "hook_pattern")
+    }
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(input_ids, names_filter=lambda name: name in wanted)
     group = model.n_heads // model.n_kv_heads
@@ -49,10 +112,19 @@ def check_attention(model, sentence) -> pd.DataFrame:
             n = scores.shape[-1]
             future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
             scores = scores.masked_fill(future, float("-inf"))
-        recomputed = scores.softmax(-1)                                   # [head, q, k]
+        recomputed = scores.softmax(-1)  # [head, q, k]
         actual = cache[hooks.pattern(layer)][0].double()  # [head, q, k]
-        rows.append({"model": model.name, "layer": layer, "q_hook": q_name, "k_hook": k_name,
-                     "n_heads": q.shape[1], "n_kv_heads": cache[hooks.attn(layer, k_name)].shape[2],
-                     "scale": f"1/sqrt({q.shape[-1]})", "causal_mask": model.is_causal,
-                     "max_abs_diff": float((recomputed - actual).abs().max())})
+        rows.append(
+            {
+                "model": model.name,
+                "layer": layer,
+                "q_hook": q_name,
+                "k_hook": k_name,
+                "n_heads": q.shape[1],
+                "n_kv_heads": cache[hooks.attn(layer, k_name)].shape[2],
+                "scale": f"1/sqrt({q.shape[-1]})",
+                "causal_mask": model.is_causal,
+                "max_abs_diff": float((recomputed - actual).abs().max()),
+            }
+        )
     return pd.DataFrame(rows)

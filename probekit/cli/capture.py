@@ -1,6 +1,6 @@
 """`probekit capture`: word-level capture of residuals and attention, plus the C1 check.
 
-    probekit capture --model minilm-l6 --data seed:explored --out runs/capture
+probekit capture --model minilm-l6 --data seed:explored --out runs/capture
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("capture", help="capture word-level residuals/attention; check softmax(qk/sqrt(d))",
-                       description="Capture word-level residuals and attention for a dataset and write "
-                                   "attention.csv (every head's word-to-word weights), words.csv and "
-                                   "check_attention.csv (claim C1).")
+    p = sub.add_parser(
+        "capture",
+        help="capture word-level residuals/attention; check softmax(qk/sqrt(d))",
+        description="Capture word-level attention for a dataset and write "
+        "attention.csv (every head's word-to-word weights) and "
+        "check_attention.csv/.md/.tex (claim C1, on the first sentence).",
+    )
     p.add_argument("--model", required=True, help="built-in name, random:<name> or model directory")
     p.add_argument("--data", required=True, help="data spec, e.g. seed:explored, ud:FILE, template:svo_adj")
     p.add_argument("--layers", default="all", help="comma-separated block indices, or 'all'")
@@ -23,8 +26,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probekit.analyses.attention import check_attention
     from probekit.activations.capture import capture
+    from probekit.analyses.attention import analyze_attention
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import write_table
@@ -36,8 +39,11 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(attention_frame(cap), out / "attention.csv")
-    write_table(check_attention(model, cap.sentences[0]), out / "check_attention.csv")
-    print(f"wrote {out}/attention.csv and check_attention.csv ({len(cap)} sentences, capture key {cap.key})")
+    analyze_attention(model, cap.sentences[0]).write(out)
+    print(
+        f"wrote {out}/attention.csv and check_attention.csv/.md/.tex ({len(cap)} sentences, "
+        f"capture key {cap.key})"
+    )
     return 0
 
 
@@ -49,11 +55,22 @@ def attention_frame(cap):
     frames = []
     for i, sent in enumerate(cap.sentences):
         att = cap.attention(i)  # [layer, head, from, to]
-        n_layers, n_heads, n, _ = att.shape
-        layer, head, src, tgt = np.meshgrid(cap.attn_layers, range(n_heads), range(n), range(n), indexing="ij")
-        frames.append(pd.DataFrame({
-            "sentence_id": sent.id, "layer": layer.ravel(), "head": head.ravel(),
-            "from_word": src.ravel(), "from": np.array(sent.words)[src.ravel()],
-            "to_word": tgt.ravel(), "to": np.array(sent.words)[tgt.ravel()],
-            "weight": att.ravel().round(6)}))
+        _, n_heads, n, _ = att.shape
+        layer, head, src, tgt = np.meshgrid(
+            cap.attn_layers, range(n_heads), range(n), range(n), indexing="ij"
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sentence_id": sent.id,
+                    "layer": layer.ravel(),
+                    "head": head.ravel(),
+                    "from_word": src.ravel(),
+                    "from": np.array(sent.words)[src.ravel()],
+                    "to_word": tgt.ravel(),
+                    "to": np.array(sent.words)[tgt.ravel()],
+                    "weight": att.ravel().round(6),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)

@@ -5,7 +5,7 @@
     probekit heads --model minilm-l6 --data template:svo_adj --relations nsubj,amod,det,obj --out runs/heads
 
 Writes heads.csv, baselines.csv, verdicts.csv, counts.csv, positional.csv, specificity.csv, summary.md
-and heatmap_<relation>.png into --out (see `probekit.analyses.heads.score` for every column and the rules).
+and heatmap_<relation>.png into --out (`HeadAnalysis.write`; every column and rule: docs/methods/heads.md).
 """
 
 from __future__ import annotations
@@ -14,17 +14,27 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("heads", help="score every attention head per relation against baselines; verdicts",
-                       description="Score every head on dependency and positional relations (argmax accuracy, "
-                                   "attention mass), choose the best head on dev and report it on test against "
-                                   "the best fixed offset, a random-init model and a permutation null; write "
-                                   "verdicts (specialist found / only positional / none).")
+    p = sub.add_parser(
+        "heads",
+        help="score every attention head per relation against baselines; verdicts",
+        description="Score every head on dependency and positional relations (argmax accuracy, "
+        "attention mass), choose the best head on dev and report it on test against "
+        "the best fixed offset, a random-init model and a permutation null; write "
+        "verdicts (specialist found / only positional / none).",
+    )
     p.add_argument("--model", required=True, help="built-in name, random:<name> or model directory")
-    p.add_argument("--data", required=True, help="data spec with gold trees, e.g. ud:FILE or template:svo_adj")
-    p.add_argument("--relations", default=None,
-                   help="comma-separated, e.g. nsubj,amod,det,obj,prev_word (default: nsubj,obj,amod,det present "
-                        "in the data + prev_word,next_word,self,first_word)")
-    p.add_argument("--directions", default="dep_to_head,head_to_dep", help="comma-separated word-pair directions")
+    p.add_argument(
+        "--data", required=True, help="data spec with gold trees, e.g. ud:FILE or template:svo_adj"
+    )
+    p.add_argument(
+        "--relations",
+        default=None,
+        help="comma-separated, e.g. nsubj,amod,det,obj,prev_word (default: nsubj,obj,amod,det present "
+        "in the data + prev_word,next_word,self,first_word)",
+    )
+    p.add_argument(
+        "--directions", default="dep_to_head,head_to_dep", help="comma-separated word-pair directions"
+    )
     p.add_argument("--max-sentences", type=int, default=None)
     p.add_argument("--random-baseline", action="store_true", help="also score random:<model> the same way")
     p.add_argument("--seed", type=int, default=0, help="split / bootstrap / permutation seed")
@@ -40,17 +50,27 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from probekit.analyses.heads import analyze_heads, resolve_relations
     from probekit.data import load_dataset
-    from probekit.analyses.heads.score import analyze_heads, resolve_relations
     from probekit.models import load_model
 
     data = load_dataset(args.data, max_sentences=args.max_sentences, seed=args.seed)
-    relations = resolve_relations(data, args.relations)   # fail fast, before loading the model
+    relations = resolve_relations(data, args.relations)  # fail fast, before loading the model
     model = load_model(args.model)
-    res = analyze_heads(model, data, relations=relations, directions=args.directions.split(","),
-                        batch_size=args.batch_size, seed=args.seed, n_boot=args.n_boot, n_perm=args.n_perm,
-                        random_baseline=args.random_baseline, progress=not args.quiet,
-                        test_size=args.test_size, detector=not args.no_detector)
+    res = analyze_heads(
+        model,
+        data,
+        relations=relations,
+        directions=args.directions.split(","),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        n_perm=args.n_perm,
+        random_baseline=args.random_baseline,
+        progress=not args.quiet,
+        test_size=args.test_size,
+        detector=not args.no_detector,
+    )
     res.write(args.out, heatmaps=not args.no_plots)
     for row in res.verdicts.itertuples():
         print(f"{row.model:>24} {row.relation:>10} {row.direction:>11}: {row.verdict}")

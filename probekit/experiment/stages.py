@@ -13,73 +13,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from probekit.experiment.context import Run, display_spec
 from probekit.report import atomic_write_text, write_tables
 
 
 def check_attention(run: Run, opts) -> None:
     """C1: recompute every layer's pattern from q and k."""
-    from probekit.analyses.attention import check_attention as check
+    from probekit.analyses.attention import analyze_attention
 
     for name in run.cfg.models:
         def work(folder: Path, name=name):
-            write_tables({"check_attention": check(run.model(name), opts.sentence)}, folder)
+            analyze_attention(run.model(name), opts.sentence).write(folder)
 
         run.stage("check_attention", name, "", opts.model_dump(), work)
 
 
 def claims(run: Run, opts) -> None:
     """C2 (bank) and C3 (explored): head-by-head weights on the source's own sentences."""
-    from probekit.analyses import claims as C
-    from probekit.activations.capture import capture
-    from probekit.report import plot_word_attention
+    from probekit.analyses.claims import analyze_claims
 
     for name in run.cfg.models:
         def work(folder: Path, name=name):
-            model = run.model(name)
-            bank = run.dataset(opts.bank).sentences[0]
-            explored = run.dataset(opts.explored).sentences[0]
-            cap = capture(model, [bank, explored], resid=(), attention=True, batch_size=run.cfg.batch_size,
-                          progress=run.progress)
-            bank_frame = C.bank_attention(model, bank, cap=_one(cap, 0))
-            head_frame, head_summary = C.bank_cue_heads(model, run.dataset(opts.bank_template),
-                                                        n_perm=opts.n_perm, seed=run.cfg.seed)
-            explored_frame = C.explored_weights(model, explored, cap=_one(cap, 1))
-            explored_summary = C.explored_summary(explored_frame, model.is_causal)
-            write_tables({
-                "bank_attention": bank_frame,
-                "bank_summary": C.bank_summary(bank_frame),
-                "bank_cue_heads": head_frame,
-                "bank_cue_summary": pd.DataFrame([head_summary]),
-                "explored_weights": explored_frame,
-                "explored_summary": pd.DataFrame([explored_summary]),
-            }, folder)
-            # attention views: the heads the tables single out, labelled with the words
-            best_cue = tuple(int(x) for x in head_summary["best_head"].split("."))
-            closest = tuple(int(x) for x in explored_summary["closest_head"].split("."))
-            plot_word_attention(cap.attention(1), explored.words, [closest, (model.n_layers - 1, 0)],
-                                folder / "explored_attention.png", title=f"{name}: {explored.text}",
-                                layers=cap.attn_layers)
-            plot_word_attention(cap.attention(0), bank.words, [best_cue], folder / "bank_attention.png",
-                                title=f"{name}: seed:bank", layers=cap.attn_layers)
+            result = analyze_claims(run.model(name), run.dataset(opts.bank).sentences[0],
+                                    run.dataset(opts.explored).sentences[0], run.dataset(opts.bank_template),
+                                    n_perm=opts.n_perm, seed=run.cfg.seed, batch_size=run.cfg.batch_size,
+                                    progress=run.progress, bank_label=display_spec(run.spec(opts.bank)))
+            result.write(folder)
 
         run.stage("claims", name, "", opts.model_dump(), work)
-
-
-class _one:
-    """A view of one sentence of a capture, shaped like a one-sentence capture."""
-
-    def __init__(self, cap, i: int):
-        self._cap, self._i = cap, i
-        self.attn_layers = cap.attn_layers
-
-    def attention(self, _):
-        return self._cap.attention(self._i)
-
-    def special_mass(self, _):
-        return self._cap.special_mass(self._i)
 
 
 def probes(run: Run, all_opts) -> None:
@@ -110,8 +71,8 @@ def _save_json(obj, path: Path) -> None:
 
 
 def heads(run: Run, opts) -> None:
-    """C4: every head × relation, with offset, random-init and permutation baselines (`probekit.analyses.heads.score`)."""
-    from probekit.analyses.heads.score import analyze_heads
+    """C4: every head × relation, with offset, random-init and permutation baselines (`analyze_heads`)."""
+    from probekit.analyses.heads import analyze_heads
 
     for data_name, spec, name in _combinations(run, "heads", opts.data):
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
@@ -119,11 +80,8 @@ def heads(run: Run, opts) -> None:
             result = analyze_heads(run.model(name), data, relations=opts.relations, seed=run.cfg.seed,
                                    n_boot=opts.n_boot, n_perm=opts.n_perm, batch_size=run.cfg.batch_size,
                                    random_baseline=opts.random_baseline, progress=run.progress,
-                                   random_model=run.model(f"random:{name}") if opts.random_baseline else None)
-            result.data = display_spec(spec)
-            for frame in (result.heads, result.baselines, result.verdicts):
-                if "data" in frame:
-                    frame["data"] = display_spec(spec)
+                                   random_model=run.model(f"random:{name}") if opts.random_baseline else None,
+                                   data_label=display_spec(spec))
             result.write(folder)
 
         run.stage("heads", name, data_name, opts.model_dump(), work)
@@ -155,14 +113,13 @@ def _scoreable(run: Run, name: str, analysis: str) -> bool:
 
 def score(run: Run, opts) -> None:
     """C5: minimal-pair accuracy (whole-sentence log-probability) and critical-word margin, per paradigm."""
-    from probekit.analyses.scoring import score_pairs
+    from probekit.analyses.scoring import analyze_pairs
 
     for data_name, spec, name in _combinations(run, "score", opts.data, needs_lm_head=True):
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
             data = _first_per_paradigm(run.dataset(data_name), opts.max_pairs)
-            frame = score_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress)
-            frame.insert(1, "data", display_spec(spec))
-            write_tables({"minimal_pairs": frame}, folder)
+            analyze_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress,
+                          data_label=display_spec(spec)).write(folder)
 
         run.stage("score", name, data_name, opts.model_dump(), work)
 

@@ -371,8 +371,8 @@ def test_cli_score_and_ablate(tmp_path, capsys):
     assert main(["score", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--by", "attractor",
                  "--n-boot", "50", "--out", str(tmp_path / "s")]) == 0
     table = pd.read_csv(tmp_path / "s" / "minimal_pairs.csv")
-    assert {"attractor", "accuracy", "ci_low", "ci_high", "published GPT-2"} <= set(table.columns)
-    assert "GPT-2 (published)" in (tmp_path / "s" / "summary.md").read_text()
+    assert {"attractor", "data", "accuracy", "ci_low", "ci_high"} <= set(table.columns)
+    assert (tmp_path / "s" / "minimal_pairs.md").exists()  # PairScores.write: the score stage's files
     assert main(["ablate", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--heads", "0.1,1.3",
                  "--method", "resample", "--out", str(tmp_path / "a")]) == 0
     abl = pd.read_csv(tmp_path / "a" / "ablation.csv")

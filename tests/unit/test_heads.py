@@ -7,20 +7,18 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-
-from probekit.data import Dataset, Sentence, relation_instances
-from probekit.errors import ProbekitError
-from probekit.analyses.heads.score import (
+from probekit.analyses.heads import (
     POSITIONAL_SHARE,
     analyze_heads,
-    cluster_bootstrap_ci,
     offset_baselines,
     positional_heads,
     score_heads,
     signflip_p,
     verdicts,
 )
-from probekit.stats import bootstrap_ci
+from probekit.data import Dataset, Sentence, relation_instances
+from probekit.errors import ProbekitError
+from probekit.stats import bootstrap_ci, cluster_bootstrap_ci
 
 LABELS = ("nsubj", "obj", "amod", "det")
 N_LAYERS, N_HEADS = 2, 3
@@ -51,8 +49,15 @@ def random_dataset(n_sent=60, lengths=(15, 22), seed=0) -> Dataset:
         for j, w in enumerate(order[1:], start=1):
             heads[w] = int(order[rng.integers(0, j)])
         deprels = ["root" if h < 0 else LABELS[rng.integers(0, len(LABELS))] for h in heads]
-        sents.append(Sentence(id=f"r{k}", words=tuple(f"w{i}" for i in range(n)), heads=tuple(heads),
-                              deprels=tuple(deprels), deprels_full=tuple(deprels)))
+        sents.append(
+            Sentence(
+                id=f"r{k}",
+                words=tuple(f"w{i}" for i in range(n)),
+                heads=tuple(heads),
+                deprels=tuple(deprels),
+                deprels_full=tuple(deprels),
+            )
+        )
     return Dataset("fake:random-trees", tuple(sents))
 
 
@@ -71,8 +76,13 @@ def planted(dataset: Dataset, causal=False, seed=0):
             if causal and i + 1 < n:
                 att[1, 2, i, i + 1] += 5.0
         if causal:
-            att = att * np.tri(n, dtype=np.float32) + att * (1 - np.tri(n, dtype=np.float32)) * (
-                np.arange(N_HEADS) == 2)[None, :, None, None] * (np.arange(N_LAYERS) == 1)[:, None, None, None]
+            att = (
+                att * np.tri(n, dtype=np.float32)
+                + att
+                * (1 - np.tri(n, dtype=np.float32))
+                * (np.arange(N_HEADS) == 2)[None, :, None, None]
+                * (np.arange(N_LAYERS) == 1)[:, None, None, None]
+            )
         atts.append(att)
     return FakeCapture(dataset.sentences, atts)
 
@@ -88,8 +98,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def encoder_result(data):
-    return analyze_heads(fake_model(), data, capture=planted(data), n_boot=200, n_perm=50, progress=False,
-                         detector=False)
+    return analyze_heads(
+        fake_model(), data, capture=planted(data), n_boot=200, n_perm=50, progress=False, detector=False
+    )
 
 
 def _plain_offset_baseline(dataset, relation, direction, causal=False, seed=0):
@@ -131,8 +142,24 @@ def test_planted_dep_to_head_head_is_found(encoder_result):
 
 def test_columns_and_counts(encoder_result, data):
     h = encoder_result.heads
-    for col in ["model", "data", "relation", "direction", "layer", "head", "n", "accuracy", "attention_mass",
-                "ci_low", "ci_high", "n_dev", "dev_accuracy", "best_on_dev", "offset", "offset_accuracy"]:
+    for col in [
+        "model",
+        "data",
+        "relation",
+        "direction",
+        "layer",
+        "head",
+        "n",
+        "accuracy",
+        "attention_mass",
+        "ci_low",
+        "ci_high",
+        "n_dev",
+        "dev_accuracy",
+        "best_on_dev",
+        "offset",
+        "offset_accuracy",
+    ]:
         assert col in h.columns
     assert len(h) == 12 * N_LAYERS * N_HEADS  # 4 relations x 2 directions + 4 positional
     assert (h.groupby(["relation", "direction"]).best_on_dev.sum() == 1).all()
@@ -165,20 +192,35 @@ def test_self_relation_includes_self_and_first_word_drops_word_zero(data):
     for s in sents:
         n = len(s.words)
         att = np.full((1, 1, n, n), 0.01, dtype=np.float32)
-        att[0, 0, np.arange(n), np.arange(n)] = 0.9    # a pure self head
+        att[0, 0, np.arange(n), np.arange(n)] = 0.9  # a pure self head
         atts.append(att)
-    res = analyze_heads(fake_model(), ds, relations=["self", "first_word", "prev_word"],
-                        capture=FakeCapture(sents, atts), n_boot=50, n_perm=10, progress=False, detector=False)
+    res = analyze_heads(
+        fake_model(),
+        ds,
+        relations=["self", "first_word", "prev_word"],
+        capture=FakeCapture(sents, atts),
+        n_boot=50,
+        n_perm=10,
+        progress=False,
+        detector=False,
+    )
     h = res.heads.set_index("relation")
-    assert h.loc["self", "accuracy"] == 1.0          # argmax includes self
-    assert h.loc["prev_word", "accuracy"] < 0.5      # self excluded: ties among the rest go leftmost
+    assert h.loc["self", "accuracy"] == 1.0  # argmax includes self
+    assert h.loc["prev_word", "accuracy"] < 0.5  # self excluded: ties among the rest go leftmost
     pos = res.positional.iloc[0]
     assert pos.top_offset == 0 and pos.share == 1.0 and pos.positional
 
 
 def test_causal_visibility(data):
-    res = analyze_heads(fake_model(causal=True), data, capture=planted(data, causal=True), n_boot=100,
-                        n_perm=20, progress=False, detector=False)
+    res = analyze_heads(
+        fake_model(causal=True),
+        data,
+        capture=planted(data, causal=True),
+        n_boot=100,
+        n_perm=20,
+        progress=False,
+        detector=False,
+    )
     c = res.counts.set_index(["relation", "direction"])
     for rel in LABELS:
         inst = relation_instances(data, [rel])
@@ -208,10 +250,10 @@ def test_positional_heads_voita(data):
     prev = pos[(pos.layer == 0) & (pos["head"] == 1)].iloc[0]
     n_words = sum(len(s.words) for s in data.sentences)
     assert prev.top_offset == -1 and prev.positional
-    assert prev.share == 1.0                                 # word 0 has no previous word: not counted
+    assert prev.share == 1.0  # word 0 has no previous word: not counted
     assert prev.n_valid == n_words - len(data.sentences) and prev.n_words == n_words
     assert prev.share >= POSITIONAL_SHARE
-    assert pos.positional.sum() == 1       # random-tree dep->head and noise heads are not positional
+    assert pos.positional.sum() == 1  # random-tree dep->head and noise heads are not positional
 
 
 def test_permutation_null_is_calibrated_on_noise():
@@ -219,11 +261,22 @@ def test_permutation_null_is_calibrated_on_noise():
     for seed in range(6):
         ds = random_dataset(n_sent=30, lengths=(6, 12), seed=seed + 10)
         rng = np.random.default_rng(seed)
-        atts = [rng.dirichlet(np.ones(len(s.words)), size=(N_LAYERS, N_HEADS, len(s.words))).astype(np.float32)
-                for s in ds.sentences]
-        res = analyze_heads(fake_model(), ds, relations=["nsubj"], directions=["dep_to_head"],
-                            capture=FakeCapture(ds.sentences, atts), n_boot=50, n_perm=100, progress=False,
-                            detector=False, seed=seed)
+        atts = [
+            rng.dirichlet(np.ones(len(s.words)), size=(N_LAYERS, N_HEADS, len(s.words))).astype(np.float32)
+            for s in ds.sentences
+        ]
+        res = analyze_heads(
+            fake_model(),
+            ds,
+            relations=["nsubj"],
+            directions=["dep_to_head"],
+            capture=FakeCapture(ds.sentences, atts),
+            n_boot=50,
+            n_perm=100,
+            progress=False,
+            detector=False,
+            seed=seed,
+        )
         ps.append(res.baselines.p_perm.iloc[0])
         assert not res.verdicts.verdict.iloc[0].startswith("specialist")
     assert np.median(ps) > 0.1
@@ -248,33 +301,64 @@ def test_signflip_p():
 
 
 def test_verdict_rules():
-    base = {"model": "m", "data": "d", "relation": "amod", "direction": "head_to_dep", "layer": 3, "head": 1,
-            "n": 200, "n_dev": 200, "dev_accuracy": 0.8, "attention_mass": 0.5, "best_on_dev": True,
-            "offset": -1, "offset_accuracy": 0.6, "delta": 0.2, "p_holm": 0.001, "head_positional": False,
-            "head_top_offset": -1, "share_at_top_offset": 0.6}
+    base = {
+        "model": "m",
+        "data": "d",
+        "relation": "amod",
+        "direction": "head_to_dep",
+        "layer": 3,
+        "head": 1,
+        "n": 200,
+        "n_dev": 200,
+        "dev_accuracy": 0.8,
+        "attention_mass": 0.5,
+        "best_on_dev": True,
+        "offset": -1,
+        "offset_accuracy": 0.6,
+        "delta": 0.2,
+        "p_holm": 0.001,
+        "head_positional": False,
+        "head_top_offset": -1,
+        "share_at_top_offset": 0.6,
+    }
 
     def verdict(**kw):
         row = {**base, "accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9, **kw}
         return verdicts(pd.DataFrame([row])).verdict.iloc[0]
 
     assert verdict() == "specialist found (3.1)"
-    assert verdict(accuracy=0.69, ci_low=0.62) == "none"                 # < 10 points
-    assert verdict(accuracy=0.75, ci_low=0.59) == "none"                 # CI reaches the baseline
+    assert verdict(accuracy=0.69, ci_low=0.62) == "none"  # < 10 points
+    assert verdict(accuracy=0.75, ci_low=0.59) == "none"  # CI reaches the baseline
     assert verdict(n=11, accuracy=1.0, ci_low=1.0) == "n/a (n=11 < 30 test instances)"
-    assert verdict(dev_p_maxT=0.2) == "none"                             # not above the permutation null
+    assert verdict(dev_p_maxT=0.2) == "none"  # not above the permutation null
     assert verdict(dev_p_maxT=0.01) == "specialist found (3.1)"
-    assert verdict(head_positional=True) == "only positional (3.1)"      # positional head, relation at -1
+    assert verdict(head_positional=True) == "only positional (3.1)"  # positional head, relation at -1
     assert verdict(head_positional=True, share_at_top_offset=0.3) == "specialist found (3.1)"
-    assert verdict(direction="positional", relation="prev_word", accuracy=0.95, offset_accuracy=1.0) == \
-        "only positional (3.1)"
+    assert (
+        verdict(direction="positional", relation="prev_word", accuracy=0.95, offset_accuracy=1.0)
+        == "only positional (3.1)"
+    )
     assert verdict(direction="positional", relation="prev_word", accuracy=0.5, offset_accuracy=1.0) == "none"
-    assert verdict(direction="positional", relation="first_word", accuracy=0.7, ci_low=0.65,
-                   offset_accuracy=0.1) == "none"                       # positional needs >= 90%
+    assert (
+        verdict(direction="positional", relation="first_word", accuracy=0.7, ci_low=0.65, offset_accuracy=0.1)
+        == "none"
+    )  # positional needs >= 90%
     row = {**base, "accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}
-    fam = pd.DataFrame([{"model": "m", "relation": "amod", "direction": "head_to_dep", "n": 200, "n_dev": 200,
-                         "p_perm": 0.01, "random_accuracy": 0.75}])
+    fam = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "relation": "amod",
+                "direction": "head_to_dep",
+                "n": 200,
+                "n_dev": 200,
+                "p_perm": 0.01,
+                "random_accuracy": 0.75,
+            }
+        ]
+    )
     v = verdicts(pd.DataFrame([row]), fam).iloc[0]
-    assert v.verdict == "none" and v.random_accuracy == 0.75            # CI low 0.7 <= random-init 0.75
+    assert v.verdict == "none" and v.random_accuracy == 0.75  # CI low 0.7 <= random-init 0.75
 
 
 def test_errors(data):
@@ -284,7 +368,9 @@ def test_errors(data):
     with pytest.raises(ProbekitError, match="'iobj' does not occur"):
         score_heads(fake_model(), data, relations="nsubj,iobj", capture=cap, progress=False)
     with pytest.raises(ProbekitError, match="no attention-pattern hooks"):
-        no_hooks = SimpleNamespace(name="x", is_causal=False, bridge=SimpleNamespace(hook_dict={"blocks.0.hook_resid_post": 0}))
+        no_hooks = SimpleNamespace(
+            name="x", is_causal=False, bridge=SimpleNamespace(hook_dict={"blocks.0.hook_resid_post": 0})
+        )
         score_heads(no_hooks, data, progress=False)
     cap_no_att = FakeCapture(data.sentences, cap._atts)
     cap_no_att.attn_layers = []
@@ -298,8 +384,18 @@ def test_cli_end_to_end_is_deterministic(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
     from probekit.cli import main
 
-    args = ["heads", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--n-boot", "100", "--n-perm",
-            "20", "--quiet"]
+    args = [
+        "heads",
+        "--model",
+        "tiny-bert",
+        "--data",
+        "template:svo_adj?n=24",
+        "--n-boot",
+        "100",
+        "--n-perm",
+        "20",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--no-detector", "--no-plots"]) == 0
     for name in ("heads.csv", "baselines.csv", "verdicts.csv", "counts.csv", "specificity.csv"):
@@ -309,5 +405,76 @@ def test_cli_end_to_end_is_deterministic(tmp_path, monkeypatch):
     assert set(heads.layer) == {0, 1} and set(heads["head"]) == {0, 1, 2, 3}
     pos = pd.read_csv(tmp_path / "a" / "positional.csv")
     assert {"tl_previous_token", "tl_duplicate_token", "tl_induction"} <= set(pos.columns)
-    assert main(["heads", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--relations", "iobj",
-                 "--out", str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            [
+                "heads",
+                "--model",
+                "tiny-bert",
+                "--data",
+                "template:svo_adj?n=24",
+                "--relations",
+                "iobj",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_data_label_reaches_every_data_column_and_the_title(data):
+    res = analyze_heads(
+        fake_model(),
+        data,
+        relations=["nsubj", "prev_word"],
+        capture=planted(data),
+        n_boot=20,
+        n_perm=10,
+        progress=False,
+        detector=False,
+        data_label="shown:spec",
+    )
+    assert res.data == "shown:spec"
+    for frame in (res.heads, res.baselines, res.verdicts):
+        assert set(frame["data"]) == {"shown:spec"}
+    default = analyze_heads(
+        fake_model(),
+        data,
+        relations=["nsubj"],
+        capture=planted(data),
+        n_boot=20,
+        n_perm=10,
+        progress=False,
+        detector=False,
+    )
+    assert default.data == data.spec and set(default.heads["data"]) == {data.spec}
+    with pytest.raises(AttributeError):
+        res.data = "changed"  # a result is not patched after the fact
+
+
+def test_write_returns_every_file_it_writes(encoder_result, tmp_path):
+    written = encoder_result.write(tmp_path / "out")
+    on_disk = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert sorted(p.name for p in written) == on_disk
+    tables = ("baselines", "verdicts", "counts", "positional", "specificity")
+    expected = {
+        "heads.csv",
+        "summary.md",
+        *(f"{t}.{e}" for t in tables for e in ("csv", "tex")),
+        *(f"heatmap_{r}.png" for r in set(encoder_result.heads.relation)),
+    }
+    assert set(on_disk) == expected
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "specialist found (0.0)" in summary and "docs/methods/heads.md" in summary
+    no_plots = encoder_result.write(tmp_path / "tables", heatmaps=False)
+    assert not any(p.suffix == ".png" for p in no_plots)
+    assert (tmp_path / "tables" / "heads.csv").read_bytes() == (tmp_path / "out" / "heads.csv").read_bytes()
+
+
+def test_package_reexports_are_explicit():
+    import probekit.analyses.heads as heads_pkg
+
+    assert all(hasattr(heads_pkg, name) for name in heads_pkg.__all__)
+    assert heads_pkg.POSITIONAL_DIRECTION == "positional"
+    assert "POSITIONAL" not in heads_pkg.__all__
