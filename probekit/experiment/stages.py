@@ -8,13 +8,12 @@ registry `probekit.experiment.run.run_experiment` runs, in its order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from probekit.experiment.context import Run, display_spec
-from probekit.report import atomic_write_text, write_tables
+from probekit.report import write_tables
 
 
 def check_attention(run: Run, opts) -> None:
@@ -64,10 +63,6 @@ def _probes(run: Run, opts) -> None:
             write_probe_results(frame, folder, title=f"{name} on {display_spec(spec)}")
 
         run.stage("probes", name, opts.data, opts.model_dump(), work)
-
-
-def _save_json(obj, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def heads(run: Run, opts) -> None:

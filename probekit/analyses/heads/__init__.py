@@ -21,7 +21,7 @@ from probekit.analyses.heads.score import (
     score_heads,
 )
 from probekit.analyses.heads.table import HEAD_COLUMNS, signflip_p
-from probekit.analyses.heads.verdicts import (
+from probekit.analyses.heads.rules import (
     ALPHA,
     MIN_N,
     MOSTLY_AT_OFFSET,

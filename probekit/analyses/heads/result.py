@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.analyses.heads.positional import POSITIONAL_SHARE
-from probekit.analyses.heads.verdicts import ALPHA, MIN_N, SPECIALIST_MARGIN
+from probekit.analyses.heads.rules import ALPHA, MIN_N, SPECIALIST_MARGIN
 from probekit.report import atomic_write_text, latex_table, markdown_table, pyplot, save_fig, write_table
 
 
@@ -22,7 +22,7 @@ class HeadAnalysis:
     - ``heads``: one row per (model, relation, direction, layer, head), see ``HEAD_COLUMNS``.
     - ``baselines``: one row per (model, relation, direction): offset baseline, best head, permutation
       null, random-init model (``random_*`` columns).
-    - ``verdicts``: one row per (model, relation, direction), see `probekit.analyses.heads.verdicts`.
+    - ``verdicts``: one row per (model, relation, direction), see `probekit.analyses.heads.rules`.
     - ``counts``: instance counts per (model, relation, direction): all, visible, dev, test.
     - ``positional``: Voita positional heads (+ TransformerLens detector scores when run).
     - ``specificity``: the chosen head's test accuracy on every other relation/direction.
