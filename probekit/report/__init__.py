@@ -8,6 +8,7 @@ never imports ``probekit.experiment``.
 """
 
 from probekit.report.figures import (
+    HeadPanel,
     plot_head_heatmap,
     plot_probe_curves,
     plot_word_attention,
@@ -38,6 +39,7 @@ from probekit.report.tables import (
 
 __all__ = [
     "FLOAT_FORMAT",
+    "HeadPanel",
     "TableSchema",
     "atomic_write_text",
     "check_columns",

@@ -2,15 +2,18 @@
 
 `pyplot` gives the configured ``matplotlib.pyplot``; `save_fig` writes a figure by atomic rename with
 no timestamp metadata. The plots: `plot_word_attention` (word × word attention of chosen heads, the
-claims stage), `plot_probe_curves` (probe accuracy against layer) and `plot_head_heatmap` (one
-layers × heads grid of values; the only such heatmap in ``probekit.report``).
+claims stage), `plot_probe_curves` (probe accuracy against layer) and `plot_head_heatmap` (the
+one layers × heads heatmap every analysis uses, with `HeadPanel` panels).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -185,31 +188,55 @@ def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:
     return save_fig(fig, path)
 
 
+@dataclass(frozen=True)
+class HeadPanel:
+    """One panel of a layers × heads heatmap.
+
+    ``values  # [layer, head]`` (NaN cells are left blank); ``mark`` boxes one ``(layer, head)`` cell
+    (e.g. the head chosen on the dev split).
+    """
+
+    values: Any
+    title: str = ""
+    mark: tuple[int, int] | None = None
+
+
 def plot_head_heatmap(
-    values,
-    path,
-    title: str = "",
+    panels: HeadPanel | Sequence[HeadPanel],
+    path: str | os.PathLike,
+    *,
     cbar: str = "",
-    layers=None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    symmetric: bool = False,
     cmap: str = "viridis",
-    center: float | None = None,
+    shared_colorbar: bool = True,
+    suptitle: str = "",
 ) -> Path:
-    """A layers × heads heatmap.
+    """The one layers × heads heatmap: one panel per `HeadPanel`, side by side, saved atomically.
+
+    Every analysis that shows a value per head (head-scoring accuracy, ablation or patching effects)
+    draws it here, so all such figures share their layout: layer 0 at the bottom, one column per head,
+    ``0.45`` inch per head and ``0.22`` inch per layer.
 
     Parameters
     ----------
-    values
-        ``values  # [layer, head]`` (NaN cells are left blank).
+    panels
+        One panel, or several drawn side by side.
     path
         The PNG file.
-    title, cbar
-        The title and the colour bar's label.
-    layers
-        Labels of the rows (default ``0 .. n_layers - 1``).
+    cbar
+        The colour bar's label.
+    vmin, vmax
+        The colour scale (default: each panel's range).
+    symmetric
+        A scale symmetric around 0 per panel (``±max|value|``), for effects with a diverging ``cmap``.
     cmap
         A matplotlib colour map.
-    center
-        If given, a colour scale symmetric around it (e.g. 0 for effects with a diverging ``cmap``).
+    shared_colorbar
+        One colour bar for all panels (needs a common ``vmin``/``vmax``), else one per panel.
+    suptitle
+        A title over all panels.
 
     Returns
     -------
@@ -220,26 +247,44 @@ def plot_head_heatmap(
     --------
     >>> import tempfile
     >>> import numpy as np
-    >>> values = np.arange(6.0).reshape(2, 3)  # [layer, head]
-    >>> plot_head_heatmap(values, Path(tempfile.mkdtemp()) / "h.png", cbar="score").name
+    >>> panel = HeadPanel(np.arange(6.0).reshape(2, 3), title="score", mark=(1, 2))  # [layer, head]
+    >>> plot_head_heatmap(panel, Path(tempfile.mkdtemp()) / "h.png", cbar="score", vmin=0, vmax=5).name
     'h.png'
     """
     import numpy as np
 
+    panels = [panels] if isinstance(panels, HeadPanel) else list(panels)
     plt = pyplot()
-    values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.35 * values.shape[1], 0.8 + 0.22 * values.shape[0]))
-    kwargs = {}
-    if center is not None:
-        span = np.nanmax(np.abs(values - center)) or 1.0
-        kwargs = {"vmin": center - span, "vmax": center + span}
-    im = ax.imshow(values, aspect="auto", cmap=cmap, **kwargs)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_yticks(
-        range(values.shape[0]), layers if layers is not None else range(values.shape[0]), fontsize=6
-    )
-    ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=6)
-    fig.colorbar(im, ax=ax, label=cbar)
-    ax.set_title(title, fontsize=9)
+    n_layers, n_heads = np.asarray(panels[0].values).shape
+    width = (1.2 if shared_colorbar else 2.2) + 0.45 * n_heads * len(panels)
+    height = (1.5 if shared_colorbar else 1.2) + 0.22 * n_layers
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        grid = np.asarray(panel.values, dtype=float)  # [layer, head]
+        lo, hi = vmin, vmax
+        if symmetric:
+            hi = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+            lo = -hi
+        im = ax.imshow(grid, vmin=lo, vmax=hi, cmap=cmap, aspect="auto", origin="lower")
+        if panel.mark is not None:
+            layer, head = panel.mark
+            ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        if shared_colorbar:
+            ax.set_title(panel.title, fontsize=8)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.set_xticks(range(n_heads))
+            ax.tick_params(labelsize=6)
+        else:
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.set_title(panel.title, fontsize=9)
+            ax.set_xticks(range(n_heads))
+            fig.colorbar(im, ax=ax, fraction=0.05)
+    if shared_colorbar:
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=cbar)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    if not shared_colorbar:
+        fig.tight_layout()
     return save_fig(fig, path)

@@ -12,15 +12,6 @@ from probekit.analyses.heads.positional import (
     positional_heads,
 )
 from probekit.analyses.heads.result import HeadAnalysis, plot_heatmaps, summary_markdown, write_report
-from probekit.analyses.heads.score import (
-    CORE_RELATIONS,
-    UD_RELATIONS,
-    analyze_heads,
-    offset_baselines,
-    resolve_relations,
-    score_heads,
-)
-from probekit.analyses.heads.table import HEAD_COLUMNS, signflip_p
 from probekit.analyses.heads.rules import (
     ALPHA,
     MIN_N,
@@ -30,6 +21,15 @@ from probekit.analyses.heads.rules import (
     specificity,
     verdicts,
 )
+from probekit.analyses.heads.score import (
+    CORE_RELATIONS,
+    UD_RELATIONS,
+    analyze_heads,
+    offset_baselines,
+    resolve_relations,
+    score_heads,
+)
+from probekit.analyses.heads.table import HEAD_COLUMNS, signflip_p
 
 __all__ = [
     "ALPHA",

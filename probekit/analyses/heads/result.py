@@ -12,7 +12,14 @@ import pandas as pd
 
 from probekit.analyses.heads.positional import POSITIONAL_SHARE
 from probekit.analyses.heads.rules import ALPHA, MIN_N, SPECIALIST_MARGIN
-from probekit.report import atomic_write_text, latex_table, markdown_table, pyplot, save_fig, write_table
+from probekit.report import (
+    HeadPanel,
+    atomic_write_text,
+    latex_table,
+    markdown_table,
+    plot_head_heatmap,
+    write_table,
+)
 
 
 @dataclass(frozen=True)
@@ -72,38 +79,24 @@ def write_report(res: HeadAnalysis, out: str | os.PathLike, heatmaps: bool = Tru
 
 def plot_heatmaps(heads: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     """One PNG per relation: test accuracy over layers x heads, one panel per direction; the
-    dev-selected head is boxed.
-
-    Not `probekit.report.plot_head_heatmap`: that draws one panel per figure, no box, and its own size,
-    origin and colour scale, so these (committed) PNGs could not keep their bytes through it.
-    """
-    plt = pyplot()
+    dev-selected head is boxed (`probekit.report.plot_head_heatmap`)."""
     paths = []
     for rel in dict.fromkeys(heads.relation):
         sub = heads[heads.relation == rel]
-        dirs = list(dict.fromkeys(sub.direction))
         n_layers, n_heads = int(sub.layer.max()) + 1, int(sub["head"].max()) + 1
-        fig, axes = plt.subplots(
-            1, len(dirs), figsize=(1.2 + 0.45 * n_heads * len(dirs), 1.5 + 0.22 * n_layers), squeeze=False
-        )
-        for ax, d in zip(axes[0], dirs, strict=True):
+        panels = []
+        for d in dict.fromkeys(sub.direction):
             s = sub[sub.direction == d]
             grid = np.full((n_layers, n_heads), np.nan)  # [layer, head]
             grid[s.layer.to_numpy(), s["head"].to_numpy()] = s.accuracy.to_numpy()
-            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
             b = next(s[s.best_on_dev].itertuples())
-            ax.add_patch(plt.Rectangle((b.head - 0.5, b.layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
-            ax.set_title(
+            title = (
                 f"{rel} {d}\nbest {int(b.layer)}.{int(b.head)}: {b.accuracy:.2f} "
-                f"vs offset {b.offset:+.0f}: {b.offset_accuracy:.2f}",
-                fontsize=8,
+                f"vs offset {b.offset:+.0f}: {b.offset_accuracy:.2f}"
             )
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_xticks(range(n_heads))
-            ax.tick_params(labelsize=6)
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test accuracy")
-        paths.append(save_fig(fig, Path(out) / f"heatmap_{rel.replace(':', '_')}.png"))
+            panels.append(HeadPanel(grid, title, mark=(int(b.layer), int(b.head))))
+        path = Path(out) / f"heatmap_{rel.replace(':', '_')}.png"
+        paths.append(plot_head_heatmap(panels, path, cbar="test accuracy", vmin=0, vmax=1))
     return paths
 
 

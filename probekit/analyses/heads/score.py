@@ -23,8 +23,8 @@ from probekit.analyses.heads.collect import (
 )
 from probekit.analyses.heads.positional import detector_scores, positional_frame
 from probekit.analyses.heads.result import HeadAnalysis
-from probekit.analyses.heads.table import attach_random, best_offset, head_table, offset_share
 from probekit.analyses.heads.rules import specificity, verdicts
+from probekit.analyses.heads.table import attach_random, best_offset, head_table, offset_share
 from probekit.data import Dataset
 from probekit.data.relations import DIRECTIONS, POSITIONAL_RELATIONS, RELATION_ALIASES, present_relations
 from probekit.errors import ProbekitError
