@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install bench lint format clean
+.PHONY: run test install bench lint format verify-results clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Rerun every committed results folder's command (from its manifest) and diff byte for byte.
+verify-results: $(STAMP)
+	$(BIN)/python scripts/verify_results.py
 
 bench: $(STAMP)
 	$(BIN)/probekit bench --out results/benchmarks

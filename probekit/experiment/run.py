@@ -17,6 +17,7 @@ from probekit.experiment.config import ExperimentConfig, load_config
 from probekit.experiment.context import Run, display_spec
 from probekit.experiment.stages import STAGES
 from probekit.experiment.verdicts import build_report
+from probekit.report import provenance
 from probekit.report.tables import atomic_write_text
 
 #: distributions whose versions the manifest records
@@ -74,6 +75,7 @@ def run_experiment(
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config, overrides)[0]
     out_dir = Path(out).resolve() if out else Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = None if isinstance(config, ExperimentConfig) else Path(config)
     run = Run(cfg, out_dir, progress, load_model, git=git_state())
     total = time.perf_counter()
     for name, stage in STAGES.items():
@@ -81,14 +83,28 @@ def run_experiment(
         if options is not None:
             stage(run, options)
     run.timings["total"] = round(time.perf_counter() - total, 2)
-    write_manifest(run)
     build_report(out_dir)
+    write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))
     return out_dir
 
 
-def write_manifest(run: Run) -> Path:
+def _command(config_file: Path | None, out_dir: Path, cfg: ExperimentConfig, overrides: list[str] | None) -> str:
+    """The command line that regenerates this run folder (recorded in the manifest)."""
+    if config_file is None:
+        return "probekit run <config object>"
+    words = ["probekit", "run", provenance.repo_relative(config_file) or config_file.name]
+    if out_dir.resolve() != Path(cfg.out).resolve():
+        words += ["--out", provenance.repo_relative(out_dir) or str(out_dir)]
+    words += [f"--set {item}" for item in overrides or []]
+    return " ".join(words)
+
+
+def write_manifest(run: Run, config_file: str | os.PathLike | None = None, command: str = "") -> Path:
     """Write ``manifest.json``: resolved config and its hash, skipped and reused stages, package
-    versions, git commit, machine and per-stage timings. Returns its path."""
+    versions, git commit, machine, per-stage timings, and the provenance record
+    (`probekit.report.provenance`: the command, the config file's hash, a sha256 of every file the
+    run wrote and of every probekit module it imported). Written last, after REPORT.md. Returns its
+    path."""
     packages = {}
     for dist in MANIFEST_PACKAGES:
         try:
@@ -116,6 +132,7 @@ def write_manifest(run: Run) -> Path:
     }
     manifest["config"]["data"] = {k: display_spec(v) for k, v in run.cfg.data.items()}
     manifest["config"]["optional_data"] = {k: display_spec(v) for k, v in run.cfg.optional_data.items()}
+    manifest["provenance"] = provenance.record(run.out, command or "probekit run", config_file)
     return atomic_write_text(run.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
