@@ -568,7 +568,20 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
             indent=2, default=str) + "\n")
         shown = {b: notes[b] for b in order if b in notes}
         atomic_write_text(md_path, render_report(table, shown, machine, ctx, wall, tables))
+    _write_manifest(ctx, names if only else None)
     return csv_path, md_path, failed
+
+
+def _write_manifest(ctx: BenchContext, only: Sequence[str] | None) -> Path:
+    """``manifest.json`` with the provenance record (`probekit.report.provenance`): the command, and a
+    sha256 of every file in the folder and of every probekit module imported. Timings are not
+    reproducible, so ``make verify-results`` lists this folder instead of rerunning it."""
+    from probekit.report import atomic_write_text, provenance
+
+    command = "probekit bench" + (" --quick" if ctx.quick else "") + (f" --only {','.join(only)}" if only else "")
+    command += f" --out {provenance.repo_relative(ctx.out) or ctx.out}"
+    manifest = {"provenance": provenance.record(ctx.out, command, None)}
+    return atomic_write_text(ctx.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _render_one(name: str, sub: pd.DataFrame, ctx: BenchContext, folder: Path, fallback: str):
