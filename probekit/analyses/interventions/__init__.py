@@ -7,19 +7,17 @@ what depends on it. Methods, metrics and the fast engine: ``docs/methods/interve
 - `plan` / `layout`: what is run and measured, and how items become the rows of a forward;
 - `interventions`: where (`HeadSite`) and what (`ZeroAblation`, `MeanAblation`, `ResampleAblation`, `Patch`);
 - `engine`: the naive and fast sweeps (`run_sweep`, `EngineOptions`);
-- `ablate`, `patching`, `attribution`: the public analyses and their result objects.
+- `ablate`, `specialists`, `patching`, `attribution`: the public analyses and their result objects.
 """
 
 from probekit.analyses.interventions.ablate import (
     FRAME_COLUMNS,
     METHODS,
     AblationResult,
-    SpecialistsResult,
     ablate,
     ablate_head_sets,
     ablate_heads,
     ablated,
-    specialists_vs_random,
 )
 from probekit.analyses.interventions.attribution import attribution_patch, compare_patching
 from probekit.analyses.interventions.engine import SWEEPS, EngineOptions, SweepResult, run_sweep
@@ -36,6 +34,7 @@ from probekit.analyses.interventions.interventions import (
 )
 from probekit.analyses.interventions.patching import PatchPairs, make_patch_pairs, patch_heads
 from probekit.analyses.interventions.plan import PAIR_METRICS, SENTENCE_METRICS, Plan, make_plan
+from probekit.analyses.interventions.specialists import SpecialistsResult, specialists_vs_random
 
 __all__ = [
     "FRAME_COLUMNS",
