@@ -364,8 +364,18 @@ def _frame(model, plan: Plan, specs, res: SweepResult, method: str, *, n_boot: i
 def ablated(model, heads, method: str = "zero", *, reference=None):
     """Context manager: inside it every forward of ``model.bridge`` runs with ``heads`` ablated.
 
-    Only ``zero`` and ``mean`` (means over ``reference``, required) make sense outside a dataset;
-    ``resample`` needs per-example donors, use `ablate`. Hooks are removed on exit, also on error.
+    Parameters
+    ----------
+    model : probekit.Model
+    heads : the heads to ablate (`parse_heads`).
+    method : ``"zero"`` or ``"mean"`` (means over ``reference``, required). ``resample`` needs
+        per-example donors: use `ablate`.
+    reference : the dataset the means come from.
+
+    Yields
+    ------
+    probekit.Model
+        ``model``, whose hooks are removed on exit, also on error.
 
     Examples
     --------

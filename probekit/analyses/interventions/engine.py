@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import einops
 import numpy as np
 import torch
 
@@ -110,9 +111,9 @@ def run_sweep(
         leave=False,
     )
     run = _Sweep(model, plan, specs, intervention, preserve_patterns, max_tokens, options, bar)
+    fast = sweep == "fast"
     with torch.inference_mode():
         for b_index, items in enumerate(batches):
-            fast = sweep == "fast"
             batch = plan.make_batch(
                 items,
                 pack=fast and options.pack,
@@ -244,7 +245,6 @@ class _Sweep:
         """One forward for the specs ``chunk`` (all starting at layer ``start``), stacked as copies."""
         model, plan, stop, device = self.model, self.plan, self.stop, self.model.device
         copies = len(chunk)
-        n_rows = batch.input_ids.shape[0]
         masks: dict[int, torch.Tensor] = {}  # layer -> [copy, head]
         for k, si in enumerate(chunk):
             for layer, hs in heads_by_layer(self.specs[si]).items():
@@ -278,13 +278,18 @@ class _Sweep:
                 pats = {}
                 for layer in self.pattern_layers:
                     p = store.get(layer)  # None: a layer before the restart, unchanged (the clean pattern)
-                    pats[layer] = clean_pat[layer] if p is None else p.view(copies, n_rows, *p.shape[1:])[k]
+                    pats[layer] = clean_pat[layer] if p is None else _copy(p, copies, k)
                 if restricted:
                     sel, full = out[k], None
                 else:
-                    full = out.view(copies, n_rows, *out.shape[1:])[k] if plan.needs_logits else None
+                    full = _copy(out, copies, k) if plan.needs_logits else None
                     sel = full[batch.sel_b.to(device), batch.sel_t.to(device)] if full is not None else None
                 self._record(si, batch.items, plan.values(batch, sel, pats, full))
+
+
+def _copy(x: torch.Tensor, copies: int, k: int) -> torch.Tensor:
+    """Copy ``k`` of a batch stacked ``copies`` times: ``[copy * row, ...] -> [row, ...]``."""
+    return einops.rearrange(x, "(copy row) ... -> copy row ...", copy=copies)[k]
 
 
 def _check_restart(
@@ -334,8 +339,7 @@ def _select_positions(sel_b: torch.Tensor, sel_t: torch.Tensor, copies: int):
     """Unembed only the positions a metric reads: ``[copy * row, pos, d] -> [copy, n_sel, d]``."""
 
     def hook(x, hook):
-        c_b, t, d = x.shape
-        xx = x.view(copies, c_b // copies, t, d)
+        xx = einops.rearrange(x, "(copy row) pos d -> copy row pos d", copy=copies)
         return xx[:, sel_b.to(x.device), sel_t.to(x.device)]
 
     return hook

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import einops
 import numpy as np
 import torch
 
@@ -73,15 +74,12 @@ class StackedHeadSites:
 
     def write(self, z: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
         """``z  # [copy * row, pos, head, d_head]``; ``replacement  # [row or 1, >= pos, head, d_head]``."""
-        if not z.is_contiguous():
-            z = z.contiguous()
-        copies = self.mask.shape[0]
-        c_b, t, h, d = z.shape
-        zz = z.view(copies, c_b // copies, t, h, d)
-        m = self.mask.to(z.device)[:, None, None, :, None]
-        r = replacement[:, :t].to(z.device, z.dtype)
-        zz.copy_(torch.where(m, r.unsqueeze(0).expand_as(zz), zz))
-        return z
+        zz = einops.rearrange(z, "(copy row) pos head d -> copy row pos head d", copy=self.mask.shape[0])
+        m = self.mask.to(z.device)[:, None, None, :, None]  # [copy, 1, 1, head, 1]
+        r = (
+            replacement[:, : z.shape[1]].to(z.device, z.dtype).unsqueeze(0)
+        )  # [1, row or 1, pos, head, d_head]
+        return einops.rearrange(torch.where(m, r, zz), "copy row pos head d -> (copy row) pos head d")
 
     def hook(self, replacement: torch.Tensor) -> tuple[str, Callable]:
         return self.hook_name, lambda z, hook: self.write(z, replacement)

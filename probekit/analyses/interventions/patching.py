@@ -137,9 +137,20 @@ def make_patch_pairs(
 
     Clean prompt: the pair's prefix ("The key near the cabinets"); corrupted: the same with the subject
     (word ``subject_index``) in the other number ("The keys near the cabinets"); answers: the good and
-    bad verb. ``swap`` maps each noun form to the other number (default: the template vocabulary).
-    Pairs without ``subject_index``, with a subject not in ``swap`` or with prompts of different token
-    length are dropped (counted in ``dropped``).
+    bad verb.
+
+    Parameters
+    ----------
+    model : probekit.Model (causal).
+    dataset : minimal pairs with ``subject_index`` (``template:agreement``).
+    swap : maps each noun form to the other number (default: the template vocabulary).
+    max_pairs : use the first N pairs.
+
+    Returns
+    -------
+    PatchPairs
+        Pairs without ``subject_index``, with a subject not in ``swap`` or with prompts of different
+        token length are dropped (counted in ``dropped``).
 
     Examples
     --------
