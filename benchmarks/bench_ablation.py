@@ -6,14 +6,14 @@ Two workloads on the same model (``smollm2-135m``; ``tiny-llama`` with ``quick``
   ``regular_plural_subject_verb_agreement_1`` (16 pairs; 4 with ``quick``) and read accuracy, margin and
   sentence log-prob difference. ``naive`` is the reference loop (one ``run_with_hooks`` forward per
   head over the whole batch, the way ``transformer_lens.patching`` works); ``fast`` is
-  `probekit.analyses.interventions.engine`'s engine (restart at the ablated layer with earlier blocks skipped, ablated
-  copies stacked along the batch, sequences cut after the last scored token, prefix-trie packing,
-  unembedding only where read). Heads: all 9 heads of every third layer (90 of 270; mean layer 13.5,
+  `probekit.analyses.interventions.engine`'s engine (restart at the ablated layer with earlier blocks
+  skipped, ablated copies stacked along the batch, sequences cut after the last scored token, prefix-trie
+  packing, unembedding only where read). Heads: all 9 heads of every third layer (90 of 270; mean layer 13.5,
   slightly *harder* for the fast engine than all heads, mean 14.5); all heads with ``quick``. The
   layer groups are interleaved (`probekit.bench.interleaved_chunks`) so load from other jobs hits both
   alike. ``max_abs_diff`` is the largest per-pair difference between the two, over all metrics.
   In full mode each fast-engine optimisation is also switched off once (variants ``fast-no-*``,
-  one repetition) to show what it buys.
+  one repetition, ``options=EngineOptions(<name>=False)``) to show what it buys.
 - **patching**: exact activation patching of each head, clean -> corrupted (subject number swapped,
   ``template:agreement``; 16 prompt pairs, 6 with ``quick``): ``tl-exact``
   (`transformer_lens.patching.get_act_patch_attn_head_out_all_pos`), ``fast-exact`` (probekit's engine,
@@ -26,6 +26,7 @@ asserted about speed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -34,7 +35,6 @@ import pandas as pd
 from probekit import bench
 
 BLIMP_RP1 = bench.EWT_DEV.parents[1] / "blimp" / "regular_plural_subject_verb_agreement_1.jsonl"
-OPTIONS = ("skip_blocks", "copies", "truncate", "pack", "restrict_unembed")
 
 
 def _heads(model, quick: bool) -> list[tuple[int, int]]:
@@ -51,7 +51,8 @@ def _pairs(n: int):
 
 
 def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFrame:
-    from probekit.analyses.interventions import engine as A
+    import probekit.analyses.interventions as A  # noqa: N812 (the module as a short name)
+    from probekit.analyses.scoring import encode_pair
     from probekit.models import load_model
 
     ctx = ctx or bench.BenchContext(quick=quick)
@@ -63,43 +64,69 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     # ---- sweep: naive vs fast, interleaved per layer group
     data, source = _pairs(4 if quick else 16)
     heads = _heads(model, quick)
-    groups = [[h for h in heads if h[0] in set(chunk)]
-              for chunk in np.array_split(sorted({h[0] for h in heads}), 1 if quick else 3)]
-    n_tokens = sum(len(e.good_ids) + len(e.bad_ids) for e in (A.encode_pair(model, p) for p in data))
+    groups = [
+        [h for h in heads if h[0] in set(chunk)]
+        for chunk in np.array_split(sorted({h[0] for h in heads}), 1 if quick else 3)
+    ]
+    n_tokens = sum(len(e.good_ids) + len(e.bad_ids) for e in (encode_pair(model, p) for p in data))
     results: dict[tuple[str, int], dict] = {}
 
     def variant(name: str, k: int, group):
         def go():
-            _, clean, abl = A.ablate_head_sets(model, data, [[h] for h in group], sweep=name, per_item=True)
-            results[(name, k)] = abl
+            results[(name, k)] = A.ablate_head_sets(model, data, [[h] for h in group], sweep=name).ablated
+
         return go
 
     ctx.say(f"ablation: sweep of {len(heads)} heads on {len(data)} pairs of {source} ({model_name})")
-    timed = bench.interleaved_chunks([{name: variant(name, k, g) for name in ("naive", "fast")}
-                                      for k, g in enumerate(groups)], repeats, log=ctx.say, label="ablation sweep")
-    diff = max(float(np.abs(results[("fast", k)][m] - results[("naive", k)][m]).max())
-               for k in range(len(groups)) for m in results[("fast", k)])
+    timed = bench.interleaved_chunks(
+        [{name: variant(name, k, g) for name in ("naive", "fast")} for k, g in enumerate(groups)],
+        repeats,
+        log=ctx.say,
+        label="ablation sweep",
+    )
+    diff = max(
+        float(np.abs(results[("fast", k)][m] - results[("naive", k)][m]).max())
+        for k in range(len(groups))
+        for m in results[("fast", k)]
+    )
     sweep = pd.DataFrame(timed)
-    sweep["speedup_vs_naive"] = 1.0 / bench.per_repeat_ratio(sweep.assign(model=model_name), "naive").to_numpy()
+    sweep["speedup_vs_naive"] = (
+        1.0 / bench.per_repeat_ratio(sweep.assign(model=model_name), "naive").to_numpy()
+    )
     for r in sweep.itertuples(index=False):
-        rows.append({"variant": r.variant, "repeat": r.repeat, "seconds": r.seconds, "workload": "sweep",
-                     "speedup_vs_naive": r.speedup_vs_naive, "max_abs_diff": diff, "heads": len(heads),
-                     "n_items": len(data), "n_tokens": n_tokens})
+        rows.append(
+            {
+                "variant": r.variant,
+                "repeat": r.repeat,
+                "seconds": r.seconds,
+                "workload": "sweep",
+                "speedup_vs_naive": r.speedup_vs_naive,
+                "max_abs_diff": diff,
+                "heads": len(heads),
+                "n_items": len(data),
+                "n_tokens": n_tokens,
+            }
+        )
     if not quick:  # what each optimisation buys: switch it off once
-        for opt in OPTIONS:
-            saved = dict(A.FAST_OPTIONS)
-            A.FAST_OPTIONS[opt] = False
-            try:
-                start = time.perf_counter()
-                for g in groups:
-                    A.ablate_head_sets(model, data, [[h] for h in g], sweep="fast")
-                seconds = time.perf_counter() - start
-            finally:
-                A.FAST_OPTIONS.update(saved)
+        for opt in (f.name for f in dataclasses.fields(A.EngineOptions)):
+            options = A.EngineOptions(**{opt: False})
+            start = time.perf_counter()
+            for g in groups:
+                A.ablate_head_sets(model, data, [[h] for h in g], sweep="fast", options=options)
+            seconds = time.perf_counter() - start
             naive_median = sweep[sweep.variant == "naive"]["seconds"].median()
-            rows.append({"variant": f"fast-no-{opt.replace('_', '-')}", "repeat": 0, "seconds": seconds,
-                         "workload": "sweep", "speedup_vs_naive": naive_median / seconds, "heads": len(heads),
-                         "n_items": len(data), "n_tokens": n_tokens})
+            rows.append(
+                {
+                    "variant": f"fast-no-{opt.replace('_', '-')}",
+                    "repeat": 0,
+                    "seconds": seconds,
+                    "workload": "sweep",
+                    "speedup_vs_naive": naive_median / seconds,
+                    "heads": len(heads),
+                    "n_items": len(data),
+                    "n_tokens": n_tokens,
+                }
+            )
             ctx.say(f"ablation sweep without {opt}: {seconds:.1f} s")
 
     # ---- patching: TL exact vs fast exact vs attribution
@@ -113,21 +140,42 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
             if name == "attribution":
                 frames[name] = A.attribution_patch(model, pp, heads, n_boot=10)
             else:
-                frames[name] = A.patch_heads(model, pp, heads, sweep="tl" if name == "tl-exact" else "fast", n_boot=10)
+                frames[name] = A.patch_heads(
+                    model, pp, heads, sweep="tl" if name == "tl-exact" else "fast", n_boot=10
+                )
+
         return go
 
     ctx.say(f"ablation: patching {len(heads)} heads on {len(pp)} prompt pairs")
-    timed = pd.DataFrame(bench.interleaved({n: patch(n) for n in ("tl-exact", "fast-exact", "attribution")}, repeats,
-                                           log=ctx.say, label="patching"))
-    timed["speedup_vs_tl"] = 1.0 / bench.per_repeat_ratio(timed.assign(model=model_name), "tl-exact").to_numpy()
+    timed = pd.DataFrame(
+        bench.interleaved(
+            {n: patch(n) for n in ("tl-exact", "fast-exact", "attribution")},
+            repeats,
+            log=ctx.say,
+            label="patching",
+        )
+    )
+    timed["speedup_vs_tl"] = (
+        1.0 / bench.per_repeat_ratio(timed.assign(model=model_name), "tl-exact").to_numpy()
+    )
     comp = A.compare_patching(frames["fast-exact"], frames["attribution"], k=min(10, len(heads)))
     tl_diff = float((frames["tl-exact"]["patched"] - frames["fast-exact"]["patched"]).abs().max())
     for r in timed.itertuples(index=False):
-        rows.append({"variant": r.variant, "repeat": r.repeat, "seconds": r.seconds, "workload": "patching",
-                     "speedup_vs_tl": r.speedup_vs_tl, "max_abs_diff": tl_diff if r.variant == "fast-exact" else np.nan,
-                     "spearman": comp["spearman"].iloc[0] if r.variant == "attribution" else np.nan,
-                     "topk_overlap": comp["topk_overlap"].iloc[0] if r.variant == "attribution" else np.nan,
-                     "heads": len(heads), "n_items": len(pp), "n_tokens": sum(len(x) for x in pp.corrupted)})
+        rows.append(
+            {
+                "variant": r.variant,
+                "repeat": r.repeat,
+                "seconds": r.seconds,
+                "workload": "patching",
+                "speedup_vs_tl": r.speedup_vs_tl,
+                "max_abs_diff": tl_diff if r.variant == "fast-exact" else np.nan,
+                "spearman": comp["spearman"].iloc[0] if r.variant == "attribution" else np.nan,
+                "topk_overlap": comp["topk_overlap"].iloc[0] if r.variant == "attribution" else np.nan,
+                "heads": len(heads),
+                "n_items": len(pp),
+                "n_tokens": sum(len(x) for x in pp.corrupted),
+            }
+        )
 
     out = pd.DataFrame(rows)
     out.insert(0, "benchmark", "ablation")
@@ -139,20 +187,26 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     lead = [c for c in bench.COLUMNS if c in out.columns]
     out = out[lead + [c for c in out.columns if c not in lead]]
     med = out.groupby("variant")["seconds"].median()
+    speedup = med.get("naive", np.nan) / med.get("fast", np.nan)
+    tl_vs_fast = med.get("tl-exact", np.nan) / med.get("fast-exact", np.nan)
+    tl_vs_attribution = med.get("tl-exact", np.nan) / med.get("attribution", np.nan)
     notes = [
-        f"Sweep: {len(heads)} heads x {len(data)} pairs of `{source}`, zero ablation, metrics accuracy/margin/"
-        f"logprob_diff. Fast vs naive: median {med.get('naive', np.nan) / med.get('fast', np.nan):.2f}x faster, "
+        f"Sweep: {len(heads)} heads x {len(data)} pairs of `{source}`, zero ablation, metrics "
+        f"accuracy/margin/logprob_diff. Fast vs naive: median {speedup:.2f}x faster, "
         f"max |difference| over all per-pair values {diff:.2g}.",
         f"Patching: {len(heads)} heads x {len(pp)} prompt pairs. Fast exact vs TL exact: "
-        f"{med.get('tl-exact', np.nan) / med.get('fast-exact', np.nan):.2f}x (max |difference| {tl_diff:.2g}); "
-        f"attribution vs TL exact: {med.get('tl-exact', np.nan) / med.get('attribution', np.nan):.1f}x; attribution "
+        f"{tl_vs_fast:.2f}x (max |difference| {tl_diff:.2g}); "
+        f"attribution vs TL exact: {tl_vs_attribution:.1f}x; attribution "
         f"vs exact: Spearman {comp['spearman'].iloc[0]:.3f}, top-{comp['k'].iloc[0]} overlap "
         f"{comp['topk_overlap'].iloc[0]:.2f} (chance {comp['chance_overlap'].iloc[0]:.2f}).",
     ]
     if not quick:
         offs = out[out.variant.str.startswith("fast-no-")]
-        notes.append("Without one optimisation (one repetition each): " + ", ".join(
-            f"{r.variant[8:]} {r.speedup_vs_naive:.2f}x" for r in offs.itertuples()) + ".")
+        notes.append(
+            "Without one optimisation (one repetition each): "
+            + ", ".join(f"{r.variant[8:]} {r.speedup_vs_naive:.2f}x" for r in offs.itertuples())
+            + "."
+        )
     out.attrs["notes"] = "\n\n".join(notes)
     return out
 

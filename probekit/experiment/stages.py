@@ -137,8 +137,10 @@ def _first_per_paradigm(dataset, n: int | None):
 
 def ablate(run: Run, opts) -> None:
     """C4, causally: ablate the top-k heads for a relation vs layer-matched random head sets."""
-    from probekit.analyses.interventions.engine import specialists_vs_random
+    from dataclasses import replace
+
     from probekit.analyses.heads.score import score_heads
+    from probekit.analyses.interventions import specialists_vs_random
 
     if run.spec(opts.data) is None or run.spec(opts.heads_data) is None:
         run.skipped.append(f"ablate: data {opts.data!r} or {opts.heads_data!r} is not available")
@@ -149,7 +151,8 @@ def ablate(run: Run, opts) -> None:
 
         def work(folder: Path, name=name):
             model = run.model(name)
-            # the specialists: the top-k heads by dev-split accuracy for the relation (probekit.analyses.heads.score)
+            # the specialists: the top-k heads by dev-split accuracy for the relation
+            # (probekit.analyses.heads.score)
             scored = score_heads(model, run.dataset(opts.heads_data), relations=[opts.relation],
                                  directions=(opts.direction,), seed=run.cfg.seed, n_boot=200, n_perm=20,
                                  batch_size=run.cfg.batch_size, progress=run.progress)
@@ -157,34 +160,16 @@ def ablate(run: Run, opts) -> None:
             ranked = ranked.sort_values(["dev_accuracy", "dev_attention_mass", "layer", "head"],
                                         ascending=[False, False, True, True]).head(opts.top_k)
             heads = [(int(r.layer), int(r.head)) for r in ranked.itertuples()]
-            summary, draws = specialists_vs_random(
-                model, run.dataset(opts.data, opts.max_pairs), heads, n_draws=opts.n_draws, seed=run.cfg.seed,
-                method=opts.method, return_draws=True)
+            result = specialists_vs_random(model, run.dataset(opts.data, opts.max_pairs), heads,
+                                           n_draws=opts.n_draws, seed=run.cfg.seed, method=opts.method)
+            summary = result.summary.copy()
             summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
             summary.insert(1, "data", display_spec(run.spec(opts.data)))
-            chosen = ranked[["relation", "direction", "layer", "head", "dev_accuracy", "accuracy", "offset_accuracy"]]
-            write_tables({"specialists": chosen.reset_index(drop=True), "specialists_vs_random": summary,
-                          "random_draws": draws}, folder)
-            _plot_draws(summary, draws, folder / "specialists_vs_random.png", f"{name}: ablate {heads}")
+            columns = ["relation", "direction", "layer", "head", "dev_accuracy", "accuracy", "offset_accuracy"]
+            result = replace(result, summary=summary, specialists=ranked[columns].reset_index(drop=True))
+            result.write(folder, title=f"{name}: ablate {heads}")
 
         run.stage("ablate", name, opts.data, opts.model_dump(), work)
-
-
-def _plot_draws(summary, draws, path: Path, title: str) -> None:
-    """Histogram of the random-set deltas with the specialists' delta marked, per metric."""
-    from probekit.report import pyplot, save_fig
-
-    plt = pyplot()
-    metrics = list(dict.fromkeys(summary.metric))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        ax.hist(draws[draws.metric == m].delta, bins=15, color="grey", label="layer-matched random heads")
-        ax.axvline(float(summary[summary.metric == m].specialists_delta.iloc[0]), color="C3", label="specialists")
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel("change when ablated")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    save_fig(fig, path)
 
 
 #: every stage, in the order `run_experiment` runs them; the keys are exactly the fields of

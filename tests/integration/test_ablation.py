@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import probekit as pk
-from probekit.analyses.interventions import engine as A
-from probekit.errors import ProbekitError
+import probekit.analyses.interventions as A  # noqa: N812 (the module as a short name)
 from probekit.analyses.scoring import PUBLISHED_BLIMP, score_pairs
+from probekit.errors import ProbekitError
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
@@ -34,8 +34,9 @@ def test_fast_sweep_equals_naive_on_smollm(smollm, shared_data):
     path = shared_data / "blimp" / "regular_plural_subject_verb_agreement_1.jsonl"
     data = pk.load_dataset(f"blimp:{path}", max_sentences=4)
     specs = [[(layer, h)] for layer in (0, 14, 29) for h in (0, 4, 8)] + [[(2, 1), (20, 3)]]
-    _, fc, fa = A.ablate_head_sets(smollm, data, specs, sweep="fast", per_item=True)
-    _, nc, na = A.ablate_head_sets(smollm, data, specs, sweep="naive", per_item=True)
+    fast = A.ablate_head_sets(smollm, data, specs, sweep="fast")
+    naive = A.ablate_head_sets(smollm, data, specs, sweep="naive")
+    fc, fa, nc, na = fast.clean, fast.ablated, naive.clean, naive.ablated
     for m in ("margin", "logprob_diff"):
         assert np.abs(fc[m] - nc[m]).max() <= 1e-4
         assert np.abs(fa[m] - na[m]).max() <= 1e-4

@@ -10,10 +10,23 @@ import pytest
 import torch
 
 import probekit as pk
-from probekit.analyses.interventions import engine as A
+import probekit.analyses.interventions as A  # noqa: N812 (the module as a short name)
+from probekit.analyses.interventions import engine
+from probekit.analyses.interventions.interventions import (
+    DonorActivations,
+    HeadSite,
+    MeanAblation,
+    Patch,
+    ResampleAblation,
+    StackedHeadSites,
+    ZeroAblation,
+    ZLayout,
+    collect_z,
+)
+from probekit.analyses.interventions.plan import make_plan, relation_arcs
+from probekit.analyses.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
 from probekit.data.schema import MinimalPair
 from probekit.errors import ProbekitError
-from probekit.analyses.scoring import encode_pair, pair_scores, score_pairs, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,12 +42,21 @@ def sentences():
 
 
 def _fwd_hook_count(model) -> int:
-    return sum(len(getattr(hp, "fwd_hooks", [])) + len(hp._forward_hooks) for hp in model.bridge.hook_dict.values())
+    return sum(
+        len(getattr(hp, "fwd_hooks", [])) + len(hp._forward_hooks) for hp in model.bridge.hook_dict.values()
+    )
 
 
 def _toy_pair(pid="t-0", **kw):
-    base = dict(id=pid, paradigm="toy", good="The dogs bark loudly.", bad="The dogs barks loudly.",
-                prefix="The dogs", good_word="bark", bad_word="barks")
+    base = {
+        "id": pid,
+        "paradigm": "toy",
+        "good": "The dogs bark loudly.",
+        "bad": "The dogs barks loudly.",
+        "prefix": "The dogs",
+        "good_word": "bark",
+        "bad_word": "barks",
+    }
     base.update(kw)
     return MinimalPair(**base)
 
@@ -55,8 +77,12 @@ def test_score_pairs_columns_and_ranges(tiny_llama, pairs):
 
 
 def test_whole_sentence_logprob_and_multi_token_margin_by_hand(tiny_llama):
-    pair = _toy_pair(good="The dogs photosynthesize loudly.", bad="The dogs photosynthesizes loudly.",
-                     good_word="photosynthesize", bad_word="photosynthesizes")
+    pair = _toy_pair(
+        good="The dogs photosynthesize loudly.",
+        bad="The dogs photosynthesizes loudly.",
+        good_word="photosynthesize",
+        bad_word="photosynthesizes",
+    )
     enc = encode_pair(tiny_llama, pair)
     assert enc.good_word_tokens > 1 and enc.bad_word_tokens > 1
     tok = tiny_llama.tokenizer
@@ -64,7 +90,10 @@ def test_whole_sentence_logprob_and_multi_token_margin_by_hand(tiny_llama):
     assert enc.good_ids == whole  # segment-wise tokenization = whole-sentence tokenization here
     row = pair_scores(tiny_llama, [pair]).iloc[0]
     with torch.inference_mode():
-        for ids, span, total_col in ((enc.good_ids, enc.good_span, "good_logprob"), (enc.bad_ids, enc.bad_span, "bad_logprob")):
+        for ids, span, total_col in (
+            (enc.good_ids, enc.good_span, "good_logprob"),
+            (enc.bad_ids, enc.bad_span, "bad_logprob"),
+        ):
             t = torch.tensor([ids])
             lp = torch.log_softmax(tiny_llama.bridge(t)[0].float(), -1)
             per_tok = [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
@@ -78,13 +107,19 @@ def test_whole_sentence_logprob_and_multi_token_margin_by_hand(tiny_llama):
 
 
 def test_two_prefix_pairs_score_the_next_word(tiny_llama):
-    pair = _toy_pair(good="The students perform.", bad="The student perform.", prefix="The",
-                     good_word="students", bad_word="student", labels={"method": "two_prefix"})
+    pair = _toy_pair(
+        good="The students perform.",
+        bad="The student perform.",
+        prefix="The",
+        good_word="students",
+        bad_word="student",
+        labels={"method": "two_prefix"},
+    )
     enc = encode_pair(tiny_llama, pair)
     assert enc.margin_kind == "continuation"
     nxt = tiny_llama.tokenizer(" perform", add_special_tokens=False).input_ids
-    assert list(enc.good_ids[enc.good_span[0]:enc.good_span[1]]) == nxt
-    assert list(enc.bad_ids[enc.bad_span[0]:enc.bad_span[1]]) == nxt
+    assert list(enc.good_ids[enc.good_span[0] : enc.good_span[1]]) == nxt
+    assert list(enc.bad_ids[enc.bad_span[0] : enc.bad_span[1]]) == nxt
 
 
 def test_token_logprobs_matches_log_softmax():
@@ -98,7 +133,7 @@ def test_token_logprobs_matches_log_softmax():
 
 
 def test_encoders_are_refused(tiny_bert, pairs):
-    with pytest.raises(ProbekitError, match="masked-word|language-model head"):
+    with pytest.raises(ProbekitError, match=r"masked-word|language-model head"):
         score_pairs(tiny_bert, pairs)
     with pytest.raises(ProbekitError):
         A.ablate_heads(tiny_bert, pairs, [(0, 0)])
@@ -167,7 +202,7 @@ def test_zero_ablation_equals_zeroing_the_slice_by_hand(tiny_llama, pairs):
     # and the metrics of ablate_heads are computed from exactly such a forward
     with A.ablated(tiny_llama, [(layer, head)]):
         manual_pairs = pair_scores(tiny_llama, pairs)
-    df, clean_vals, abl = A.ablate_head_sets(tiny_llama, pairs, [[(layer, head)]], sweep="naive", per_item=True)
+    abl = A.ablate_head_sets(tiny_llama, pairs, [[(layer, head)]], sweep="naive").ablated
     assert np.allclose(abl["margin"][0], manual_pairs["margin"], atol=1e-5)
     assert np.allclose(abl["logprob_diff"][0], manual_pairs["logprob_diff"], atol=1e-5)
 
@@ -182,9 +217,11 @@ def test_ablation_under_gqa_is_per_query_head(tiny_llama, pairs):
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
 def test_fast_sweep_equals_naive_loop_pairs(tiny_llama, pairs, method):
     specs = [[h] for h in A.parse_heads(tiny_llama, "all")] + [[(0, 1), (1, 3)]]
-    _, fc, fa = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="fast", per_item=True,
-                                   max_tokens=256, batch_size=4)  # several batches, several forwards per batch
-    _, nc, na = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="naive", per_item=True)
+    fast = A.ablate_head_sets(
+        tiny_llama, pairs, specs, method=method, sweep="fast", max_tokens=256, batch_size=4
+    )  # several batches, several forwards per batch
+    naive = A.ablate_head_sets(tiny_llama, pairs, specs, method=method, sweep="naive")
+    fc, fa, nc, na = fast.clean, fast.ablated, naive.clean, naive.ablated
     for m in ("margin", "logprob_diff"):
         assert np.abs(fc[m] - nc[m]).max() <= 1e-4
         assert np.abs(fa[m] - na[m]).max() <= 1e-4
@@ -193,7 +230,12 @@ def test_fast_sweep_equals_naive_loop_pairs(tiny_llama, pairs, method):
 
 @pytest.mark.parametrize("method", ["zero", "resample"])
 def test_fast_sweep_equals_naive_loop_sentences(tiny_llama, sentences, method):
-    kw = dict(method=method, relation="nsubj", metric=["relation_loss", "loss", "relation_attention"], n_boot=10)
+    kw = {
+        "method": method,
+        "relation": "nsubj",
+        "metric": ["relation_loss", "loss", "relation_attention"],
+        "n_boot": 10,
+    }
     fast = A.ablate_heads(tiny_llama, sentences, "all", sweep="fast", **kw)
     naive = A.ablate_heads(tiny_llama, sentences, "all", sweep="naive", **kw)
     assert (fast["ablated"] - naive["ablated"]).abs().max() <= 1e-4
@@ -202,7 +244,7 @@ def test_fast_sweep_equals_naive_loop_sentences(tiny_llama, sentences, method):
 
 
 def test_fast_sweep_on_encoder_attention(tiny_bert, sentences):
-    kw = dict(relation="nsubj", n_boot=10)
+    kw = {"relation": "nsubj", "n_boot": 10}
     fast = A.ablate_heads(tiny_bert, sentences, "all", sweep="fast", **kw)
     naive = A.ablate_heads(tiny_bert, sentences, "all", sweep="naive", **kw)
     assert set(fast.metric) == {"relation_attention"}
@@ -212,7 +254,12 @@ def test_fast_sweep_on_encoder_attention(tiny_bert, sentences):
 
 
 def test_pattern_preserving_ablation(tiny_llama, sentences):
-    kw = dict(relation="nsubj", metric=["relation_loss", "relation_attention"], preserve_patterns=True, n_boot=10)
+    kw = {
+        "relation": "nsubj",
+        "metric": ["relation_loss", "relation_attention"],
+        "preserve_patterns": True,
+        "n_boot": 10,
+    }
     fast = A.ablate_heads(tiny_llama, sentences, "all", **kw)
     naive = A.ablate_heads(tiny_llama, sentences, "all", sweep="naive", **kw)
     assert (fast["ablated"] - naive["ablated"]).abs().max() <= 1e-4
@@ -225,31 +272,34 @@ def test_pattern_preserving_ablation(tiny_llama, sentences):
 
 def test_resample_and_mean_are_deterministic(tiny_llama, pairs):
     def run(method, seed):
-        _, _, a = A.ablate_head_sets(tiny_llama, pairs, [[(0, 1)], [(1, 0)]], method=method, seed=seed, per_item=True)
-        return a["logprob_diff"]
+        return A.ablate_head_sets(tiny_llama, pairs, [[(0, 1)], [(1, 0)]], method=method, seed=seed).ablated[
+            "logprob_diff"
+        ]
 
     assert np.array_equal(run("resample", 3), run("resample", 3))
     assert not np.array_equal(run("resample", 3), run("resample", 4))
     assert np.array_equal(run("mean", 0), run("mean", 1))  # no randomness in mean ablation
-    task = A._make_task(tiny_llama, pairs, None)
-    r1 = A._Replacer(tiny_llama, task, "resample", [0], seed=5)
-    r2 = A._Replacer(tiny_llama, task, "resample", [0], seed=5)
+    plan = make_plan(tiny_llama, pairs, None)
+    r1 = ResampleAblation.fit(tiny_llama, plan, [0], seed=5)
+    r2 = ResampleAblation.fit(tiny_llama, plan, [0], seed=5)
     assert r1.donor_of_item == r2.donor_of_item
     # donors are other items, at least as long whenever one exists
-    firsts = [task.item_rows[i][0] for i in range(task.n_items)]
-    for i, j in enumerate(r1.donor_items):
+    firsts = [plan.item_rows[i][0] for i in range(plan.n_items)]
+    for i, j in enumerate(r1.donor_of_item):
         assert j != i
-        longer = [x for x in range(task.n_items) if x != i and len(task.seqs[firsts[x]]) >= task.item_length(i)]
+        longer = [
+            x for x in range(plan.n_items) if x != i and len(plan.seqs[firsts[x]]) >= plan.item_length(i)
+        ]
         if longer:
             assert j in longer
 
 
 def test_mean_ablation_keeps_the_sink(tiny_llama, pairs):
-    task = A._make_task(tiny_llama, pairs, None)
-    rep = A._Replacer(tiny_llama, task, "mean", [1])
-    clean = A._collect_z(tiny_llama, task.seqs[:3], [1])
+    plan = make_plan(tiny_llama, pairs, None)
+    mean = MeanAblation.fit(tiny_llama, plan, [1])
+    clean = collect_z(tiny_llama, plan.seqs[:3], [1])
     for z in clean:  # the sink sees only itself: its head outputs are the same in every sentence
-        assert torch.allclose(z[0, 0], rep.mean_sink[0], atol=1e-5)
+        assert torch.allclose(z[0, 0], mean.sink_mean[1], atol=1e-5)
 
 
 def test_mean_ablation_reference_dataset(tiny_llama, pairs):
@@ -264,7 +314,7 @@ def test_hooks_are_removed_when_a_metric_raises(tiny_llama, pairs, sweep):
     ids = torch.tensor([encode_pair(tiny_llama, pairs[0]).good_ids])
     with torch.inference_mode():
         before = tiny_llama.bridge(ids)
-    layers_before = list(A._block_list(tiny_llama)[0])
+    layers_before = list(engine.block_list(tiny_llama)[0])
     calls = {"n": 0}
 
     def exploding(logits, input_ids):
@@ -276,7 +326,7 @@ def test_hooks_are_removed_when_a_metric_raises(tiny_llama, pairs, sweep):
     with pytest.raises(RuntimeError, match="metric failed"):
         A.ablate_heads(tiny_llama, pairs, "all", metric=exploding, sweep=sweep, preserve_patterns=True)
     assert _fwd_hook_count(tiny_llama) == 0
-    assert list(A._block_list(tiny_llama)[0]) == layers_before  # skipped blocks are back
+    assert list(engine.block_list(tiny_llama)[0]) == layers_before  # skipped blocks are back
     with torch.inference_mode():
         after = tiny_llama.bridge(ids)
     assert (after - before).abs().max().item() == 0.0
@@ -290,6 +340,183 @@ def test_custom_metric_and_joint_ablation(tiny_llama, pairs):
     assert list(df[["layer", "head", "heads", "metric"]].iloc[0]) == [-1, -1, "0.1+1.2", "mean_logit"]
     for col in A.FRAME_COLUMNS:
         assert col in df.columns
+
+
+# --------------------------------------------------------------------------------------------------
+# each intervention alone, on hand-made tensors
+
+
+def _z(rows=2, width=4, heads=3, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, width, heads, d, generator=g) + 5.0  # never 0 by accident
+
+
+def test_zero_ablation_writes_zeros_at_the_selected_heads_only():
+    z = _z()
+    before = z.clone()
+    rep = ZeroAblation().replacement(0, ZLayout(2, 4, 3, 2))
+    assert rep.shape == (1, 4, 3, 2) and rep.abs().max() == 0
+    out = HeadSite(0, (1,)).write(z, rep)
+    assert out[:, :, 1].abs().max() == 0
+    assert torch.equal(out[:, :, [0, 2]], before[:, :, [0, 2]])
+
+
+def test_mean_ablation_gives_the_reference_mean_and_the_sink_mean():
+    tok, sink = torch.arange(6.0).reshape(3, 2), torch.full((3, 2), -1.0)
+    mean = MeanAblation({4: tok}, {4: sink})
+    rep = mean.replacement(4, ZLayout(1, 3, 3, 2))
+    assert torch.equal(rep[0, 0], sink) and torch.equal(rep[0, 1], tok) and torch.equal(rep[0, 2], tok)
+    # packed rows: every position of depth 0 (a sink) gets the sink mean, the others the token mean
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    rep = mean.replacement(4, ZLayout(1, 5, 3, 2, position_ids=pos))
+    for t, depth in enumerate(pos[0].tolist()):
+        assert torch.equal(rep[0, t], sink if depth == 0 else tok)
+
+
+def test_mean_ablation_fit_is_the_mean_over_the_reference(tiny_llama, pairs):
+    plan = make_plan(tiny_llama, pairs, None)
+    mean = MeanAblation.fit(tiny_llama, plan, [1])
+    z = collect_z(tiny_llama, plan.seqs, [1])  # [1 layer, pos, head, d_head] per sequence
+    tokens = torch.cat([x[0, 1:] for x in z]).double()  # real tokens, the sink excluded
+    assert torch.allclose(mean.token_mean[1].double(), tokens.mean(0), atol=1e-6)
+    assert torch.allclose(
+        mean.sink_mean[1].double(), torch.stack([x[0, 0] for x in z]).double().mean(0), atol=1e-6
+    )
+
+
+def test_resample_ablation_gives_the_donors_values():
+    stored = {0: _z(1, 5, 3, 2, seed=1), 1: _z(1, 2, 3, 2, seed=2)}  # donor -> [layer, pos, head, d_head]
+    calls = []
+
+    def compute(donors):
+        calls.append(list(donors))
+        return [stored[d] for d in donors]
+
+    fill = MeanAblation({7: torch.full((3, 2), 9.0)}, {7: torch.zeros(3, 2)})
+    abl = ResampleAblation([1, 0], DonorActivations(compute, layers=[7]), fill)
+    # item 0 (row 0, 4 tokens) draws from donor 1 (2 tokens); item 1 (row 1, 3 tokens) from donor 0
+    layout = ZLayout(2, 4, 3, 2, blocks=((0, 0, 4, 0), (1, 0, 3, 1)))
+    rep = abl.replacement(7, layout)
+    assert torch.equal(rep[0, :2], stored[1][0]) and (rep[0, 2:] == 9.0).all()  # beyond the donor: the mean
+    assert torch.equal(rep[1, :3], stored[0][0, :3]) and (rep[1, 3] == 0).all()  # padding stays 0
+    abl.replacement(7, layout)
+    assert calls == [[0, 1]]  # donors are computed once per forward
+    # packed rows: the donor is read at each token's depth
+    pos = torch.tensor([[0, 1, 0, 1, 2]])
+    rep = abl.replacement(7, ZLayout(1, 5, 3, 2, position_ids=pos, blocks=((0, 0, 2, 0), (0, 2, 3, 1))))
+    assert torch.equal(rep[0, :2], stored[1][0, [0, 1]]) and torch.equal(rep[0, 2:], stored[0][0, [0, 1, 2]])
+
+
+def test_patch_gives_the_clean_values():
+    clean = {0: _z(1, 3, 3, 2, seed=3), 1: _z(1, 3, 3, 2, seed=4)}
+    patch = Patch(DonorActivations(lambda ds: [clean[d] for d in ds], layers=[2]))
+    rep = patch.replacement(2, ZLayout(2, 3, 3, 2, blocks=((0, 0, 3, 1), (1, 0, 3, 0))))
+    assert torch.equal(rep[0], clean[1][0]) and torch.equal(rep[1], clean[0][0])
+    z = _z(2, 3, 3, 2, seed=5)
+    out = HeadSite(2, (0, 2)).write(z.clone(), rep)
+    assert torch.equal(out[:, :, [0, 2]], rep[:, :, [0, 2]]) and torch.equal(out[:, :, 1], z[:, :, 1])
+
+
+def test_stacked_sites_intervene_per_copy():
+    rows, copies = 2, 3
+    z = _z(copies * rows, 4, 3, 2, seed=6)
+    mask = torch.tensor([[True, False, False], [False, False, False], [False, True, True]])
+    rep = torch.full((1, 4, 3, 2), 0.5)
+    out = StackedHeadSites(0, mask).write(z.clone(), rep).view(copies, rows, 4, 3, 2)
+    zz = z.view(copies, rows, 4, 3, 2)
+    for c in range(copies):
+        for h in range(3):
+            expected = torch.full_like(zz[c, :, :, h], 0.5) if mask[c, h] else zz[c, :, :, h]
+            assert torch.equal(out[c, :, :, h], expected)
+
+
+def test_method_names_map_to_classes(tiny_llama, pairs):
+    assert {"zero": ZeroAblation, "mean": MeanAblation, "resample": ResampleAblation} == A.METHODS
+    by_name = A.ablate_heads(tiny_llama, pairs, "0.1", method="mean", metric="margin", n_boot=10)
+    by_class = A.ablate_heads(tiny_llama, pairs, "0.1", method=MeanAblation, metric="margin", n_boot=10)
+    pd.testing.assert_frame_equal(by_name, by_class, check_exact=True)
+    with pytest.raises(ProbekitError, match="method"):
+        A.ablate_heads(tiny_llama, pairs, "0.1", method=Patch)
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine
+
+
+@pytest.mark.parametrize("off", [*A.EngineOptions.__dataclass_fields__, "all"])
+def test_every_engine_option_gives_the_naive_numbers(tiny_llama, pairs, off):
+    fields = A.EngineOptions.__dataclass_fields__
+    options = (
+        A.EngineOptions(**dict.fromkeys(fields, False)) if off == "all" else A.EngineOptions(**{off: False})
+    )
+    specs = [[h] for h in A.parse_heads(tiny_llama, "all")] + [[(0, 1), (1, 3)]]
+    naive = A.ablate_head_sets(tiny_llama, pairs, specs, method="resample", sweep="naive", n_boot=10)
+    fast = A.ablate_head_sets(
+        tiny_llama, pairs, specs, method="resample", options=options, max_tokens=256, batch_size=4, n_boot=10
+    )
+    for m in ("margin", "logprob_diff"):
+        assert np.abs(fast.clean[m] - naive.clean[m]).max() <= 1e-4
+        assert np.abs(fast.ablated[m] - naive.ablated[m]).max() <= 1e-4
+    assert np.abs(fast.ablated["margin"] - fast.clean["margin"][None]).max() > 0
+
+
+def test_engine_options_change_the_work_not_the_numbers(tiny_llama, pairs):
+    specs = [[h] for h in A.parse_heads(tiny_llama, "all")]
+    stacked = A.ablate_head_sets(tiny_llama, pairs, specs, n_boot=10)
+    one_by_one = A.ablate_head_sets(
+        tiny_llama, pairs, specs, n_boot=10, options=A.EngineOptions(copies=False)
+    )
+    assert one_by_one.forwards > stacked.forwards  # copies=False: one forward per head and batch
+    assert np.abs(one_by_one.ablated["margin"] - stacked.ablated["margin"]).max() <= 1e-4
+
+
+def test_a_fast_sweep_sets_nothing_on_the_model(tiny_llama, pairs):
+    engine._BLOCK_LISTS.pop(tiny_llama, None)  # the block list is looked up again in this sweep
+    before = dict(vars(tiny_llama))
+    A.ablate_heads(tiny_llama, pairs, "all", n_boot=10)
+    assert tiny_llama in engine._BLOCK_LISTS  # the lookup happened (and is cached off the model)
+    after = vars(tiny_llama)
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+
+
+def test_relation_arcs_use_the_relation_api(sentences):
+    sents = list(sentences.sentences)
+    nsubj = relation_arcs(sents, "nsubj")
+    for s, arcs in zip(sents, nsubj, strict=True):
+        assert arcs == [
+            (d, h) for d, (h, rel) in enumerate(zip(s.heads, s.deprels, strict=True)) if rel == "nsubj"
+        ]
+    assert relation_arcs(sents, "dobj") == relation_arcs(sents, "obj")  # RELATION_ALIASES apply
+    assert any(relation_arcs(sents, "obj"))
+
+
+# --------------------------------------------------------------------------------------------------
+# result objects
+
+
+def test_ablation_result_writes_the_table_and_one_heatmap(tiny_llama, pairs, tmp_path):
+    result = A.ablate(tiny_llama, pairs, "0.1,1.2", metric=["margin", "accuracy"], n_boot=10)
+    paths = result.write(tmp_path, title="t")
+    assert [p.name for p in paths] == ["ablation.csv", "ablation_heatmap.png"]  # a panel per metric
+    written = pd.read_csv(paths[0], dtype={"heads": str})
+    pd.testing.assert_frame_equal(written, result.frame, check_exact=False, atol=1e-6, check_dtype=False)
+    assert result.ablated["margin"].shape == (2, len(pairs)) and result.clean["margin"].shape == (len(pairs),)
+    frame = pk.ablate_heads(tiny_llama, pairs, "0.1,1.2", metric=["margin", "accuracy"], n_boot=10)
+    pd.testing.assert_frame_equal(frame, result.frame, check_exact=True)  # the old name returns the frame
+
+
+def test_specialists_result_writes_the_stage_files(tiny_llama, pairs, tmp_path):
+    result = A.specialists_vs_random(tiny_llama, pairs, [(0, 1)], n_draws=3, metric="margin", n_boot=10)
+    assert result.specialists.to_dict("list") == {"layer": [0], "head": [1]}
+    paths = result.write(tmp_path)
+    names = {
+        f"{t}.{ext}"
+        for t in ("specialists", "specialists_vs_random", "random_draws")
+        for ext in ("csv", "md", "tex")
+    }
+    assert {p.name for p in paths} == names | {"specialists_vs_random.png"}
+    assert {p.name for p in tmp_path.iterdir()} == names | {"specialists_vs_random.png"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,10 +535,19 @@ def test_matched_random_sets(tiny_llama):
 
 
 def test_specialists_vs_random(tiny_llama, pairs):
-    out, draws = A.specialists_vs_random(tiny_llama, pairs, [(0, 1), (1, 2)], n_draws=8, seed=0,
-                                         metric=["margin", "accuracy"], return_draws=True, n_boot=100)
+    result = A.specialists_vs_random(
+        tiny_llama, pairs, [(0, 1), (1, 2)], n_draws=8, seed=0, metric=["margin", "accuracy"], n_boot=100
+    )
+    out, draws = result.summary, result.draws
     assert list(out["metric"]) == ["margin", "accuracy"]
-    for col in ("specialists_delta", "random_mean_delta", "effect_size", "p_value", "diff_ci_low", "diff_ci_high"):
+    for col in (
+        "specialists_delta",
+        "random_mean_delta",
+        "effect_size",
+        "p_value",
+        "diff_ci_low",
+        "diff_ci_high",
+    ):
         assert col in out.columns
     assert ((out.p_value > 0) & (out.p_value <= 1)).all()
     assert len(draws) == 16 and draws["draw"].nunique() == 8
@@ -325,8 +561,13 @@ def test_specialists_vs_random(tiny_llama, pairs):
 
 
 def test_patch_pairs_filter_token_length(tiny_llama):
-    pp = A.PatchPairs.from_strings(tiny_llama, ["The key", "The cat"], ["The keys", "The photosynthesizers"],
-                                   ["is", "is"], ["are", "are"])
+    pp = A.PatchPairs.from_strings(
+        tiny_llama,
+        ["The key", "The cat"],
+        ["The keys", "The photosynthesizers"],
+        ["is", "is"],
+        ["are", "are"],
+    )
     assert len(pp) == 1 and pp.dropped == {"different token length": 1}
     with pytest.raises(ProbekitError, match="no usable"):
         A.PatchPairs.from_strings(tiny_llama, ["The cat"], ["The photosynthesizers"], ["is"], ["are"])
@@ -336,14 +577,16 @@ def test_exact_patching_three_ways_and_attribution(tiny_llama):
     data = pk.load_dataset("template:agreement?n=12")
     pp = A.make_patch_pairs(tiny_llama, data)
     assert len(pp) + sum(pp.dropped.values()) == 12
-    assert all(len(c) == len(x) for c, x in zip(pp.clean, pp.corrupted))
+    assert all(len(c) == len(x) for c, x in zip(pp.clean, pp.corrupted, strict=False))
     frames = {sw: A.patch_heads(tiny_llama, pp, sweep=sw, n_boot=50) for sw in ("tl", "fast", "naive")}
     assert (frames["tl"]["patched"] - frames["fast"]["patched"]).abs().max() <= 1e-4
     assert (frames["naive"]["patched"] - frames["fast"]["patched"]).abs().max() <= 1e-4
     exact = frames["fast"]
     assert exact["clean"].nunique() == 1 and exact["corrupted"].nunique() == 1
     attr = A.attribution_patch(tiny_llama, pp, n_boot=50)
-    assert list(attr[["layer", "head"]].itertuples(index=False)) == list(exact[["layer", "head"]].itertuples(index=False))
+    assert list(attr[["layer", "head"]].itertuples(index=False)) == list(
+        exact[["layer", "head"]].itertuples(index=False)
+    )
     assert attr["corrupted"].iloc[0] == pytest.approx(exact["corrupted"].iloc[0], abs=1e-5)
     comp = A.compare_patching(exact, attr, k=3)
     assert {"spearman", "topk_overlap", "chance_overlap"} <= set(comp.columns)
@@ -368,29 +611,100 @@ def test_attribution_is_exact_for_a_linear_effect(tiny_llama):
 def test_cli_score_and_ablate(tmp_path, capsys):
     from probekit.cli import main
 
-    assert main(["score", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--by", "attractor",
-                 "--n-boot", "50", "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                "tiny-llama",
+                "--data",
+                "template:agreement?n=6",
+                "--by",
+                "attractor",
+                "--n-boot",
+                "50",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "s" / "minimal_pairs.csv")
     assert {"attractor", "data", "accuracy", "ci_low", "ci_high"} <= set(table.columns)
     assert (tmp_path / "s" / "minimal_pairs.md").exists()  # PairScores.write: the score stage's files
-    assert main(["ablate", "--model", "tiny-llama", "--data", "template:agreement?n=6", "--heads", "0.1,1.3",
-                 "--method", "resample", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "ablate",
+                "--model",
+                "tiny-llama",
+                "--data",
+                "template:agreement?n=6",
+                "--heads",
+                "0.1,1.3",
+                "--method",
+                "resample",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     abl = pd.read_csv(tmp_path / "a" / "ablation.csv")
     assert {"layer", "head", "method", "metric", "clean", "ablated", "delta"} <= set(abl.columns)
     assert len(abl) == 2 * 3 and (abl.method == "resample").all()
-    assert (tmp_path / "a" / "ablation_heatmap.png").stat().st_size > 1000
+    assert (tmp_path / "a" / "ablation_heatmap.png").stat().st_size > 1000  # one panel per metric
+    assert (
+        main(
+            [
+                "ablate",
+                "--model",
+                "tiny-llama",
+                "--data",
+                "template:agreement?n=6",
+                "--heads",
+                "0.1,1.3",
+                "--joint",
+                "--metric",
+                "margin",
+                "--out",
+                str(tmp_path / "j"),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["ablation.csv"]  # no heatmap of a set
 
 
 def test_cli_errors_propagate(tmp_path, capsys):
     from probekit.cli import main
 
-    assert main(["ablate", "--model", "tiny-llama", "--data", "template:agreement?n=3", "--heads", "7.0",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "ablate",
+                "--model",
+                "tiny-llama",
+                "--data",
+                "template:agreement?n=3",
+                "--heads",
+                "7.0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "out of range" in capsys.readouterr().err
-    assert main(["score", "--model", "tiny-bert", "--data", "template:agreement?n=3", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["score", "--model", "tiny-bert", "--data", "template:agreement?n=3", "--out", str(tmp_path)])
+        == 2
+    )
     assert "masked-word" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"sentence_good": "A b.", "sentence_bad": "A c.", "UID": "x", "pairID": "0"}) + "\n")
+    bad.write_text(
+        json.dumps({"sentence_good": "A b.", "sentence_bad": "A c.", "UID": "x", "pairID": "0"}) + "\n"
+    )
     assert main(["score", "--model", "tiny-llama", "--data", f"blimp:{bad}", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "one_prefix_prefix" in err and f"{bad}:1" in err

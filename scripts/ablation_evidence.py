@@ -1,14 +1,15 @@
-"""Regenerate the evidence in results/ablation/ (SmolLM2-135M, CPU).
+"""Regenerate the evidence in results/ablation/ (SmolLM2-135M, CPU; about 30 minutes).
 
-    .venv/bin/python results/ablation/make_evidence.py [stage ...]
+    .venv/bin/python scripts/ablation_evidence.py [stage ...]
 
-Stages (default: all, in this order), each writing its own files next to this script:
+Stages (default: all, in this order), each writing its own files into results/ablation/:
 
 - ``score``: minimal-pair accuracy on every BLiMP paradigm in ../shared/data/blimp (all 1,000 pairs
   each) next to the published GPT-2 numbers -> ``blimp_smollm2.csv``, ``blimp_smollm2.md``; and on
   ``template:agreement?n=600`` by attractor type -> ``agreement_smollm2.csv``.
 - ``sweep``: zero-ablation of every head (30 x 9) on the first 100 pairs of
-  regular_plural_subject_verb_agreement_1 -> ``sweep_rp1_zero.csv``, ``sweep_rp1_zero.png``.
+  regular_plural_subject_verb_agreement_1 -> ``sweep_rp1_zero.csv``, ``sweep_rp1_zero.png`` (the margin's
+  layers x heads heatmap).
 - ``specialists``: top-5 "nsubj heads" by a simple criterion (mean word-level attention from the
   agreeing verb to its subject on 300 ``template:agreement_sentences`` with seed 1, via
   `probekit.activations.capture`), then `specialists_vs_random` on 120 ``template:agreement`` pairs (seed 0, a
@@ -26,8 +27,8 @@ faster and fairer to other jobs than 2 contended threads.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -35,8 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "results" / "ablation"  # where the evidence lives
 BLIMP = REPO.parent / "shared" / "data" / "blimp"
 RP1 = BLIMP / "regular_plural_subject_verb_agreement_1.jsonl"
 
@@ -46,9 +47,9 @@ def log(msg: str) -> None:
 
 
 def stage_score(model) -> None:
+    from probekit.analyses.scoring import published_table, score_pairs, summary_markdown
     from probekit.data import load_dataset
     from probekit.report import atomic_write_text, write_table
-    from probekit.analyses.scoring import published_table, score_pairs, summary_markdown
 
     t0 = time.time()
     data = load_dataset(f"blimp:{BLIMP}")
@@ -56,27 +57,34 @@ def stage_score(model) -> None:
     table = published_table(summary)
     write_table(table, HERE / "blimp_smollm2.csv")
     atomic_write_text(HERE / "blimp_smollm2.md", summary_markdown(summary, model.name, f"blimp:{BLIMP.name}"))
-    log(f"BLiMP scored in {time.time() - t0:.0f}s\n{table[['paradigm', 'n', 'accuracy', 'ci_low', 'ci_high', 'published GPT-2']]}")
+    shown = table[["paradigm", "n", "accuracy", "ci_low", "ci_high", "published GPT-2"]]
+    log(f"BLiMP scored in {time.time() - t0:.0f}s\n{shown}")
     t0 = time.time()
     agreement = load_dataset("template:agreement?n=600")
     summary = score_pairs(model, agreement, by="attractor", batch_size=64)
     write_table(summary, HERE / "agreement_smollm2.csv")
-    log(f"agreement scored in {time.time() - t0:.0f}s\n{summary[['attractor', 'n', 'accuracy', 'ci_low', 'ci_high', 'mean_margin']]}")
+    shown = summary[["attractor", "n", "accuracy", "ci_low", "ci_high", "mean_margin"]]
+    log(f"agreement scored in {time.time() - t0:.0f}s\n{shown}")
 
 
 def stage_sweep(model) -> None:
-    from probekit.analyses.interventions.engine import ablate_heads, heatmap
+    from probekit.analyses.interventions import ablate
     from probekit.data import load_dataset
     from probekit.report import write_table
 
     data = load_dataset(f"blimp:{RP1}", max_sentences=100)
     t0 = time.time()
-    df = ablate_heads(model, data, "all", method="zero", progress=False)
+    result = ablate(model, data, "all", method="zero", progress=False)
+    df = result.frame
     write_table(df, HERE / "sweep_rp1_zero.csv")
-    heatmap(df, HERE / "sweep_rp1_zero.png", n_layers=model.n_layers, n_heads=model.n_heads,
-            title=f"{model.name}: zero-ablation of each head, regular_plural_subject_verb_agreement_1 (100 pairs)")
-    worst = df[df.metric == "margin"].nsmallest(8, "delta")[["heads", "clean", "ablated", "delta", "delta_ci_low", "delta_ci_high"]]
-    log(f"sweep in {time.time() - t0:.0f}s ({df.attrs['forwards']} forwards)\n{worst}")
+    result.plot_heatmap(
+        HERE / "sweep_rp1_zero.png",
+        metric="margin",
+        title=f"{model.name}: zero-ablation of each head, {RP1.stem} (100 pairs)",
+    )
+    worst = df[df.metric == "margin"].nsmallest(8, "delta")
+    worst = worst[["heads", "clean", "ablated", "delta", "delta_ci_low", "delta_ci_high"]]
+    log(f"sweep in {time.time() - t0:.0f}s ({result.forwards} forwards)\n{worst}")
 
 
 def nsubj_heads(model, k: int = 5, n: int = 300, seed: int = 1) -> pd.DataFrame:
@@ -91,15 +99,18 @@ def nsubj_heads(model, k: int = 5, n: int = 300, seed: int = 1) -> pd.DataFrame:
         att = cap.attention(i)  # [layer, head, from, to]
         scores += att[:, :, s.labels["verb_index"], s.labels["subject_index"]]
     scores /= len(cap.sentences)
-    rows = [{"layer": layer, "head": h, "verb_to_subject_attention": scores[layer, h]}
-            for layer in range(model.n_layers) for h in range(model.n_heads)]
+    rows = [
+        {"layer": layer, "head": h, "verb_to_subject_attention": scores[layer, h]}
+        for layer in range(model.n_layers)
+        for h in range(model.n_heads)
+    ]
     df = pd.DataFrame(rows).sort_values("verb_to_subject_attention", ascending=False, kind="stable")
     df["rank"] = np.arange(1, len(df) + 1)
     return df.reset_index(drop=True)
 
 
 def stage_specialists(model) -> None:
-    from probekit.analyses.interventions.engine import ablate_heads, specialists_vs_random
+    from probekit.analyses.interventions import ablate_heads, specialists_vs_random
     from probekit.data import load_dataset
     from probekit.report import write_table
 
@@ -110,21 +121,40 @@ def stage_specialists(model) -> None:
     log(f"top-5 verb->subject heads: {top} ({time.time() - t0:.0f}s)")
     t0 = time.time()
     pairs = load_dataset("template:agreement?n=120")
-    summary, draws = specialists_vs_random(model, pairs, top, n_draws=100, seed=0, method="zero",
-                                           metric=["accuracy", "margin"], return_draws=True)
+    result = specialists_vs_random(
+        model, pairs, top, n_draws=100, seed=0, method="zero", metric=["accuracy", "margin"]
+    )
+    summary, draws = result.summary, result.draws
     write_table(summary, HERE / "specialists_vs_random.csv")
     write_table(draws, HERE / "specialists_draws.csv")
     log(f"specialists vs random in {time.time() - t0:.0f}s\n{summary.T}")
     t0 = time.time()
     sents = load_dataset("template:agreement_sentences?n=120")
-    rel = pd.concat([ablate_heads(model, sents, top, joint=True, relation="nsubj", metric=["relation_loss", "relation_attention"],
-                                  preserve_patterns=pp).assign(preserve_patterns=pp) for pp in (False, True)])
+    rel = pd.concat(
+        [
+            ablate_heads(
+                model,
+                sents,
+                top,
+                joint=True,
+                relation="nsubj",
+                metric=["relation_loss", "relation_attention"],
+                preserve_patterns=pp,
+            ).assign(preserve_patterns=pp)
+            for pp in (False, True)
+        ]
+    )
     write_table(rel, HERE / "specialists_relation.csv")
     log(f"relation metrics in {time.time() - t0:.0f}s\n{rel}")
 
 
 def stage_patching(model) -> None:
-    from probekit.analyses.interventions.engine import attribution_patch, compare_patching, make_patch_pairs, patch_heads
+    from probekit.analyses.interventions import (
+        attribution_patch,
+        compare_patching,
+        make_patch_pairs,
+        patch_heads,
+    )
     from probekit.data import load_dataset
     from probekit.report import write_table
 
@@ -142,9 +172,7 @@ def stage_patching(model) -> None:
     comp["cpu_seconds_exact"] = exact.attrs["cpu_seconds"]
     comp["cpu_seconds_attribution"] = attr.attrs["cpu_seconds"]
     # identity check against transformer_lens.patching on a few prompts
-    from probekit.analyses.interventions.engine import PatchPairs
-
-    few = PatchPairs(pp.ids[:12], pp.clean[:12], pp.corrupted[:12], pp.good[:12], pp.bad[:12], pp.labels[:12], {})
+    few = pp.head(12)
     t0 = time.process_time()
     tl = patch_heads(model, few, "all", sweep="tl")
     t_tl = time.process_time() - t0
@@ -161,19 +189,29 @@ def stage_patching(model) -> None:
     log(f"patching\n{comp.T}\n{exact.nlargest(8, 'delta')[['layer', 'head', 'delta', 'recovered']]}")
 
 
-STAGES = {"score": stage_score, "sweep": stage_sweep, "specialists": stage_specialists, "patching": stage_patching}
+STAGES = {
+    "score": stage_score,
+    "sweep": stage_sweep,
+    "specialists": stage_specialists,
+    "patching": stage_patching,
+}
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stages", nargs="*", help=f"stages to run, of {', '.join(STAGES)} (default: all)")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     import probekit as pk
 
     torch.set_num_threads(1)
-    stages = argv or list(STAGES)
     model = pk.load_model("smollm2-135m", device="cpu")
-    for name in stages:
+    for name in args.stages or list(STAGES):
         log(f"stage {name}")
         STAGES[name](model)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
