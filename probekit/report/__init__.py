@@ -10,7 +10,6 @@ from probekit.report.figures import (
     plot_word_attention,
     pyplot,
     save_fig,
-    write_probe_results,
 )
 from probekit.report.tables import (
     FLOAT_FORMAT,
@@ -31,7 +30,6 @@ __all__ = [
     "plot_word_attention",
     "pyplot",
     "save_fig",
-    "write_probe_results",
     "write_table",
     "write_tables",
 ]
