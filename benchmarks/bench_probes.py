@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from probekit import bench
 
 
@@ -176,10 +177,11 @@ def _all_ewt(ctx: bench.BenchContext):
 def _logreg_cv(cap, layer, train, test, labels, ctx, base) -> list[dict]:
     """Like for like with RidgeProbe's alpha search: LogisticRegressionCV over probekit's 5 Cs, 5 folds
     (one layer, once: it costs tens of logistic fits)."""
-    from probekit.analyses.probes import DEFAULT_CS
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from probekit.analyses.probes import DEFAULT_CS
 
     X = np.asarray(cap.stream(layer), dtype=np.float32)
     est = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=list(DEFAULT_CS), cv=5, max_iter=1000))

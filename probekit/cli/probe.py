@@ -63,7 +63,7 @@ def run(args) -> int:
     from probekit.report.build import probe_sentence
 
     if args.layers == ["all"]:
-        layers = "all"
+        layers: str | list[int] = "all"
     else:
         try:
             layers = [int(x) for x in args.layers]

@@ -158,8 +158,9 @@ def holdout_mask(
             where=where,
             fix=f"use data with more {what}s",
         )
+    ranked: np.ndarray  # [n_units] unit indices, first to be held out first
     if order == "hash":
-        ranked = np.asarray(sorted(range(len(unique)), key=lambda i: _rank_key(seed, unique[i])), dtype=int)
+        ranked = np.asarray(sorted(range(len(unique)), key=lambda i: _rank_key(seed, str(unique[i]))))
     else:
         ranked = np.random.default_rng(seed).permutation(len(unique))
     if size == "units":

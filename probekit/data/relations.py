@@ -47,7 +47,7 @@ COLUMNS = ("sentence_idx", "sentence_id", "relation", "direction", "src", "tgt",
 
 def present_relations(dataset: Dataset) -> list[str]:
     """Base deprels that label at least one arc in ``dataset`` (root excluded), sorted."""
-    found = set()
+    found: set[str] = set()
     for s in dataset.sentences:
         if s.heads is not None and s.deprels is not None:
             found.update(d for h, d in zip(s.heads, s.deprels, strict=True) if h >= 0)

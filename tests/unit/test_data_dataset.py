@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from probekit.data import Dataset, MinimalPair, Sentence, load_dataset
 from probekit.data.dataset import holdout_mask
 from probekit.errors import ProbekitError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from probekit.data import POSITIONAL_RELATIONS, RELATION_ALIASES, load_dataset, relation_instances
 from probekit.errors import ProbekitError
 

@@ -8,6 +8,14 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import RidgeClassifier
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
+
 from probekit.analyses.probes import (
     TRUSTED_TYPES,
     LinearProbe,
@@ -25,13 +33,6 @@ from probekit.analyses.probes import (
 )
 from probekit.data.schema import Sentence
 from probekit.errors import ProbekitError
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.linear_model import RidgeClassifier
-from sklearn.model_selection import cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 
 POS = ("NOUN", "VERB", "DET", "ADJ")
 
@@ -737,6 +738,16 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
         == 0
     )
     assert set(pd.read_csv(out / "probes.csv").model) == {"random:tiny-bert"}
+
+
+def test_probe_cli_takes_the_logistic_family_and_its_old_name():
+    from probekit.cli import build_parser
+
+    base = ["probe", "--model", "m", "--data", "d", "--task", "upos", "--out", "o", "--probe"]
+    for name in ("ridge", "logistic", "linear"):
+        assert build_parser().parse_args([*base, name]).probe == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "svm"])
 
 
 def test_probe_with_baselines_labels_model_kind(sentences, capture):

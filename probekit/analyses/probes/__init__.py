@@ -1,8 +1,9 @@
 """Linear probes on residual-stream activations, with the baselines that make their accuracy meaningful.
 
 Modules: `estimators` (`RidgeProbe`, `LogisticProbe`, skops I/O), `mdl` (Voita & Titov 2020), `tasks`
-(task instances, Hewitt & Liang 2019 control task), `layers` (the per-layer driver), `summary`
-(`probe_summary`, `ProbeResult`). The method is described in ``docs/methods/probes.md``.
+(task instances, Hewitt & Liang 2019 control task), `streams` (captured residual streams lined up with
+the instances), `layers` (the per-layer driver), `summary` (`probe_summary`, `ProbeResult`). The method
+is described in ``docs/methods/probes.md``.
 """
 
 from probekit.analyses.probes.estimators import (

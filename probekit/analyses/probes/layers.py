@@ -16,6 +16,13 @@ from sklearn.base import BaseEstimator, clone
 
 from probekit.analyses.probes.estimators import DEFAULT_ALPHAS, DEFAULT_CS, LogisticProbe, RidgeProbe
 from probekit.analyses.probes.mdl import mdl_online_codelength
+from probekit.analyses.probes.streams import (
+    align_instances,
+    capture_streams,
+    features,
+    load_if_name,
+    resolve_layers,
+)
 from probekit.analyses.probes.summary import ProbeResult
 from probekit.analyses.probes.tasks import TaskInstances, control_labels, task_instances
 from probekit.data.dataset import holdout_mask
@@ -143,16 +150,16 @@ def probe_layers(
     instances = {t: task_instances(sentences, t, data_name) for t in tasks}  # fail before capturing
 
     if capture is None:
-        model = _load_if_name(model)
-        capture = _capture_streams(model, sentences, layers)
+        model = load_if_name(model)
+        capture = capture_streams(model, sentences, layers)
     model_name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
-    layer_list = _resolve_layers(layers, capture)
+    layer_list = resolve_layers(layers, capture)
     mdl_factory = (lambda: clone(mdl_probe)) if mdl_probe is not None else LogisticProbe
 
     records = []
     for t, inst in instances.items():
         where = f"task {t!r} on {data_name}"
-        inst, rows = _align(inst, capture, where)
+        inst, rows = align_instances(inst, capture, where)
         _check_task_size(inst, where)
         test_masks = _split_masks(inst, splits, seeds, test_size, where)  # (split, seed) -> bool [n]
         controls = (
@@ -169,7 +176,7 @@ def probe_layers(
             )
             controls = {}
         for layer in layer_list:
-            X = _features(np.asarray(capture.stream(layer)), rows)
+            X = features(np.asarray(capture.stream(layer)), rows)
             for (split_name, seed), test in test_masks.items():
                 rec = _probe_once(
                     X,
@@ -289,55 +296,6 @@ def _same_capacity(template, fitted):
     return clone(template)
 
 
-def _align(inst: TaskInstances, capture, where: str) -> tuple[TaskInstances, np.ndarray]:
-    """Rows of the capture for each instance's word(s); instances whose words were not captured are
-    dropped with a warning; a word mismatch means capture and dataset do not belong together."""
-    index = capture.index
-    key = pd.MultiIndex.from_arrays(
-        [index.get_level_values(0).astype(str), np.asarray(index.get_level_values(1), dtype=int)]
-    )
-    if not key.is_unique:
-        raise ProbekitError(
-            "the capture index has duplicate (sentence_id, word_id) rows",
-            where=where,
-            fix="capture each sentence once (sentence ids must be unique)",
-        )
-    rows = np.stack(
-        [
-            key.get_indexer(pd.MultiIndex.from_arrays([inst.sentence_ids.astype(str), inst.word_ids[:, j]]))
-            for j in range(inst.word_ids.shape[1])
-        ],
-        axis=1,
-    )
-    found = (rows >= 0).all(axis=1)
-    if not found.any():
-        raise ProbekitError(
-            "the capture contains none of the dataset's sentences",
-            where=where,
-            fix="pass the capture made from this dataset (capture=...), or capture=None",
-        )
-    if not found.all():
-        warnings.warn(
-            f"{where}: {int((~found).sum())} of {len(found)} instances are not in the capture "
-            f"(e.g. sentences too long for the model) and are skipped",
-            stacklevel=3,
-        )
-    inst, rows = inst.subset(found), rows[found]
-    if index.nlevels >= 3:
-        captured = np.asarray(index.get_level_values(2), dtype=object)[rows]
-        mismatch = np.flatnonzero((captured != inst.words).any(axis=1))
-        if mismatch.size:
-            i = mismatch[0]
-            raise ProbekitError(
-                f"the capture's words do not match the dataset: sentence {inst.sentence_ids[i]!r} word "
-                f"{inst.word_ids[i].tolist()} is {inst.words[i].tolist()} in the data but "
-                f"{captured[i].tolist()} in the capture",
-                where=where,
-                fix="capture this dataset (or pass capture=None)",
-            )
-    return inst, rows
-
-
 def _check_task_size(inst: TaskInstances, where: str) -> None:
     if len(inst.labels) < _MIN_EXAMPLES:
         raise ProbekitError(
@@ -365,7 +323,13 @@ def _check_run_args(seeds, test_size, split, n_boot, ci) -> tuple[list[int], lis
         )
     if not (isinstance(test_size, Real) and 0 < test_size < 1):
         raise ProbekitError(f"test_size must be a fraction in (0, 1), got {test_size!r}", where=where)
-    splits = [split] if isinstance(split, str) else list(split) if _is_sequence(split) else [split]
+    splits = (
+        [split]
+        if isinstance(split, str)
+        else list(split)
+        if isinstance(split, Sequence | np.ndarray)
+        else [split]
+    )
     if not splits or any(x not in ("random", "lexical") for x in splits) or len(set(splits)) != len(splits):
         raise ProbekitError(
             f"split must be 'random', 'lexical' or a list of them, got {split!r}",
@@ -407,62 +371,6 @@ def _resolve_probe(probe) -> tuple[BaseEstimator, str]:
     raise ProbekitError(
         f"probe must be 'ridge', 'logistic' or an unfitted estimator, got {probe!r}", where="probe_layers"
     )
-
-
-def _as_layer_list(layers) -> list[int]:
-    if isinstance(layers, Integral):
-        return [int(layers)]
-    if _is_sequence(layers) and all(isinstance(x, Integral) for x in layers):
-        return [int(x) for x in layers]
-    raise ProbekitError(
-        f"layers must be 'all', an int or a list of ints, got {layers!r}", where="probe_layers"
-    )
-
-
-def _resolve_layers(layers, capture) -> list[int]:
-    available = [int(x) for x in capture.stream_layers]
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ProbekitError(f"layers must be 'all' or integers, got {layers!r}", where="probe_layers")
-        return available
-    wanted = _as_layer_list(layers)
-    missing = [x for x in wanted if x not in available]
-    if missing:
-        raise ProbekitError(
-            f"layers {missing} are not in the capture (it has {available})",
-            where="probe_layers",
-            fix="capture those layers, or ask only for captured ones",
-        )
-    return wanted
-
-
-def _capture_streams(model, sentences: list, layers):
-    """Run `probekit.activations.capture.capture` for residual-stream layers ``layers`` (0..n_layers).
-
-    Stream layer 0 is ``blocks.0.hook_resid_pre``; stream layer l > 0 is ``blocks.{l-1}.hook_resid_post``,
-    so the blocks to capture are ``{l - 1 : l > 0}`` (plus block 0's ``resid_pre`` when 0 is asked for).
-    """
-    from probekit.activations.capture import capture as run_capture
-
-    wanted = list(range(model.n_layers + 1)) if isinstance(layers, str) else _as_layer_list(layers)
-    bad = [x for x in wanted if not 0 <= x <= model.n_layers]
-    if bad:
-        raise ProbekitError(
-            f"layers {bad} are outside the residual stream 0..{model.n_layers} of {model.name}",
-            where="probe_layers",
-            fix="0 is the embeddings, l the output of block l-1",
-        )
-    blocks = sorted({max(x - 1, 0) for x in wanted})
-    resid = ("resid_pre", "resid_post") if 0 in wanted else ("resid_post",)
-    return run_capture(model, sentences, layers=blocks, resid=resid, attention=False)
-
-
-def _load_if_name(model):
-    if isinstance(model, str):
-        from probekit.models import load_model
-
-        return load_model(model)
-    return model
 
 
 def probe_with_baselines(
@@ -525,18 +433,6 @@ def probe_with_baselines(
         frame.insert(0, "model_kind", kind)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def _features(stream: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Probe inputs: the word's vector, or ``[h_a, h_b, h_a * h_b]`` for a word pair."""
-    if rows.shape[1] == 1:
-        return stream[rows[:, 0]]
-    a, b = stream[rows[:, 0]], stream[rows[:, 1]]
-    return np.concatenate([a, b, a * b], axis=1)
-
-
-def _is_sequence(x) -> bool:
-    return isinstance(x, Sequence | np.ndarray) and not isinstance(x, str)
 
 
 def analyze_probes(

@@ -64,10 +64,10 @@ def mdl_online_codelength(
         raise ProbekitError(
             f"X must be (n, d) and y (n,), got {X.shape} and {y.shape}", where="mdl_online_codelength"
         )
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.size == 0 or np.any(np.diff(fractions) <= 0) or fractions[0] <= 0 or fractions[-1] != 1.0:
+    fracs = np.asarray(fractions, dtype=float)
+    if fracs.size == 0 or np.any(np.diff(fracs) <= 0) or fracs[0] <= 0 or fracs[-1] != 1.0:
         raise ProbekitError(
-            f"fractions must increase strictly within (0, 1] and end at 1.0, got {fractions.tolist()}",
+            f"fractions must increase strictly within (0, 1] and end at 1.0, got {fracs.tolist()}",
             where="mdl_online_codelength",
             fix="use the default MDL_FRACTIONS",
         )
@@ -81,7 +81,7 @@ def mdl_online_codelength(
 
     order = np.random.default_rng(seed).permutation(n)
     X, y, y_idx = X[order], y[order], y_idx[order]
-    ends = sorted({max(1, int(f * n)) for f in fractions} | {n})
+    ends = sorted({max(1, int(f * n)) for f in fracs} | {n})
     uniform_bits = np.log2(n_classes)
 
     online = ends[0] * uniform_bits

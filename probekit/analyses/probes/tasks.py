@@ -200,7 +200,9 @@ def _label_array(labels: list) -> np.ndarray:
     return arr
 
 
-def control_labels(word_types: Sequence[str], labels: Sequence, seed: int = 0) -> np.ndarray:
+def control_labels(
+    word_types: Sequence[str] | np.ndarray, labels: Sequence | np.ndarray, seed: int = 0
+) -> np.ndarray:
     """Type-level control labels (Hewitt & Liang 2019, §2): one random label per word type.
 
     Every word *type* — the lowercased word string, ``str(w).lower()`` — draws one label at random from
@@ -226,20 +228,20 @@ def control_labels(word_types: Sequence[str], labels: Sequence, seed: int = 0) -
     (True, True)
     """
     types = np.asarray([str(w).lower() for w in word_types], dtype=object)
-    labels = np.asarray(labels)
-    if types.shape != labels.shape or labels.ndim != 1:
+    label_arr = np.asarray(labels)
+    if types.shape != label_arr.shape or label_arr.ndim != 1:
         raise ProbekitError(
-            f"word_types has {types.size} items but labels has shape {labels.shape}",
+            f"word_types has {types.size} items but labels has shape {label_arr.shape}",
             where="control_labels",
             fix="give one word type and one label per instance",
         )
-    if labels.size == 0:
+    if label_arr.size == 0:
         raise ProbekitError("no instances to build a control task from", where="control_labels")
-    if any(lab is None for lab in labels.tolist()):
+    if any(lab is None for lab in label_arr.tolist()):
         raise ProbekitError(
             "labels contain None", where="control_labels", fix="drop unlabelled instances first"
         )
-    classes, counts = np.unique(labels, return_counts=True)
+    classes, counts = np.unique(label_arr, return_counts=True)
     unique_types, type_of = np.unique(types, return_inverse=True)
     rng = np.random.default_rng(seed)
     drawn = rng.choice(len(classes), size=len(unique_types), p=counts / counts.sum())
