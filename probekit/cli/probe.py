@@ -10,22 +10,41 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("probe", help="per-layer linear probes with control task and baselines",
-                       description="Fit a linear probe on every residual-stream layer (0 = embeddings) and "
-                                   "report it next to its controls: the Hewitt & Liang control task "
-                                   "(selectivity), layer 0, the majority class and, unless --no-random-baseline, "
-                                   "the same probe on the random-init model. Writes probes.csv (+ .md/.tex; one row "
-                                   "per model kind, task, split, layer and seed), probes_summary.csv, "
-                                   "probe_curves.png and summary.md.")
+    p = sub.add_parser(
+        "probe",
+        help="per-layer linear probes with control task and baselines",
+        description="Fit a linear probe on every residual-stream layer (0 = embeddings) and "
+        "report it next to its controls: the Hewitt & Liang control task "
+        "(selectivity), layer 0, the majority class and, unless --no-random-baseline, "
+        "the same probe on the random-init model. Writes probes.csv (+ .md/.tex; one row "
+        "per model kind, task, split, layer and seed), probes_summary.csv, "
+        "probe_curves.png and summary.md.",
+    )
     p.add_argument("--model", required=True, help="built-in name, random:<name> or model directory")
-    p.add_argument("--data", required=True, help="data spec, e.g. ud:PATH, template:bank_sense?n=200, seed:bank")
-    p.add_argument("--task", nargs="+", required=True,
-                   help="tasks: upos, number, role, sense, relation:R (several allowed)")
+    p.add_argument(
+        "--data", required=True, help="data spec, e.g. ud:PATH, template:bank_sense?n=200, seed:bank"
+    )
+    p.add_argument(
+        "--task",
+        nargs="+",
+        required=True,
+        help="tasks: upos, number, role, sense, relation:R (several allowed)",
+    )
     p.add_argument("--layers", nargs="+", default=["all"], help="'all' (default) or residual-stream layers")
-    p.add_argument("--probe", choices=["ridge", "linear"], default="ridge",
-                   help="ridge (closed form, LOO alpha; default) or linear (logistic regression, CV over C)")
-    p.add_argument("--split", nargs="+", choices=["random", "lexical"], default=["random"],
-                   help="held-out sentences (random), held-out word types (lexical), or both")
+    p.add_argument(
+        "--probe",
+        choices=["ridge", "logistic", "linear"],
+        default="ridge",
+        help="ridge (closed form, LOO alpha; default) or logistic (logistic regression, CV over C); "
+        "'linear' is the deprecated old name of logistic",
+    )
+    p.add_argument(
+        "--split",
+        nargs="+",
+        choices=["random", "lexical"],
+        default=["random"],
+        help="held-out sentences (random), held-out word types (lexical), or both",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="split/control/bootstrap seeds")
     p.add_argument("--test-size", type=float, default=0.3, help="fraction of instances held out")
     p.add_argument("--max-sentences", type=int, default=None, help="use the first N sentences")
@@ -36,32 +55,52 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from probekit.analyses.probes import analyze_probes
     from probekit.data import load_dataset
     from probekit.errors import ProbekitError
     from probekit.models import load_model
-    from probekit.analyses.probes.layers import probe_with_baselines
-    from probekit.report import atomic_write_text, markdown_table, write_probe_results
+    from probekit.report import atomic_write_text, markdown_table
     from probekit.report.markdown import probe_sentence
 
     if args.layers == ["all"]:
-        layers = "all"
+        layers: str | list[int] = "all"
     else:
         try:
             layers = [int(x) for x in args.layers]
         except ValueError:
-            raise ProbekitError(f"--layers takes 'all' or integers, got {' '.join(args.layers)}",
-                                where="probekit probe --layers", fix="e.g. --layers 0 4 8 or --layers all") from None
+            raise ProbekitError(
+                f"--layers takes 'all' or integers, got {' '.join(args.layers)}",
+                where="probekit probe --layers",
+                fix="e.g. --layers 0 4 8 or --layers all",
+            ) from None
+    if args.probe == "linear":
+        print("--probe linear is deprecated: the logistic-regression probe is called 'logistic'")
+        args.probe = "logistic"
     with_random = not args.no_random_baseline and not args.model.startswith("random:")
     if not args.no_random_baseline and not with_random:
         print(f"{args.model} is itself a random-init model: no random-init baseline is added")
     data = load_dataset(args.data, max_sentences=args.max_sentences)
     model = load_model(args.model)
-    kwargs = dict(layers=layers, probe=args.probe, seeds=args.seeds, split=args.split,
-                  test_size=args.test_size, mdl=args.mdl)
-    frame = probe_with_baselines(model, data, args.task, random_model=None if with_random else False, **kwargs)
+    kwargs = {
+        "layers": layers,
+        "probe": args.probe,
+        "seeds": args.seeds,
+        "split": args.split,
+        "test_size": args.test_size,
+        "mdl": args.mdl,
+    }
+    result = analyze_probes(
+        model,
+        data,
+        args.task,
+        random_model=None if with_random else False,
+        title=f"{model.name} on {args.data}",
+        **kwargs,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = write_probe_results(frame, out, title=f"{model.name} on {args.data}")
+    result.write(out)
+    summary = result.summary
     atomic_write_text(out / "summary.md", _summary_markdown(summary, model.name, args, markdown_table))
     for r in summary.itertuples(index=False):
         print(f"- {probe_sentence(r)}")
@@ -70,16 +109,41 @@ def run(args) -> int:
 
 
 def _summary_markdown(summary, model_name: str, args, markdown_table) -> str:
-    columns = [c for c in ["task", "split", "n_seeds", "best_layer", "accuracy", "ci_low", "ci_high",
-                           "first_layer_within", "layer0_accuracy", "control_accuracy", "selectivity",
-                           "majority_accuracy", "random_init_accuracy", "gain_over_random_init"] if c in summary]
-    return "\n".join([
-        f"# Probes: {model_name} on {args.data}", "",
-        f"Probe: {args.probe}; seeds {args.seeds}; test size {args.test_size}; layers {' '.join(args.layers)}.",
-        "Each number is a mean over seeds at the best layer (chosen on these test accuracies, so slightly "
-        "optimistic); `ci_low`/`ci_high` average the seeds' cluster-bootstrap 95% intervals (test sentences "
-        "resampled); `first_layer_within` is the shallowest layer within 1 point of the best; selectivity = "
-        "accuracy − control-task accuracy (Hewitt & Liang 2019). Every layer and seed is in probes.csv; the "
-        "curves are in probe_curves.png.", "",
-        markdown_table(summary[columns]), "",
-        "![layer curves](probe_curves.png)", ""])
+    columns = [
+        c
+        for c in [
+            "task",
+            "split",
+            "n_seeds",
+            "best_layer",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "first_layer_within",
+            "layer0_accuracy",
+            "control_accuracy",
+            "selectivity",
+            "majority_accuracy",
+            "random_init_accuracy",
+            "gain_over_random_init",
+        ]
+        if c in summary
+    ]
+    return "\n".join(
+        [
+            f"# Probes: {model_name} on {args.data}",
+            "",
+            f"Probe: {args.probe}; seeds {args.seeds}; test size {args.test_size}; layers "
+            f"{' '.join(args.layers)}.",
+            "Each number is a mean over seeds at the best layer (chosen on these test accuracies, so "
+            "slightly optimistic); `ci_low`/`ci_high` average the seeds' cluster-bootstrap 95% intervals "
+            "(test sentences resampled); `first_layer_within` is the shallowest layer within 1 point of the "
+            "best; selectivity = accuracy − control-task accuracy (Hewitt & Liang 2019). Every layer and "
+            "seed is in probes.csv; the curves are in probe_curves.png.",
+            "",
+            markdown_table(summary[columns]),
+            "",
+            "![layer curves](probe_curves.png)",
+            "",
+        ]
+    )

@@ -9,7 +9,8 @@ Tidy views (one observation per row, Wickham 2014, "Tidy Data", J. Stat. Softwar
 - `Dataset.arcs` — one row per dependency arc (root attachments are not arcs and are left out).
 
 Splits are deterministic and by *sentence* (never by word), so no sentence contributes words to both
-sides. `Dataset.lexical_split` additionally holds out word *types* (Hewitt & Liang 2019, "Designing and
+sides. `holdout_mask` is the one splitting function: `Dataset.split`, `Dataset.lexical_split` and the
+probes all call it. `Dataset.lexical_split` holds out word *types* (Hewitt & Liang 2019, "Designing and
 Interpreting Probes with Control Tasks", EMNLP: a probe can memorise word identity, so test on types it
 never trained on).
 """
@@ -17,9 +18,10 @@ never trained on).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from numbers import Real
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -31,11 +33,41 @@ if TYPE_CHECKING:  # pandas is imported lazily: `import probekit.data` stays fas
 
 Item = Sentence | MinimalPair
 
-WORD_COLUMNS = ("sentence_idx", "sentence_id", "word_id", "word", "head", "deprel", "deprel_full", "upos", "space_after")
-PAIR_COLUMNS = ("pair_idx", "id", "paradigm", "good", "bad", "prefix", "good_word", "bad_word", "subject_index", "source")
+WORD_COLUMNS = (
+    "sentence_idx",
+    "sentence_id",
+    "word_id",
+    "word",
+    "head",
+    "deprel",
+    "deprel_full",
+    "upos",
+    "space_after",
+)
+PAIR_COLUMNS = (
+    "pair_idx",
+    "id",
+    "paradigm",
+    "good",
+    "bad",
+    "prefix",
+    "good_word",
+    "bad_word",
+    "subject_index",
+    "source",
+)
 ARC_COLUMNS = (
-    "sentence_idx", "sentence_id", "dep", "head", "deprel", "deprel_full",
-    "dep_word", "head_word", "dep_upos", "head_upos", "distance",
+    "sentence_idx",
+    "sentence_id",
+    "dep",
+    "head",
+    "deprel",
+    "deprel_full",
+    "dep_word",
+    "head_word",
+    "dep_upos",
+    "head_upos",
+    "distance",
 )
 
 
@@ -55,7 +87,7 @@ def _rank_key(seed: int, key: str) -> str:
 
 
 def _check_fraction(test_size: float, name: str = "test_size") -> None:
-    if isinstance(test_size, bool) or not isinstance(test_size, int | float) or not 0 < test_size < 1:
+    if isinstance(test_size, bool) or not isinstance(test_size, Real) or not 0 < test_size < 1:
         raise ProbekitError(
             f"{name} is {test_size!r}; it must be a fraction strictly between 0 and 1",
             where=name,
@@ -66,6 +98,78 @@ def _check_fraction(test_size: float, name: str = "test_size") -> None:
 def _n_test(n: int, test_size: float) -> int:
     """How many of ``n`` items go to the test side: rounded, but at least one on each side when n >= 2."""
     return min(max(round(n * test_size), 1), n - 1)
+
+
+def holdout_mask(
+    units: Sequence[Any] | np.ndarray,
+    test_size: float,
+    seed: int = 0,
+    *,
+    order: Literal["hash", "permutation"] = "hash",
+    size: Literal["units", "instances"] = "units",
+    what: str = "unit",
+    where: str = "holdout_mask",
+) -> np.ndarray:
+    """The train/test split every analysis uses: which instances are held out, by whole *unit*.
+
+    Each instance belongs to one unit (a sentence id, a word type, an item key); all instances of a
+    unit land on the same side, so a test unit never occurs in training. `Dataset.split`,
+    `Dataset.lexical_split` and `probekit.analyses.probes.probe_layers` all split with this function.
+
+    Parameters
+    ----------
+    units : one unit key per instance.
+    test_size : the fraction to hold out, strictly between 0 and 1.
+    seed : the same units, ``test_size`` and seed always give the same mask.
+    order : how the units are ranked for a seed. ``"hash"``: by ``sha256(f"{seed}:{unit}")``, so a
+        unit's rank does not depend on the other units (adding data does not reshuffle the rest) nor
+        on the numpy version (`Dataset.split`, `Dataset.lexical_split`). ``"permutation"``:
+        ``np.random.default_rng(seed).permutation`` of the sorted distinct units (`probe_layers`).
+    size : how many ranked units go to the test side. ``"units"``: ``round(k * test_size)`` of the
+        ``k`` units; ``"instances"``: the fewest first-ranked units whose instances make up at least
+        ``test_size`` of all instances. Either way at least one unit stays on each side.
+    what, where : name the unit and the caller in the error raised when there is a single unit.
+
+    Returns
+    -------
+    np.ndarray of bool, one per instance: True for the test side.
+
+    Examples
+    --------
+    >>> from probekit.data.dataset import holdout_mask
+    >>> units = ["s1", "s1", "s2", "s3", "s4"]  # the sentence of each word
+    >>> holdout_mask(units, test_size=0.5, seed=0).tolist()  # 2 of the 4 sentences
+    [False, False, False, True, True]
+    >>> holdout_mask(units, 0.5, seed=0, order="permutation", size="instances").tolist()  # >= half the words
+    [True, True, False, True, False]
+    """
+    _check_fraction(test_size)
+    if order not in ("hash", "permutation") or size not in ("units", "instances"):
+        raise ProbekitError(
+            f"order={order!r}, size={size!r}",
+            where=where,
+            fix='order is "hash" or "permutation"; size is "units" or "instances"',
+        )
+    units = np.asarray(units, dtype=object) if not isinstance(units, np.ndarray) else units
+    unique, unit_of = np.unique(units, return_inverse=True)  # unique: sorted; unit_of: [n_instances]
+    if len(unique) < 2:
+        raise ProbekitError(
+            f"too few examples to split: all instances come from one {what}",
+            where=where,
+            fix=f"use data with more {what}s",
+        )
+    ranked: np.ndarray  # [n_units] unit indices, first to be held out first
+    if order == "hash":
+        ranked = np.asarray(sorted(range(len(unique)), key=lambda i: _rank_key(seed, str(unique[i]))))
+    else:
+        ranked = np.random.default_rng(seed).permutation(len(unique))
+    if size == "units":
+        n_test_units = _n_test(len(unique), test_size)
+    else:
+        cumulative = np.cumsum(np.bincount(unit_of, minlength=len(unique))[ranked])  # instances so far
+        n_test_units = int(np.searchsorted(cumulative, test_size * len(units))) + 1
+        n_test_units = min(max(n_test_units, 1), len(unique) - 1)
+    return np.isin(unit_of, ranked[:n_test_units])
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy masks do not compare to a single bool
@@ -148,7 +252,9 @@ class Dataset:
     def head(self, n: int) -> Dataset:
         """The first ``n`` items (all of them if there are fewer)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ProbekitError(f"n is {n!r}; it must be a non-negative integer", where="Dataset.head", fix="pass e.g. n=100")
+            raise ProbekitError(
+                f"n is {n!r}; it must be a non-negative integer", where="Dataset.head", fix="pass e.g. n=100"
+            )
         return Dataset(self.spec, self.items[:n])
 
     def subset(self, n_or_indices: int | Iterable[int]) -> Dataset:
@@ -168,23 +274,34 @@ class Dataset:
     def split(self, test_size: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Split into ``(dev, test)`` by item (sentence or pair), deterministically for a ``seed``.
 
-        Items are ranked by ``sha256(f"{seed}:{id}:{k}")`` where k counts earlier items with the same id
-        (so duplicate ids still split); the first ``round(len * test_size)`` ranked items form the test
-        side (at least one item on each side). Both sides keep the dataset's order.
+        Each item is a unit of `holdout_mask` (``order="hash"``, ``size="units"``) keyed ``f"{id}:{k}"``,
+        where k counts earlier items with the same id (so duplicate ids still split): items are ranked by
+        ``sha256(f"{seed}:{id}:{k}")`` and the first ``round(len * test_size)`` form the test side (at
+        least one item on each side). Both sides keep the dataset's order.
+
+        Examples
+        --------
+        >>> from probekit.data import load_dataset
+        >>> dev, test = load_dataset("template:svo_adj?n=20").split(test_size=0.25, seed=0)
+        >>> len(dev), len(test)
+        (15, 5)
         """
         _check_fraction(test_size)
         if len(self) < 2:
-            raise ProbekitError(f"cannot split {len(self)} item(s)", where=f"Dataset({self.spec!r})", fix="load more data")
+            raise ProbekitError(
+                f"cannot split {len(self)} item(s)", where=f"Dataset({self.spec!r})", fix="load more data"
+            )
         seen: dict[str, int] = {}
         keys = []
         for item in self.items:
             k = seen.get(item.id, 0)
             seen[item.id] = k + 1
-            keys.append(_rank_key(seed, f"{item.id}:{k}"))
-        order = sorted(range(len(self)), key=lambda i: keys[i])
-        test_idx = set(order[: _n_test(len(self), test_size)])
-        dev = tuple(x for i, x in enumerate(self.items) if i not in test_idx)
-        test = tuple(x for i, x in enumerate(self.items) if i in test_idx)
+            keys.append(f"{item.id}:{k}")
+        is_test = holdout_mask(
+            keys, test_size, seed, order="hash", size="units", what="item", where="Dataset.split"
+        )
+        dev = tuple(x for x, t in zip(self.items, is_test, strict=True) if not t)
+        test = tuple(x for x, t in zip(self.items, is_test, strict=True) if t)
         return (
             Dataset(f"{self.spec} [dev, test_size={test_size}, seed={seed}]", dev),
             Dataset(f"{self.spec} [test, test_size={test_size}, seed={seed}]", test),
@@ -195,8 +312,9 @@ class Dataset:
     ) -> LexicalSplit:
         """Hold out word *types*: returns a `LexicalSplit` with row masks over ``to_frame()``.
 
-        Types are lower-cased words. ``words_of_interest`` (default: every type in the data) are ranked by
-        ``sha256(f"{seed}:{type}")``; the first ``round(k * test_size)`` are held out (test types). Test rows
+        Types are lower-cased words. ``words_of_interest`` (default: every type in the data) are the units
+        of `holdout_mask` (``order="hash"``, ``size="units"``): ranked by ``sha256(f"{seed}:{type}")``,
+        the first ``round(k * test_size)`` are held out (test types). Test rows
         are the words of a held-out type; all other rows are train rows, so held-out types never appear
         in training positions.
         """
@@ -225,12 +343,19 @@ class Dataset:
                 where="Dataset.lexical_split",
                 fix="pass more words_of_interest (or None for every word type in the data)",
             )
-        ranked = sorted(candidates, key=lambda t: _rank_key(seed, t))
-        n_test = _n_test(len(ranked), test_size)
-        test_types = frozenset(ranked[:n_test])
+        held_out = holdout_mask(
+            candidates,
+            test_size,
+            seed,
+            order="hash",
+            size="units",
+            what="word type",
+            where="Dataset.lexical_split",
+        )  # [n_candidates]
+        test_types = frozenset(t for t, h in zip(candidates, held_out, strict=True) if h)
         test_mask = np.fromiter((t in test_types for t in row_types), dtype=bool, count=len(row_types))
         return LexicalSplit(
-            train_types=frozenset(ranked[n_test:]),
+            train_types=frozenset(t for t, h in zip(candidates, held_out, strict=True) if not h),
             test_types=test_types,
             train_mask=~test_mask,
             test_mask=test_mask,
@@ -296,18 +421,28 @@ class Dataset:
             for dep, head in enumerate(s.heads):
                 if head < 0:
                     continue
-                rows.append((
-                    k, s.id, dep, head,
-                    s.deprels[dep] if s.deprels else None, full[dep] if full else None,
-                    s.words[dep], s.words[head],
-                    s.upos[dep] if s.upos else None, s.upos[head] if s.upos else None,
-                    head - dep,
-                ))
+                rows.append(
+                    (
+                        k,
+                        s.id,
+                        dep,
+                        head,
+                        s.deprels[dep] if s.deprels else None,
+                        full[dep] if full else None,
+                        s.words[dep],
+                        s.words[head],
+                        s.upos[dep] if s.upos else None,
+                        s.upos[head] if s.upos else None,
+                        head - dep,
+                    )
+                )
         return pd.DataFrame(rows, columns=list(ARC_COLUMNS))
 
     def _frame_kind(self, kind: str | None) -> str:
         if kind not in (None, "words", "pairs"):
-            raise ProbekitError(f"kind is {kind!r}", where="Dataset.to_frame", fix='use kind="words" or kind="pairs"')
+            raise ProbekitError(
+                f"kind is {kind!r}", where="Dataset.to_frame", fix='use kind="words" or kind="pairs"'
+            )
         if kind is not None:
             return kind
         n_sent, n_pairs = len(self.sentences), len(self.pairs)

@@ -1,4 +1,4 @@
-"""Relation instances: which word should attend to which, for head scoring.
+"""Relation instances: which word should attend to which (head scoring), or is the head of which (probes).
 
 A *relation instance* is a pair (src, tgt) of word indices in one sentence: ``src`` is the attending
 word and ``tgt`` its gold partner. Attention-head analyses (Clark et al. 2019, "What Does BERT Look At?",
@@ -15,6 +15,9 @@ BlackboxNLP; Voita et al. 2019, ACL) ask, for each relation, how often a head's 
 
 ``dobj`` (Stanford Dependencies / ClearNLP, and Clark et al.'s tables) is accepted as an alias of the UD
 relation ``obj``; see `RELATION_ALIASES`. The ``relation`` column reports the name you asked for.
+
+`relation_instances` is the one reader of relation arcs: head scoring and the probes' ``relation:R``
+tasks (`probekit.analyses.probes.tasks`) both call it, so a relation name means the same arcs in both.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ COLUMNS = ("sentence_idx", "sentence_id", "relation", "direction", "src", "tgt",
 
 def present_relations(dataset: Dataset) -> list[str]:
     """Base deprels that label at least one arc in ``dataset`` (root excluded), sorted."""
-    found = set()
+    found: set[str] = set()
     for s in dataset.sentences:
         if s.heads is not None and s.deprels is not None:
             found.update(d for h, d in zip(s.heads, s.deprels, strict=True) if h >= 0)
@@ -67,8 +70,17 @@ def relation_instances(
     directions : for word-pair relations, any of ``"dep_to_head"``, ``"head_to_dep"``. Positional
         relations always have direction ``"positional"``.
 
-    Returns columns ``sentence_idx, sentence_id, relation, direction, src, tgt, offset`` with
-    ``offset = tgt - src``.
+    Returns
+    -------
+    DataFrame with columns ``sentence_idx, sentence_id, relation, direction, src, tgt, offset`` with
+    ``offset = tgt - src``. Sentences without heads or without deprels give no word-pair rows.
+
+    Examples
+    --------
+    >>> from probekit.data import load_dataset, relation_instances
+    >>> r = relation_instances(load_dataset("seed:explored"), ["nsubj", "dobj"], directions="dep_to_head")
+    >>> r[["relation", "src", "tgt"]].values.tolist()
+    [['nsubj', 2, 3], ['dobj', 6, 3]]
     """
     import pandas as pd
 
@@ -91,12 +103,17 @@ def relation_instances(
         names = list(dict.fromkeys(relations))  # unique, order kept
         for name in names:
             target = RELATION_ALIASES.get(name, name)
-            if name in POSITIONAL_RELATIONS or target in present or (":" in target and target in present_full):
+            if (
+                name in POSITIONAL_RELATIONS
+                or target in present
+                or (":" in target and target in present_full)
+            ):
                 continue
             raise ProbekitError(
                 f"relation {name!r} does not occur in dataset {dataset.spec!r}",
                 where="relation_instances(relations=...)",
-                fix=f"use one of the relations present: {present}, or a positional one: {list(POSITIONAL_RELATIONS)}",
+                fix=f"use one of the relations present: {present}, "
+                f"or a positional one: {list(POSITIONAL_RELATIONS)}",
             )
 
     rows: list[tuple] = []
@@ -110,9 +127,9 @@ def relation_instances(
         target = RELATION_ALIASES.get(name, name)
         for direction in directions:
             for k, s in enumerate(sentences):
-                if s.heads is None:
-                    continue
                 labels = (s.deprels_full or s.deprels) if ":" in target else s.deprels
+                if s.heads is None or labels is None:  # no tree, or a tree without relation labels
+                    continue
                 for dep, head in enumerate(s.heads):
                     if head < 0 or labels[dep] != target:
                         continue

@@ -49,18 +49,16 @@ def probes(run: Run, all_opts) -> None:
 
 
 def _probes(run: Run, opts) -> None:
-    from probekit.analyses.probes.layers import probe_with_baselines
-    from probekit.report import write_probe_results
+    from probekit.analyses.probes import analyze_probes
 
     for _, spec, name in _combinations(run, "probes", [opts.data]):
         def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
-            kwargs = dict(layers=opts.layers, probe="ridge" if opts.probe == "ridge" else "linear",
-                          seeds=tuple(opts.seeds), split=opts.split)
             random_model = run.model(f"random:{name}") if opts.random_baseline else False
-            frame = probe_with_baselines(run.model(name), data, opts.tasks, random_model=random_model, **kwargs)
-            frame["data"] = display_spec(spec)
-            write_probe_results(frame, folder, title=f"{name} on {display_spec(spec)}")
+            result = analyze_probes(run.model(name), data, opts.tasks, opts.layers, probe=opts.probe,
+                                    seeds=tuple(opts.seeds), split=opts.split, random_model=random_model,
+                                    data_label=display_spec(spec), title=f"{name} on {display_spec(spec)}")
+            result.write(folder)
 
         run.stage("probes", name, opts.data, opts.model_dump(), work)
 

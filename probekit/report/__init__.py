@@ -14,7 +14,6 @@ from probekit.report.figures import (
     plot_word_attention,
     pyplot,
     save_fig,
-    write_probe_results,
 )
 from probekit.report.markdown import (
     compare_runs,
@@ -57,7 +56,6 @@ __all__ = [
     "save_fig",
     "stage_folders",
     "stage_tables",
-    "write_probe_results",
     "write_report",
     "write_table",
     "write_tables",

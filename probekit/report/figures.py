@@ -17,8 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from probekit.report.tables import write_tables
-
 
 def pyplot():
     """``matplotlib.pyplot`` with the Agg backend (no display needed), imported on first use.
@@ -121,17 +119,6 @@ def plot_word_attention(att, words, heads, path, title: str = "", layers=None) -
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5, color="w")
     fig.suptitle(title, fontsize=9)
     return save_fig(fig, path)
-
-
-def write_probe_results(frame: pd.DataFrame, folder, title: str = "") -> pd.DataFrame:
-    """A probe run's files: ``probes`` and ``probes_summary`` tables (`write_tables`) and
-    ``probe_curves.png``; returns the summary (`probekit.probes.probe_summary`)."""
-    from probekit.analyses.probes.layers import probe_summary
-
-    summary = probe_summary(frame)
-    write_tables({"probes": frame, "probes_summary": summary}, folder)
-    plot_probe_curves(frame, Path(folder) / "probe_curves.png", title=title)
-    return summary
 
 
 def plot_probe_curves(frame: pd.DataFrame, path, title: str = "") -> Path:

@@ -183,7 +183,7 @@ def write_report(
         lines += [
             "## Probes",
             "",
-            "Per-layer linear probes (`probekit.analyses.probes.layers`), summarised over seeds "
+            "Per-layer linear probes (`probekit.analyses.probes`), summarised over seeds "
             "(`probe_summary`); the curves are in the plots below and every row in the linked tables.",
             "",
         ]

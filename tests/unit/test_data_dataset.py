@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from probekit.data import Dataset, MinimalPair, Sentence, load_dataset
+from probekit.data.dataset import holdout_mask
 from probekit.errors import ProbekitError
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.conllu"
@@ -48,7 +51,17 @@ def test_rejects_non_items():
 def test_to_frame_words(tiny):
     f = tiny.to_frame()
     assert len(f) == sum(len(s) for s in tiny)
-    assert list(f.columns[:9]) == ["sentence_idx", "sentence_id", "word_id", "word", "head", "deprel", "deprel_full", "upos", "space_after"]
+    assert list(f.columns[:9]) == [
+        "sentence_idx",
+        "sentence_id",
+        "word_id",
+        "word",
+        "head",
+        "deprel",
+        "deprel_full",
+        "upos",
+        "space_after",
+    ]
     assert "number" in f.columns
     row = f[(f.sentence_id == "tiny-1") & (f.word == "cat")].iloc[0]
     assert (row.word_id, row["head"], row.deprel, row.upos, row.number) == (2, 3, "nsubj", "NOUN", "Sing")
@@ -89,6 +102,63 @@ def test_split_validates_test_size(svo):
     for bad in (0, 1, 1.5, -0.1, "half"):
         with pytest.raises(ProbekitError, match="test_size"):
             svo.split(test_size=bad)
+
+
+def test_holdout_mask_keeps_units_together_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    units = np.asarray([f"s{k}" for k in rng.integers(0, 30, 400)], dtype=object)
+    for order in ("hash", "permutation"):
+        for size in ("units", "instances"):
+            mask = holdout_mask(units, 0.3, seed=2, order=order, size=size)
+            assert mask.dtype == bool and mask.shape == units.shape
+            assert not set(units[mask]) & set(units[~mask])  # a unit is never on both sides
+            assert (mask == holdout_mask(units, 0.3, seed=2, order=order, size=size)).all()
+            assert not (mask == holdout_mask(units, 0.3, seed=3, order=order, size=size)).all()
+    k = len(set(units))
+    assert len(set(units[holdout_mask(units, 0.3, seed=2, size="units")])) == round(0.3 * k)
+    # "instances": the fewest first-ranked units reaching 30% of the instances
+    mask = holdout_mask(units, 0.3, seed=2, order="permutation", size="instances")
+    assert (
+        mask.sum() >= 0.3 * len(units)
+        and mask.sum() < 0.3 * len(units) + np.bincount(np.unique(units, return_inverse=True)[1]).max()
+    )
+
+
+def test_holdout_mask_hash_order_does_not_depend_on_other_units():
+    """With order="hash" a unit's rank is its own hash: adding a unit never reshuffles the others, so
+    the 5 units held out of 10 stay held out among the 6 held out of 11."""
+    ten = [f"u{i}" for i in range(10)]
+    small = holdout_mask(ten, 0.5, seed=0)
+    large = holdout_mask([*ten, "extra"], 0.5, seed=0)
+    assert small.sum() == 5 and large.sum() == 6
+    assert set(np.flatnonzero(small)) <= set(np.flatnonzero(large))
+
+
+def test_holdout_mask_errors():
+    with pytest.raises(ProbekitError, match="one sentence"):
+        holdout_mask(["a", "a"], 0.5, what="sentence")
+    with pytest.raises(ProbekitError, match="test_size"):
+        holdout_mask(["a", "b"], 1.0)
+    with pytest.raises(ProbekitError, match="order"):
+        holdout_mask(["a", "b"], 0.5, order="random")
+
+
+def test_dataset_splits_are_holdout_masks(svo):
+    """Dataset.split and Dataset.lexical_split are holdout_mask with hash order and a unit count."""
+    _, test = svo.split(test_size=0.25, seed=3)
+    mask = holdout_mask([f"{s.id}:0" for s in svo], 0.25, seed=3, order="hash", size="units")
+    assert [s.id for s in test] == [s.id for s, m in zip(svo, mask, strict=True) if m]
+    lex = svo.lexical_split(test_size=0.3, seed=1)
+    types = sorted({w.lower() for s in svo for w in s.words})
+    held = holdout_mask(types, 0.3, seed=1, order="hash", size="units")
+    assert lex.test_types == {t for t, h in zip(types, held, strict=True) if h}
+
+
+def test_split_keeps_its_sha256_ranking(svo):
+    """The ranking is sha256(f"{seed}:{id}:{k}"): pinned, so a change of the split code shows up here."""
+    _, test = svo.split(test_size=0.1, seed=0)
+    expected = sorted(svo, key=lambda s: hashlib.sha256(f"0:{s.id}:0".encode()).hexdigest())[:6]
+    assert {s.id for s in test} == {s.id for s in expected}
 
 
 def test_lexical_split_keeps_held_out_types_out_of_train(svo):

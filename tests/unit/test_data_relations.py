@@ -22,9 +22,12 @@ def test_columns_and_word_pair_relations(explored):
     assert list(r.columns) == ["sentence_idx", "sentence_id", "relation", "direction", "src", "tgt", "offset"]
     got = {(x.relation, x.direction, x.src, x.tgt) for x in r.itertuples()}
     assert got == {
-        ("nsubj", "dep_to_head", 2, 3), ("nsubj", "head_to_dep", 3, 2),
-        ("amod", "dep_to_head", 1, 2), ("amod", "head_to_dep", 2, 1),
-        ("amod", "dep_to_head", 5, 6), ("amod", "head_to_dep", 6, 5),
+        ("nsubj", "dep_to_head", 2, 3),
+        ("nsubj", "head_to_dep", 3, 2),
+        ("amod", "dep_to_head", 1, 2),
+        ("amod", "head_to_dep", 2, 1),
+        ("amod", "dep_to_head", 5, 6),
+        ("amod", "head_to_dep", 6, 5),
     }
     assert (r.offset == r.tgt - r.src).all()
 
@@ -86,3 +89,12 @@ def test_sentences_without_trees_only_get_positional():
     data = load_dataset("template:bank_sense?n=8")
     r = relation_instances(data)
     assert set(r.direction) == {"positional"}
+
+
+def test_trees_without_relation_labels_give_no_word_pair_rows():
+    from probekit.data import Dataset, Sentence
+
+    labelled = Sentence(id="a", words=("Dogs", "bark"), heads=(1, -1), deprels=("nsubj", "root"))
+    unlabelled = Sentence(id="b", words=("Cats", "sleep"), heads=(1, -1))
+    r = relation_instances(Dataset("mixed", (unlabelled, labelled)), ["nsubj"], directions="dep_to_head")
+    assert r[["sentence_id", "src", "tgt"]].values.tolist() == [["a", 0, 1]]

@@ -1,6 +1,9 @@
-"""probekit.analyses.probes.layers on synthetic data: estimators, control task, MDL, probe_layers on a fake capture, skops I/O."""
+"""probekit.analyses.probes on synthetic data: estimators, control task, MDL, tasks, probe_layers on a fake
+capture, the shared split and relation readers, ProbeResult, skops I/O."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -13,10 +16,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from probekit.data.schema import Sentence
-from probekit.errors import ProbekitError
-from probekit.analyses.probes.layers import (
+from probekit.analyses.probes import (
+    TRUSTED_TYPES,
     LinearProbe,
+    LogisticProbe,
+    ProbeResult,
     RidgeProbe,
     control_labels,
     load_probe,
@@ -25,7 +29,10 @@ from probekit.analyses.probes.layers import (
     probe_summary,
     probe_with_baselines,
     save_probe,
+    task_instances,
 )
+from probekit.data.schema import Sentence
+from probekit.errors import ProbekitError
 
 POS = ("NOUN", "VERB", "DET", "ADJ")
 
@@ -53,11 +60,16 @@ def make_sentences(n_sent=60, n_types=40, length=8, seed=0):
         words = [vocab[j] for j in rng.integers(0, n_types, length)]
         upos = [pos_of[w] for w in words]
         number = [("Sing" if rng.random() < 0.5 else "Plur") if p == "NOUN" else None for p in upos]
-        sentences.append(Sentence(
-            id=f"s{k}", words=tuple(words), heads=(-1,) + (0,) * (length - 1),
-            deprels=("root", "nsubj", "dep", "obj") + ("dep",) * (length - 4), upos=tuple(upos),
-            labels={"number": number, "genre": "news"},
-        ))
+        sentences.append(
+            Sentence(
+                id=f"s{k}",
+                words=tuple(words),
+                heads=(-1,) + (0,) * (length - 1),
+                deprels=("root", "nsubj", "dep", "obj") + ("dep",) * (length - 4),
+                upos=tuple(upos),
+                labels={"number": number, "genre": "news"},
+            )
+        )
     return sentences
 
 
@@ -109,7 +121,7 @@ def capture(sentences):
 
 
 @parametrize_with_checks(
-    [RidgeProbe(), RidgeProbe(alphas=(0.1, 1.0, 10.0)), LinearProbe(), LinearProbe(Cs=(0.1, 1.0), cv=3)]
+    [RidgeProbe(), RidgeProbe(alphas=(0.1, 1.0, 10.0)), LogisticProbe(), LogisticProbe(Cs=(0.1, 1.0), cv=3)]
 )
 def test_sklearn_estimator_checks(estimator, check):
     # The full check_estimator suite passes; nothing is listed as an expected failure.
@@ -118,7 +130,9 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
-@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe(Cs=(0.1, 1))])
+@pytest.mark.parametrize(
+    "make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LogisticProbe(Cs=(0.1, 1))]
+)
 def test_probe_recovers_a_planted_signal(make, n_classes):
     X, y = planted(n_classes=n_classes)
     X_test, y_test = planted(n_classes=n_classes, seed=1)
@@ -127,7 +141,9 @@ def test_probe_recovers_a_planted_signal(make, n_classes):
     assert probe.coef_.shape == (1 if n_classes == 2 else n_classes, X.shape[1])
 
 
-@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe(Cs=(0.1, 1))])
+@pytest.mark.parametrize(
+    "make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LogisticProbe(Cs=(0.1, 1))]
+)
 def test_probe_recovers_the_planted_direction(make):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(800, 30))
@@ -139,7 +155,7 @@ def test_probe_recovers_the_planted_direction(make):
     assert direction @ w > 0.95  # positive scores mean classes_[1] == "pos"
 
 
-@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LinearProbe()])
+@pytest.mark.parametrize("make", [lambda: RidgeProbe(alphas=(0.1, 1, 10, 100)), lambda: LogisticProbe()])
 def test_probe_on_noise_sits_at_chance(make):
     rng = np.random.default_rng(0)
     X, X_test = rng.normal(size=(1000, 20)), rng.normal(size=(2000, 20))
@@ -155,8 +171,9 @@ def test_ridge_probe_equals_sklearn_ridge_classifier():
     np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-10)
     # standardize=True is ridge on standardised features, coefficients mapped back
     scaled = make_pipeline(StandardScaler(), RidgeClassifier(alpha=3.0)).fit(X, y)
-    np.testing.assert_allclose(RidgeProbe(alpha=3.0).fit(X, y).decision_function(X),
-                               scaled.decision_function(X), atol=1e-10)
+    np.testing.assert_allclose(
+        RidgeProbe(alpha=3.0).fit(X, y).decision_function(X), scaled.decision_function(X), atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -167,14 +184,14 @@ def test_ridge_loo_scores_equal_brute_force_leave_one_out(shape, fit_intercept, 
     X = rng.normal(size=shape).astype(dtype)
     y = rng.integers(0, 3, shape[0])
     alphas = (0.1, 1.0, 10.0)
-    params = dict(standardize=False, fit_intercept=fit_intercept)
+    params = {"standardize": False, "fit_intercept": fit_intercept}
     fast = RidgeProbe(alphas=alphas, **params).fit(X, y).cv_scores_
     brute = []
     for alpha in alphas:
         hits = 0
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
-            hits += RidgeProbe(alpha=alpha, **params).fit(X[keep], y[keep]).predict(X[i:i + 1])[0] == y[i]
+            hits += RidgeProbe(alpha=alpha, **params).fit(X[keep], y[keep]).predict(X[i : i + 1])[0] == y[i]
         brute.append(hits / len(y))
     np.testing.assert_allclose(fast, brute)
 
@@ -204,7 +221,7 @@ def test_alpha_selection_sees_only_training_data():
 
 def test_probes_work_with_clone_pipeline_and_cross_val_score():
     X, y = planted(n=300)
-    for probe in (RidgeProbe(alphas=(0.1, 1.0)), LinearProbe(C=0.5)):
+    for probe in (RidgeProbe(alphas=(0.1, 1.0)), LogisticProbe(C=0.5)):
         copy = clone(probe)
         assert copy.get_params() == probe.get_params() and copy is not probe
         scores = cross_val_score(make_pipeline(StandardScaler(), probe), X, y, cv=3)
@@ -214,7 +231,7 @@ def test_probes_work_with_clone_pipeline_and_cross_val_score():
 def test_linear_probe_probabilities_and_original_space_coefficients():
     X, y = planted(n=300)
     X = X * 10 + 5  # the probe standardises internally; coef_/intercept_ are for raw X
-    probe = LinearProbe().fit(X, y)
+    probe = LogisticProbe().fit(X, y)
     proba = probe.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     np.testing.assert_allclose(X @ probe.coef_.T + probe.intercept_, probe.decision_function(X), atol=1e-8)
@@ -229,9 +246,9 @@ def test_estimator_input_errors_are_probekit_errors():
     with pytest.raises(ProbekitError, match="alpha"):
         RidgeProbe(alpha=0).fit(X, y)
     with pytest.raises(ProbekitError, match="too few examples"):
-        LinearProbe(Cs=(1.0,), cv=5).fit(X[:6], np.array([0, 1, 2, 0, 1, 2]))
+        LogisticProbe(Cs=(1.0,), cv=5).fit(X[:6], np.array([0, 1, 2, 0, 1, 2]))
     with pytest.raises(ValueError):  # also a ValueError, for scikit-learn tooling
-        LinearProbe(C=-1).fit(X, y)
+        LogisticProbe(C=-1).fit(X, y)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,8 +316,22 @@ def test_mdl_needs_probabilities():
 # probe_layers on a fake capture
 # --------------------------------------------------------------------------------------------------
 
-COLUMNS = ["model", "data", "task", "layer", "seed", "split", "n_train", "n_test", "accuracy", "ci_low",
-           "ci_high", "control_accuracy", "selectivity", "majority_accuracy"]
+COLUMNS = [
+    "model",
+    "data",
+    "task",
+    "layer",
+    "seed",
+    "split",
+    "n_train",
+    "n_test",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "control_accuracy",
+    "selectivity",
+    "majority_accuracy",
+]
 
 
 def test_probe_layers_frame(sentences, capture):
@@ -328,8 +359,9 @@ def test_probe_layers_is_reproducible_for_a_seed(sentences, capture):
 
 
 def test_probe_layers_tasks(sentences, capture):
-    frame = probe_layers("m", sentences, ["number", "role", "relation:nsubj"], layers=[1], capture=capture,
-                         seeds=(0,))
+    frame = probe_layers(
+        "m", sentences, ["number", "role", "relation:nsubj"], layers=[1], capture=capture, seeds=(0,)
+    )
     assert list(frame["task"]) == ["number", "role", "relation:nsubj"]
     assert (frame["n_classes"] == 2).all()
     n_nouns = sum(p == "NOUN" for s in sentences for p in s.upos)
@@ -340,11 +372,30 @@ def test_probe_layers_tasks(sentences, capture):
 
 
 def test_probe_layers_with_the_logistic_probe(sentences, capture):
-    frame = probe_layers("m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), probe="linear",
-                         control=False)
-    assert frame["probe"].iloc[0] == "linear" and frame["accuracy"].iloc[0] > 0.9
+    frame = probe_layers(
+        "m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), probe="logistic", control=False
+    )
+    assert frame["probe"].iloc[0] == "logistic" and frame["accuracy"].iloc[0] > 0.9
     assert frame["regularization"].iloc[0] in (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # a C from DEFAULT_CS
     assert frame["control_accuracy"].isna().all()
+    # the old family name still works, with a DeprecationWarning, and gives the same rows
+    with pytest.warns(DeprecationWarning, match="logistic"):
+        old = probe_layers(
+            "m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), probe="linear", control=False
+        )
+    pd.testing.assert_frame_equal(old, frame)
+    with pytest.raises(ProbekitError, match="'ridge', 'logistic'"):
+        probe_layers("m", sentences, "upos", layers=[1], capture=capture, probe="svm")
+
+
+def test_linear_probe_is_the_logistic_probe():
+    assert LinearProbe is LogisticProbe
+    assert TRUSTED_TYPES == (
+        "probekit.analyses.probes.estimators.RidgeProbe",
+        "probekit.analyses.probes.estimators.LogisticProbe",
+    )
+    for cls in (RidgeProbe, LogisticProbe):  # TRUSTED_TYPES names where the classes really live
+        assert f"{cls.__module__}.{cls.__qualname__}" in TRUSTED_TYPES
 
 
 def test_probe_layers_mdl_columns(sentences, capture):
@@ -358,7 +409,7 @@ def test_probe_layers_mdl_columns(sentences, capture):
 class _Recorder(ClassifierMixin, BaseEstimator):
     """Predicts the first class; logs the features it is fitted on and asked to predict."""
 
-    calls: list = []  # class-level on purpose: shared by every clone probe_layers makes
+    calls: ClassVar[list] = []  # class-level on purpose: shared by every clone probe_layers makes
 
     def fit(self, X, y):
         _Recorder.calls.append(("fit", np.asarray(X).copy()))
@@ -379,8 +430,16 @@ def _id_capture(sentences):
 @pytest.mark.parametrize("split", ["random", "lexical"])
 def test_splits_hold_out_sentences_or_word_types(sentences, split):
     _Recorder.calls.clear()
-    probe_layers("m", sentences, "upos", capture=_id_capture(sentences), probe=_Recorder(), seeds=(0,),
-                 split=split, control=False)
+    probe_layers(
+        "m",
+        sentences,
+        "upos",
+        capture=_id_capture(sentences),
+        probe=_Recorder(),
+        seeds=(0,),
+        split=split,
+        control=False,
+    )
     (kind_fit, train), (kind_predict, test) = _Recorder.calls
     assert (kind_fit, kind_predict) == ("fit", "predict")
     column = 0 if split == "random" else 1  # sentence index, or word type
@@ -389,16 +448,123 @@ def test_splits_hold_out_sentences_or_word_types(sentences, split):
     assert len(test) == pytest.approx(0.3 * n, abs=0.1 * n)
 
 
+def test_probes_and_dataset_split_share_one_split_function(sentences, monkeypatch):
+    """Dataset.split and both probe splits go through probekit.data.dataset.holdout_mask, and the probe's
+    test side is exactly the mask it returns."""
+    import probekit.analyses.probes.layers as layers_module
+    import probekit.data.dataset as dataset_module
+    from probekit.data import Dataset
+
+    assert layers_module.holdout_mask is dataset_module.holdout_mask
+    real, calls = dataset_module.holdout_mask, []
+
+    def spy(units, *args, **kwargs):
+        mask = real(units, *args, **kwargs)
+        calls.append((kwargs["where"], kwargs["order"], kwargs["size"], mask))
+        return mask
+
+    monkeypatch.setattr(dataset_module, "holdout_mask", spy)
+    monkeypatch.setattr(layers_module, "holdout_mask", spy)
+    Dataset("toy", tuple(sentences)).split(test_size=0.3, seed=0)
+    assert calls[0][:3] == ("Dataset.split", "hash", "units")
+    for split, column in (("random", 0), ("lexical", 1)):
+        calls.clear()
+        _Recorder.calls.clear()
+        probe_layers(
+            "m",
+            sentences,
+            "upos",
+            capture=_id_capture(sentences),
+            probe=_Recorder(),
+            seeds=(0,),
+            split=split,
+            control=False,
+        )
+        ((where, order, size, mask),) = calls
+        assert (order, size) == ("permutation", "instances") and "upos" in where
+        test_rows = _Recorder.calls[1][1]
+        expected = _id_capture(sentences).stream(0)[mask]
+        np.testing.assert_array_equal(test_rows, expected)
+        assert not set(_Recorder.calls[0][1][:, column]) & set(test_rows[:, column])
+
+
+def test_relation_tasks_read_arcs_like_head_scoring(sentences):
+    """relation:R instances come from probekit.data.relations.relation_instances: dobj is obj, a full label
+    (nsubj:pass) matches only those arcs, and a relation absent from the data is an error."""
+    from pathlib import Path
+
+    from probekit.data import load_dataset
+
+    obj = task_instances(sentences, "relation:obj", "toy")
+    dobj = task_instances(sentences, "relation:dobj", "toy")
+    for field in ("sentence_ids", "word_ids", "words", "labels", "types"):
+        np.testing.assert_array_equal(getattr(dobj, field), getattr(obj, field))
+    assert obj.labels.sum() == len(sentences)  # one obj arc per toy sentence
+    frame = probe_layers(
+        "m",
+        sentences,
+        ["relation:obj", "relation:dobj"],
+        layers=[1],
+        capture=planted_capture(sentences),
+        seeds=(0,),
+        n_boot=50,
+    )
+    cols = ["n_train", "n_test", "accuracy", "control_accuracy", "regularization"]
+    np.testing.assert_array_equal(frame[cols].iloc[0].to_numpy(), frame[cols].iloc[1].to_numpy())
+
+    tiny = load_dataset(f"ud:{Path(__file__).resolve().parents[1] / 'fixtures' / 'tiny.conllu'}").sentences
+    passive = task_instances(tiny, "relation:nsubj:pass", "tiny")
+    positives = passive.word_ids[passive.labels].tolist()
+    assert positives == [[3, 1]] and passive.sentence_ids[passive.labels].tolist() == ["tiny-4"]
+    nsubj = task_instances(tiny, "relation:nsubj", "tiny")  # the base relation includes nsubj:pass
+    assert [3, 1] in nsubj.word_ids[nsubj.labels].tolist()
+    with pytest.raises(ProbekitError, match=r"'relation:nmod'.*does not occur"):
+        task_instances(tiny, "relation:nmod", "tiny")
+    with pytest.raises(ProbekitError, match="positional relation"):
+        task_instances(tiny, "relation:prev_word", "tiny")
+    with pytest.raises(ProbekitError, match=r"Sentence\.heads"):
+        task_instances([Sentence(id="x", words=("a", "b"))], "relation:nsubj", "plain")
+
+
+def test_probe_result_writes_the_tables_and_the_plot(sentences, capture, tmp_path):
+    frame = probe_layers("m", sentences, "upos", capture=capture, seeds=(0,), n_boot=50)
+    result = ProbeResult.from_frame(frame, title="m on toy")
+    pd.testing.assert_frame_equal(result.summary, probe_summary(frame))
+    paths = result.write(tmp_path / "out")
+    assert [p.name for p in paths] == [
+        "probes.csv",
+        "probes.md",
+        "probes.tex",
+        "probes_summary.csv",
+        "probes_summary.md",
+        "probes_summary.tex",
+        "probe_curves.png",
+    ]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+    assert list(result.frame.columns) == ["model_kind", *frame.columns] and set(result.frame.model_kind) == {
+        "trained"
+    }
+    pd.testing.assert_frame_equal(pd.read_csv(paths[0]), result.frame, check_dtype=False, atol=1e-6)
+
+
 def test_regularisation_is_chosen_on_training_data_only(sentences, capture):
-    from probekit.analyses.probes.layers import _split_test_mask
+    from probekit.data.dataset import holdout_mask
 
     before = probe_layers("m", sentences, "upos", layers=[1], capture=capture, seeds=(0,), control=False)
     sids = np.array([s.id for s in sentences for _ in s.words], dtype=object)
-    test = _split_test_mask(sids, 0.3, 0, "sentence", "here")
+    test = holdout_mask(sids, 0.3, 0, order="permutation", size="instances")
     changed = capture.stream(1).copy()
     changed[test] = np.random.default_rng(9).normal(size=(test.sum(), changed.shape[1])) * 50
-    after = probe_layers("m", sentences, "upos", layers=[1], capture=FakeCapture(sentences, {1: changed}),
-                         seeds=(0,), control=False)
+    after = probe_layers(
+        "m",
+        sentences,
+        "upos",
+        layers=[1],
+        capture=FakeCapture(sentences, {1: changed}),
+        seeds=(0,),
+        control=False,
+    )
     assert after["regularization"].iloc[0] == before["regularization"].iloc[0]
     assert after["accuracy"].iloc[0] < before["accuracy"].iloc[0]  # the test side did change
 
@@ -409,7 +575,7 @@ def test_probe_layers_errors(sentences, capture):
     with pytest.raises(ProbekitError, match="sentence-level"):
         probe_layers("m", sentences, "genre", capture=capture)
     no_upos = [Sentence(id=s.id, words=s.words) for s in sentences]
-    with pytest.raises(ProbekitError, match="Sentence.upos"):
+    with pytest.raises(ProbekitError, match=r"Sentence\.upos"):
         probe_layers("m", no_upos, "upos", capture=capture)
     one_class = [Sentence(id=s.id, words=s.words, upos=("NOUN",) * len(s)) for s in sentences]
     with pytest.raises(ProbekitError, match="single class"):
@@ -439,12 +605,22 @@ def test_probe_layers_reports_random_and_lexical_splits_side_by_side(sentences, 
 
 def test_probe_summary_reads_the_layer_curve(sentences, capture):
     random_capture = FakeCapture(sentences, {0: capture.stream(0), 1: capture.stream(0)})
-    frame = probe_with_baselines("tiny", sentences, "upos", "all", capture=capture, random_capture=random_capture,
-                                 seeds=(0, 1), split=["random", "lexical"])
+    frame = probe_with_baselines(
+        "tiny",
+        sentences,
+        "upos",
+        "all",
+        capture=capture,
+        random_capture=random_capture,
+        seeds=(0, 1),
+        split=["random", "lexical"],
+    )
     summary = probe_summary(frame)
     assert len(summary) == 2 and list(summary.split) == ["random", "lexical"]
     r = summary.iloc[0]
-    trained = frame[(frame.model_kind == "trained") & (frame.split == "random")].groupby("layer").accuracy.mean()
+    trained = (
+        frame[(frame.model_kind == "trained") & (frame.split == "random")].groupby("layer").accuracy.mean()
+    )
     assert r.best_layer == 1 and r.accuracy == pytest.approx(trained[1]) and r.n_seeds == 2
     assert r.layer0_accuracy == pytest.approx(trained[0]) and r.first_layer_within == 1
     assert r.random_init_accuracy < 0.45 and r.gain_over_random_init > 0.4  # the random twin sees noise only
@@ -453,15 +629,29 @@ def test_probe_summary_reads_the_layer_curve(sentences, capture):
 
 def test_probe_summary_does_not_depend_on_row_order_and_keeps_probes_apart():
     acc = {6: 0.90, 0: 0.50, 3: 0.895, 9: 0.90}  # layers in the order a user might ask for them
-    base = dict(model="m", data="d", task="upos", seed=0, split="random", control_accuracy=0.3, selectivity=0.0,
-                majority_accuracy=0.2, ci_low=0.0, ci_high=1.0)
-    frame = pd.DataFrame([dict(base, layer=layer, accuracy=a, probe="ridge") for layer, a in acc.items()]
-                         + [dict(base, layer=layer, accuracy=a - 0.1, probe="linear") for layer, a in acc.items()])
+    base = {
+        "model": "m",
+        "data": "d",
+        "task": "upos",
+        "seed": 0,
+        "split": "random",
+        "control_accuracy": 0.3,
+        "selectivity": 0.0,
+        "majority_accuracy": 0.2,
+        "ci_low": 0.0,
+        "ci_high": 1.0,
+    }
+    frame = pd.DataFrame(
+        [dict(base, layer=layer, accuracy=a, probe="ridge") for layer, a in acc.items()]
+        + [dict(base, layer=layer, accuracy=a - 0.1, probe="logistic") for layer, a in acc.items()]
+    )
     summary = probe_summary(frame)
-    assert list(summary.probe) == ["ridge", "linear"] and (summary.n_seeds == 1).all()
+    assert list(summary.probe) == ["ridge", "logistic"] and (summary.n_seeds == 1).all()
     ridge = summary.iloc[0]
     assert ridge.best_layer == 6 and ridge.first_layer_within == 3 and ridge.layer0_accuracy == 0.5
-    shuffled = probe_summary(frame.sample(frac=1, random_state=1)).set_index("probe").loc[["ridge", "linear"]]
+    shuffled = (
+        probe_summary(frame.sample(frac=1, random_state=1)).set_index("probe").loc[["ridge", "logistic"]]
+    )
     pd.testing.assert_frame_equal(shuffled, summary.set_index("probe"))
 
 
@@ -469,8 +659,30 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
     from probekit.cli import main
 
     out = tmp_path / "probe"
-    assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
-                 "--layers", "0", "2", "--seeds", "0", "--split", "random", "lexical", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                "tiny-bert",
+                "--data",
+                "template:svo_adj?n=24",
+                "--task",
+                "upos",
+                "--layers",
+                "0",
+                "2",
+                "--seeds",
+                "0",
+                "--split",
+                "random",
+                "lexical",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     frame = pd.read_csv(out / "probes.csv")
     assert set(frame.model_kind) == {"trained", "random-init"} and set(frame.layer) == {0, 2}
     assert set(frame.split) == {"random", "lexical"}
@@ -486,18 +698,63 @@ def test_probe_cli_writes_tables_plot_and_summary(tmp_path):
     text = build_report(run_dir).read_text()
     assert "## Probes" in text and "upos probe on" in text and "## Verdicts" not in text
     out.mkdir()
-    assert main(["probe", "--model", "tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
-                 "--layers", "zero", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                "tiny-bert",
+                "--data",
+                "template:svo_adj?n=24",
+                "--task",
+                "upos",
+                "--layers",
+                "zero",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     # a random-init model has no random-init twin: probed on its own
-    assert main(["probe", "--model", "random:tiny-bert", "--data", "template:svo_adj?n=24", "--task", "upos",
-                 "--layers", "1", "--seeds", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                "random:tiny-bert",
+                "--data",
+                "template:svo_adj?n=24",
+                "--task",
+                "upos",
+                "--layers",
+                "1",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_csv(out / "probes.csv").model) == {"random:tiny-bert"}
+
+
+def test_probe_cli_takes_the_logistic_family_and_its_old_name():
+    from probekit.cli import build_parser
+
+    base = ["probe", "--model", "m", "--data", "d", "--task", "upos", "--out", "o", "--probe"]
+    for name in ("ridge", "logistic", "linear"):
+        assert build_parser().parse_args([*base, name]).probe == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "svm"])
 
 
 def test_probe_with_baselines_labels_model_kind(sentences, capture):
     random_capture = FakeCapture(sentences, {1: capture.stream(0)})
-    frame = probe_with_baselines("tiny", sentences, "upos", [1], capture=capture, random_capture=random_capture,
-                                 seeds=(0,))
+    frame = probe_with_baselines(
+        "tiny", sentences, "upos", [1], capture=capture, random_capture=random_capture, seeds=(0,)
+    )
     assert list(frame["model_kind"]) == ["trained", "random-init"]
     assert list(frame["model"]) == ["tiny", "random:tiny"]
     assert frame["accuracy"].iloc[0] > frame["accuracy"].iloc[1]
@@ -508,7 +765,7 @@ def test_probe_with_baselines_labels_model_kind(sentences, capture):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("probe", [RidgeProbe(alphas=(0.1, 1.0)), LinearProbe(Cs=(0.1, 1.0), cv=3)])
+@pytest.mark.parametrize("probe", [RidgeProbe(alphas=(0.1, 1.0)), LogisticProbe(Cs=(0.1, 1.0), cv=3)])
 def test_save_load_round_trip(tmp_path, probe):
     X, y = planted(n=200)
     probe = probe.fit(X, np.array(POS)[y])
@@ -542,7 +799,14 @@ def test_control_with_a_single_word_type_is_undefined():
         base[0] = 1.0 if sense == "river" else -1.0
         feats += [rng.normal(size=4), base + rng.normal(scale=0.1, size=4)]
     with pytest.warns(UserWarning, match="control task is undefined"):
-        frame = probe_layers("m", sentences, "sense", layers=[0],
-                             capture=FakeCapture(sentences, {0: np.array(feats)}), seeds=(0,), n_boot=100)
+        frame = probe_layers(
+            "m",
+            sentences,
+            "sense",
+            layers=[0],
+            capture=FakeCapture(sentences, {0: np.array(feats)}),
+            seeds=(0,),
+            n_boot=100,
+        )
     assert np.isnan(frame.control_accuracy.iloc[0]) and np.isnan(frame.selectivity.iloc[0])
     assert frame.accuracy.iloc[0] > 0.9
