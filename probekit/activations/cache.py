@@ -1,7 +1,7 @@
 """The capture cache on disk: entry layout, checksums computed while writing, checks, eviction, cleanup.
 
 `probekit.activations.capture.capture` writes an entry ``<root>/<key>/`` (``*.npy``, ``meta.json``,
-``checksums.json``) into a temporary folder ``.<key>.tmp-<pid>-<hex>`` and renames it into place. This
+``checksums.json``) into a temporary folder ``.<key>.tmp-<pid>@<host>-<hex>`` and renames it into place. This
 module records and checks each file's size and BLAKE2b checksum (`ChunkHasher`, `write_record`,
 `check_entry`), evicts bad entries (`evict`), removes the temporary folders of killed captures
 (`remove_stale_temp`) and lists entries (`cache_entries`, used by ``probekit cache``). The format and the
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,8 +33,12 @@ CHECKSUMS = "checksums.json"
 CHUNK_DIGEST_BYTES = 16
 #: Temporary folders older than this (about the process start) may be removed if their owner is gone.
 STARTED = time.time()
+#: This machine, as written into temporary folder names: a pid is only checked on the machine that wrote it.
+HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+#: A temporary folder of another machine counts as stale after this long without a heartbeat.
+FOREIGN_STALE_S = 3600.0
 _KEY = re.compile(r"^[0-9a-f]{32}$")
-_TEMP = re.compile(r"^\.(?P<key>[0-9a-f]{32})\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]+$")
+_TEMP = re.compile(r"^\.(?P<key>[0-9a-f]{32})\.tmp-(?:(?P<pid>\d+)@(?P<host>[A-Za-z0-9_.-]+)-)?[0-9a-f]+$")
 
 
 class CacheWarning(UserWarning):
@@ -48,8 +53,14 @@ def default_cache_dir() -> Path:
 
 
 def temp_name(key: str) -> str:
-    """Name of a temporary folder for ``key``: ``.<key>.tmp-<pid>-<random>`` (the pid marks the owner)."""
-    return f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Name of a temporary folder for ``key``: ``.<key>.tmp-<pid>@<host>-<random>`` (its owner)."""
+    return f".{key}.tmp-{os.getpid()}@{HOST}-{uuid.uuid4().hex[:8]}"
+
+
+def heartbeat(folder: Path) -> None:
+    """Mark a temporary folder as in use (its mtime = now); `capture` calls it after every batch, so that
+    another machine sharing the cache can tell a running capture from a killed one."""
+    os.utime(folder)
 
 
 def sentence_offsets(n_words: np.ndarray, n_att_layers: int, n_heads: int) -> dict[str, np.ndarray]:
@@ -254,7 +265,9 @@ def evict(folder: str | os.PathLike) -> None:
 
 def temp_folders(root: str | os.PathLike) -> list[tuple[Path, bool]]:
     """Temporary folders ``.<key>.tmp-*`` under a cache root, each with whether it is stale: older than
-    this process (`STARTED`) and not owned by a live process (the pid in its name)."""
+    this process (`STARTED`) and not owned by a live process. The owner is the pid in the name when the
+    name's host is this machine; for another machine's folder, one without a `heartbeat` for
+    `FOREIGN_STALE_S`; folders named before pids were (``.<key>.tmp-<random>``) have no owner."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -264,11 +277,17 @@ def temp_folders(root: str | os.PathLike) -> list[tuple[Path, bool]]:
         if m is None or not p.is_dir():
             continue
         try:
-            old = p.stat().st_mtime < STARTED
+            mtime = p.stat().st_mtime
         except FileNotFoundError:
             continue
-        pid = m.group("pid")
-        out.append((p, old and not (pid is not None and _pid_alive(int(pid)))))
+        pid, host = m.group("pid"), m.group("host")
+        if pid is None:
+            owned = False
+        elif host == HOST:
+            owned = _pid_alive(int(pid))
+        else:
+            owned = time.time() - mtime < FOREIGN_STALE_S
+        out.append((p, mtime < STARTED and not owned))
     return out
 
 

@@ -38,6 +38,7 @@ from probekit.activations.cache import (
     damaged_entry_error,
     default_cache_dir,
     evict,
+    heartbeat,
     remove_stale_temp,
     sentence_offsets,
     temp_name,
@@ -301,6 +302,7 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
                     hashers["attention.npy"].add(i, att_out[att_rows])
                     hashers["special_mass.npy"].add(i, mass_out[mass_rows])
             bar.update(len(batch))
+            heartbeat(folder)
             del cache
             for arr in files.values():
                 _release(arr)

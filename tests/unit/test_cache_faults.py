@@ -8,6 +8,7 @@ tests also run on the code before issue 15 (``PYTHONPATH=/work/orig``), where th
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -193,28 +194,47 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_temp_folders_are_removed_at_the_next_capture(tiny_bert, cache_dir):
-    cache_dir.mkdir(parents=True)
-    key = "0123456789abcdef0123456789abcdef"
-    hour_ago = time.time() - 3600
+def test_stale_temp_folders_are_removed_at_the_next_capture(tiny_bert, cache_dir, monkeypatch):
+    from probekit.activations import cache as cachemod  # (absent before issue 15: the test fails there)
 
-    def temp(name: str, mtime: float | None = hour_ago) -> Path:
+    cache_dir.mkdir(parents=True)
+    key, host = "0123456789abcdef0123456789abcdef", cachemod.HOST
+    now = time.time()
+    monkeypatch.setattr(cachemod, "STARTED", now)  # this process "started" now
+
+    def temp(name: str, age: float) -> Path:
         p = cache_dir / name
         (p / "x").mkdir(parents=True)
         (p / "x" / "attention.npy").write_bytes(b"\0" * 100)
-        if mtime is not None:
-            os.utime(p, (mtime, mtime))
+        os.utime(p, (now - age, now - age))
         return p
 
-    dead = temp(f".{key}.tmp-{_dead_pid()}-abcd1234")  # killed capture: removed
-    legacy = temp(f".{key}.tmp-abcd1234")  # before pids in names: removed
-    live = temp(f".{key}.tmp-{os.getppid()}-abcd1234")  # owner still running: kept
-    fresh = temp(f".{key}.tmp-{_dead_pid()}-beef0001", None)  # newer than this process: kept
+    removed = [
+        temp(f".{key}.tmp-{_dead_pid()}@{host}-abcd1234", 60),  # killed capture on this machine
+        temp(f".{key}.tmp-abcd1234", 60),  # named before pids were: no owner
+        temp(f".{key}.tmp-{_dead_pid()}@other-node-7-abcd0001", 2 * 3600),  # other machine, no heartbeat
+    ]
+    kept = [
+        temp(f".{key}.tmp-{os.getppid()}@{host}-abcd0002", 3600),  # owner still running
+        temp(f".{key}.tmp-{_dead_pid()}@{host}-beef0003", -5),  # newer than this process
+        temp(f".{key}.tmp-{_dead_pid()}@other-node-7-abcd0004", 60),  # other machine, recent heartbeat
+    ]
     other = cache_dir / "notes.txt"
     other.write_text("not ours")
     pk.capture(tiny_bert, ["The cat sat ."], cache_dir=cache_dir, progress=False)
-    assert not dead.exists() and not legacy.exists()
-    assert live.exists() and fresh.exists() and other.exists()
+    assert [p.exists() for p in removed] == [False] * 3
+    assert [p.exists() for p in kept] == [True] * 3 and other.exists()
+
+
+def test_capture_names_its_temp_folder_and_beats(tiny_bert, cache_dir, monkeypatch):
+    """The temp folder carries pid@host, and its mtime is refreshed after every batch (the heartbeat
+    another machine sharing the cache relies on)."""
+    capmod = importlib.import_module("probekit.activations.capture")
+    beats = []
+    monkeypatch.setattr(capmod, "heartbeat", lambda folder: beats.append(folder.name))
+    pk.capture(tiny_bert, SENTS, cache_dir=cache_dir, **KW)
+    assert len(beats) == -(-len(SENTS) // KW["batch_size"])
+    assert beats[0].split(".tmp-")[1].startswith(f"{os.getpid()}@")
 
 
 # ---- probekit cache info / verify / clear ----------------------------------------------------------------
@@ -279,7 +299,7 @@ def test_cli_verify(two_entries, cache_dir, capsys):
 
 
 def test_cli_clear(two_entries, cache_dir, capsys):
-    stale = cache_dir / f".{'a' * 32}.tmp-{_dead_pid()}-00000000"
+    stale = cache_dir / f".{'a' * 32}.tmp-00000000"
     stale.mkdir()
     os.utime(stale, (time.time() - 3600,) * 2)
     rc, out, _ = _cli(capsys, "cache", "clear", "--stale", "--cache-dir", str(cache_dir))
