@@ -11,7 +11,7 @@ import sys
 from probekit.errors import ProbekitError
 
 # module names under probekit.cli, in the order `probekit --help` lists them
-SUBCOMMANDS = ["models", "capture", "run", "heads", "probe", "sweep", "bench", "score", "ablate"]
+SUBCOMMANDS = ["models", "capture", "cache", "run", "heads", "probe", "sweep", "bench", "score", "ablate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

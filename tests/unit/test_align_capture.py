@@ -23,8 +23,22 @@ def _decoded_words(model, enc):
 
 def test_alignment_is_exact_on_tricky_words(tiny_model):
     sent = sentence_from_text(TRICKY, id="tricky")
-    assert sent.words == ('"', "I", "don't", "know", ",", '"', "said", "the", "U.S.", "mother-in-law", "of",
-                          "1,000", "cats", ".")
+    assert sent.words == (
+        '"',
+        "I",
+        "don't",
+        "know",
+        ",",
+        '"',
+        "said",
+        "the",
+        "U.S.",
+        "mother-in-law",
+        "of",
+        "1,000",
+        "cats",
+        ".",
+    )
     enc = align(tiny_model, sent)
     decoded = _decoded_words(tiny_model, enc)
     expected = [w.lower() if not tiny_model.is_causal else w for w in sent.words]  # MiniLM is uncased
@@ -50,7 +64,9 @@ def test_space_convention_for_bpe(tiny_llama):
 
 def test_word_attention_sum_to_and_mean_from():
     # 1 layer, 1 head, tokens: [sink, w0a, w0b, w1]
-    pattern = np.array([[[[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.3, 0.5, 0], [0.1, 0.2, 0.3, 0.4]]]], dtype=np.float32)
+    pattern = np.array(
+        [[[[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.3, 0.5, 0], [0.1, 0.2, 0.3, 0.4]]]], dtype=np.float32
+    )
     sent = Sentence(id="s", words=("ab", "c"))
     from probekit.activations.align import Encoded
 
@@ -66,8 +82,15 @@ def test_word_attention_sum_to_and_mean_from():
 
 def test_capture_rows_sum_to_one_and_respect_causality(tiny_model, cache_dir):
     sents = ["The curious cat explored the mysterious room.", TRICKY, "Dogs bark."]
-    cap = pk.capture(tiny_model, sents, resid=("resid_pre", "resid_post"), attention=True, cache_dir=cache_dir,
-                     progress=False, batch_size=2)
+    cap = pk.capture(
+        tiny_model,
+        sents,
+        resid=("resid_pre", "resid_post"),
+        attention=True,
+        cache_dir=cache_dir,
+        progress=False,
+        batch_size=2,
+    )
     assert len(cap) == 3 and len(cap.index) == int(cap.n_words.sum())
     assert cap.index.names == ["sentence_id", "word_id", "word"]
     assert cap.stream(0).shape == (int(cap.n_words.sum()), tiny_model.d_model)
@@ -78,18 +101,25 @@ def test_capture_rows_sum_to_one_and_respect_causality(tiny_model, cache_dir):
         np.testing.assert_allclose(att.sum(-1) + mass, 1.0, atol=1e-5)
         if tiny_model.is_causal:
             assert np.all(np.triu(att, k=1) == 0.0)
-    renorm = pk.capture(tiny_model, sents, resid=(), attention=True, renormalize=True, cache_dir=cache_dir,
-                        progress=False)
+    renorm = pk.capture(
+        tiny_model, sents, resid=(), attention=True, renormalize=True, cache_dir=cache_dir, progress=False
+    )
     np.testing.assert_allclose(renorm.attention(1).sum(-1), 1.0, atol=1e-5)
 
 
 def test_batched_capture_matches_single_sentence_runs(tiny_model, cache_dir):
     sents = as_sentences(["The curious cat explored the mysterious room.", TRICKY, "Dogs bark loudly ."])
-    batched = pk.capture(tiny_model, sents, resid=("resid_post",), cache_dir=cache_dir, progress=False, batch_size=3)
+    batched = pk.capture(
+        tiny_model, sents, resid=("resid_post",), cache_dir=cache_dir, progress=False, batch_size=3
+    )
     for i, s in enumerate(sents):
-        single = pk.capture(tiny_model, [s], resid=("resid_post",), cache_dir=cache_dir, progress=False, batch_size=1)
+        single = pk.capture(
+            tiny_model, [s], resid=("resid_post",), cache_dir=cache_dir, progress=False, batch_size=1
+        )
         rows = batched.sentence_rows(i)
-        np.testing.assert_allclose(batched.resid("resid_post", 1)[rows], single.resid("resid_post", 1), atol=1e-5)
+        np.testing.assert_allclose(
+            batched.resid("resid_post", 1)[rows], single.resid("resid_post", 1), atol=1e-5
+        )
         np.testing.assert_allclose(batched.attention(i), single.attention(0), atol=1e-5)
 
 
@@ -100,7 +130,9 @@ def test_cached_capture_equals_fresh_bit_for_bit(tiny_model, cache_dir):
     fresh = pk.capture(tiny_model, sents, resid=("resid_post",), cache=False, progress=False)
     assert again.path == first.path and fresh.key == first.key
     for layer in range(tiny_model.n_layers):
-        assert np.array_equal(np.asarray(first.resid("resid_post", layer)), np.asarray(fresh.resid("resid_post", layer)))
+        assert np.array_equal(
+            np.asarray(first.resid("resid_post", layer)), np.asarray(fresh.resid("resid_post", layer))
+        )
     assert np.array_equal(first.attention(1), fresh.attention(1))
 
 
@@ -114,8 +146,9 @@ def test_cache_key_changes_with_data_settings_and_weights(tiny_model, cache_dir)
 
 
 def test_stop_at_layer_only_captures_requested_layers(tiny_llama, cache_dir):
-    cap = pk.capture(tiny_llama, ["The cat sat ."], layers=[0], resid=("resid_post",), cache_dir=cache_dir,
-                     progress=False)
+    cap = pk.capture(
+        tiny_llama, ["The cat sat ."], layers=[0], resid=("resid_post",), cache_dir=cache_dir, progress=False
+    )
     assert cap.layers == [0] and cap.attention(0).shape[0] == 1
     with pytest.raises(pk.ProbekitError, match="was not captured"):
         cap.resid("resid_post", 1)
@@ -123,10 +156,28 @@ def test_stop_at_layer_only_captures_requested_layers(tiny_llama, cache_dir):
 
 def test_pooling_choices(tiny_llama, cache_dir):
     words = ["mother-in-law", "sat"]
-    first = pk.capture(tiny_llama, [words], pool="first", resid=("resid_post",), attention=False, cache_dir=cache_dir, progress=False)
-    last = pk.capture(tiny_llama, [words], pool="last", resid=("resid_post",), attention=False, cache_dir=cache_dir, progress=False)
+    first = pk.capture(
+        tiny_llama,
+        [words],
+        pool="first",
+        resid=("resid_post",),
+        attention=False,
+        cache_dir=cache_dir,
+        progress=False,
+    )
+    last = pk.capture(
+        tiny_llama,
+        [words],
+        pool="last",
+        resid=("resid_post",),
+        attention=False,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     assert not np.allclose(first.resid("resid_post", 0)[0], last.resid("resid_post", 0)[0])
-    np.testing.assert_array_equal(first.resid("resid_post", 0)[1], last.resid("resid_post", 0)[1])  # one-token word
+    np.testing.assert_array_equal(
+        first.resid("resid_post", 0)[1], last.resid("resid_post", 0)[1]
+    )  # one-token word
 
 
 def test_check_attention_recomputes_patterns(tiny_model):
@@ -135,19 +186,22 @@ def test_check_attention_recomputes_patterns(tiny_model):
     assert df.max_abs_diff.max() <= 1e-5
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([], "no sentences"),
-    ([("The cat sat.", ["The", "dog", "sat", "."])], "does not match the text"),
-    ([("The cat sat.", ["The", "cat"])], "stop before the end"),
-    ([["The", ""]], "non-empty strings"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "no sentences"),
+        ([("The cat sat.", ["The", "dog", "sat", "."])], "does not match the text"),
+        ([("The cat sat.", ["The", "cat"])], "stop before the end"),
+        ([["The", ""]], "non-empty strings"),
+    ],
+)
 def test_bad_input_gives_one_clear_error(tiny_llama, bad, match):
     with pytest.raises(pk.ProbekitError, match=match):
         pk.capture(tiny_llama, bad, progress=False, cache=False)
 
 
 def test_sentence_longer_than_context(tiny_llama):
-    with pytest.raises(pk.ProbekitError, match="longer than .* context"):
+    with pytest.raises(pk.ProbekitError, match=r"longer than .* context"):
         pk.capture(tiny_llama, [["word"] * (tiny_llama.n_ctx + 5)], progress=False, cache=False)
 
 
@@ -163,11 +217,19 @@ def test_random_init_is_reproducible_and_differs():
     b = pk.load_model("random:tiny-bert", seed=3)
     c = pk.load_model("random:tiny-bert", seed=4)
     assert a.fingerprint == b.fingerprint != c.fingerprint
-    assert pk.load_model("random:tiny-bert", seed=0).fingerprint != pk.load_model("tiny-bert", seed=0).fingerprint
+    assert (
+        pk.load_model("random:tiny-bert", seed=0).fingerprint
+        != pk.load_model("tiny-bert", seed=0).fingerprint
+    )
 
 
 def test_model_wrapper_fields(tiny_llama, tiny_bert):
-    assert (tiny_llama.n_layers, tiny_llama.n_heads, tiny_llama.n_kv_heads, tiny_llama.d_head) == (2, 4, 2, 16)
+    assert (tiny_llama.n_layers, tiny_llama.n_heads, tiny_llama.n_kv_heads, tiny_llama.d_head) == (
+        2,
+        4,
+        2,
+        16,
+    )
     assert tiny_llama.is_causal and not tiny_bert.is_causal
     assert tiny_bert.n_kv_heads == tiny_bert.n_heads
 

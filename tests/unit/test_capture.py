@@ -1,9 +1,13 @@
 """capture's forward stops before the final norm / LM or MLM head, and written pages are released, without
-changing a single stored number (so `CACHE_VERSION` stays 1)."""
+changing a single stored number (so `CACHE_VERSION` stays 1); the checksums of an entry are computed while
+it is written, sentence chunk by chunk, and combined in file order (see docs/methods/capture.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import itertools
+import json
 import mmap
 
 import numpy as np
@@ -13,10 +17,17 @@ from numpy.lib.format import open_memmap
 
 import probekit as pk
 
-capmod = importlib.import_module("probekit.activations.capture")  # the module; `probekit.activations.capture` is the function
+capmod = importlib.import_module(
+    "probekit.activations.capture"
+)  # the module; `probekit.activations.capture` is the function
 
-SENTS = ['"I don\'t know," said the U.S. mother-in-law of 1,000 cats.', "The cat sat .",
-         "Dogs bark at night near the old river bank .", "A b c .", "She gave him the book yesterday ."]
+SENTS = [
+    '"I don\'t know," said the U.S. mother-in-law of 1,000 cats.',
+    "The cat sat .",
+    "Dogs bark at night near the old river bank .",
+    "A b c .",
+    "She gave him the book yesterday .",
+]
 ALL_RESID = ("resid_pre", "resid_mid", "resid_post")
 #: what fires only when the final norm or the head actually runs (their hook_in is where capture stops)
 HEAD_OUTPUTS = ("ln_final.hook_out", "unembed.hook_out", "mlm_head.hook_out")
@@ -79,13 +90,15 @@ def test_last_block_matches_run_with_cache_with_head(tiny_model):
     ids, mask = pad_batch([encs[i] for i in order], tiny_model.pad_token_id)
     name = f"blocks.{last}.hook_resid_post"
     with torch.inference_mode():
-        logits, cache = tiny_model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n == name)
+        logits, cache = tiny_model.bridge.run_with_cache(
+            ids, attention_mask=mask, names_filter=lambda n: n == name
+        )
     assert logits.shape == (*ids.shape, tiny_model.bridge.cfg.d_vocab)  # the head ran
     got = cap.resid("resid_post", last)
     for b, i in enumerate(order):
         enc = encs[i]
         pool = torch.from_numpy(pooling_matrix(enc, "last" if tiny_model.is_causal else "first"))
-        want = (pool @ cache[name][b, :enc.n_tokens].float()).numpy()
+        want = (pool @ cache[name][b, : enc.n_tokens].float()).numpy()
         assert np.array_equal(got[cap.sentence_rows(i)], want)
 
 
@@ -155,3 +168,105 @@ def test_release_is_a_noop_without_madv_dontneed(tmp_path, monkeypatch):
     capmod._release(arr)
     capmod._release(np.zeros(3, dtype=np.float32))  # not a memory map at all
     assert np.array_equal(arr, np.full(10, 3.0, dtype=np.float32))
+
+
+# ---- checksums computed while writing (issue 15) -------------------------------------------------------
+
+#: keys of a fixed input, as the code before checksums (commit 0f90614) computed them: format 2 keeps them
+PINNED_KEYS = {
+    "tiny-bert": "ebb886bf53e1c6d423e5c355cb55bae1",
+    "tiny-llama": "a1efe8249764fd440bfa69af6be30884",
+}
+
+
+def test_cache_keys_are_unchanged_by_the_format_change(tiny_model, tmp_path):
+    cap = pk.capture(
+        tiny_model,
+        ["The cat sat on the mat .", "Dogs bark ."],
+        resid=("resid_pre", "resid_post"),
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    assert cap.key == PINNED_KEYS[tiny_model.name]
+
+
+def _documented_digest(path, chunk_bytes) -> str:
+    """docs/methods/capture.md, computed independently of probekit: blake2b-256(npy header || d_0 || ...),
+    d_i = blake2b-128(sentence i's bytes), in file order."""
+    data = path.read_bytes()
+    header = len(data) - int(chunk_bytes[-1])
+    assert header == np.load(path, mmap_mode="r").offset  # the data follow the .npy header
+    parts = [data[:header]] + [
+        hashlib.blake2b(data[header + a : header + b], digest_size=16).digest()
+        for a, b in itertools.pairwise(chunk_bytes)
+    ]
+    return hashlib.blake2b(b"".join(parts), digest_size=32).hexdigest()
+
+
+def test_checksums_follow_the_documented_scheme(tiny_model, tmp_path):
+    cap = pk.capture(tiny_model, SENTS, resid=ALL_RESID, batch_size=2, cache_dir=tmp_path, progress=False)
+    record = json.loads((cap.path / "checksums.json").read_text())
+    assert record["format"] == 2
+    files = record["files"]
+    assert set(files) == {p.name for p in cap.path.iterdir()} - {"checksums.json"}
+    meta = (cap.path / "meta.json").read_bytes()
+    assert files["meta.json"] == {
+        "size": len(meta),
+        "blake2b": hashlib.blake2b(meta, digest_size=32).hexdigest(),
+    }
+    item = 4  # float32
+    for name in files:
+        if name == "meta.json":
+            continue
+        path = cap.path / name
+        if name == "attention.npy":
+            chunks = cap._att_offsets * item
+        elif name == "special_mass.npy":
+            chunks = cap._mass_offsets * item
+        else:
+            chunks = cap.offsets * tiny_model.d_model * item
+        assert files[name]["size"] == path.stat().st_size
+        assert files[name]["blake2b"] == _documented_digest(path, chunks), name
+
+
+def test_each_chunk_is_hashed_once_as_it_is_written(tiny_model, monkeypatch):
+    """No second pass: every sentence chunk of every file is hashed exactly once, in write (length) order,
+    and the hashed bytes add up to the file's data."""
+    calls = []
+    add = capmod.ChunkHasher.add
+
+    def spy(self, i, written):
+        calls.append((id(self), i, written.nbytes))
+        add(self, i, written)
+
+    monkeypatch.setattr(capmod.ChunkHasher, "add", spy)
+    cap = _capture(tiny_model, batch_size=2)
+    n_files = len(cap.meta["hooks"]) + 2
+    per_file: dict[int, list] = {}
+    for h, i, nbytes in calls:
+        per_file.setdefault(h, []).append((i, nbytes))
+    assert len(per_file) == n_files
+    order = [i for i, _ in next(iter(per_file.values()))]
+    assert sorted(order) == list(range(len(SENTS)))  # each sentence once
+    assert order != sorted(order)  # written in length order, not file order: hence per-chunk digests
+    record = json.loads((cap.path / "checksums.json").read_text())["files"]
+    data_bytes = sorted(sum(n for _, n in v) for v in per_file.values())
+    headers = {
+        name: np.load(cap.path / name, mmap_mode="r").offset for name in record if name.endswith(".npy")
+    }
+    assert data_bytes == sorted(record[name]["size"] - headers[name] for name in headers)
+
+
+def test_damage_after_the_check_is_a_probekit_error(tiny_bert, tmp_path):
+    """A file that goes bad while a Capture holds the entry: a ProbekitError naming the folder, not a raw
+    ValueError from numpy's memory map."""
+    cap = pk.capture(tiny_bert, SENTS, cache_dir=tmp_path, progress=False)
+    att = cap.path / "attention.npy"
+    att.write_bytes(att.read_bytes()[:200])
+    again = capmod.Capture(cap.path, cap.sentences)
+    with pytest.raises(pk.ProbekitError, match="probekit cache verify") as err:
+        again.attention(0)
+    assert str(cap.path) in str(err.value)
+    (cap.path / "meta.json").write_text("{")
+    with pytest.raises(pk.ProbekitError, match="damaged"):
+        capmod.Capture(cap.path, cap.sentences)
