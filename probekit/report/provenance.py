@@ -8,8 +8,9 @@ benchmarks) carries a ``provenance`` record:
 - ``config``: that config's path relative to the repository and the sha256 of its bytes;
 - ``files``: ``{path relative to the folder: sha256}`` for every file the command wrote (the
   manifest itself excepted);
-- ``code``: ``{path relative to the repository: sha256}`` for every ``probekit`` module the process
-  had imported when it finished, i.e. the code that could have fed a number.
+- ``code``: ``{path relative to the repository: fingerprint}`` for every ``probekit`` module the
+  process had imported when it finished, i.e. the code that could have fed a number; the fingerprint
+  (`code_fingerprint`) ignores formatting, comments, docstrings and type annotations.
 
 `check_folder` compares a folder with its record: a file changed or added since (hand edits), a
 config changed since, or code changed since (the folder is then *stale*: rerun its command, or
@@ -19,6 +20,7 @@ every command, diffing byte for byte (``scripts/verify_results.py``).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import sys
@@ -57,14 +59,36 @@ def file_hashes(folder: str | os.PathLike) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256(p) for p in result_files(folder)}
 
 
+def code_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a Python module's syntax tree without docstrings, comments, type annotations or layout.
+
+    Two versions of a module that differ only in what cannot change a number (formatting, comments,
+    docstrings, annotations) get the same fingerprint; any other edit changes it.
+    """
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+        if isinstance(node, ast.arg):
+            node.annotation = None
+        if isinstance(node, ast.AnnAssign):
+            node.annotation = ast.Constant(None)
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
 def code_hashes() -> dict[str, str]:
-    """``{repository-relative path: sha256}`` of every imported ``probekit`` module file."""
+    """``{repository-relative path: code_fingerprint}`` of every imported ``probekit`` module."""
     package = REPO / "probekit"
     out = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path and Path(path).resolve().is_relative_to(package) and Path(path).suffix == ".py":
-            out[Path(path).resolve().relative_to(REPO).as_posix()] = sha256(path)
+            out[Path(path).resolve().relative_to(REPO).as_posix()] = code_fingerprint(path)
     return dict(sorted(out.items()))
 
 
@@ -163,7 +187,7 @@ def check_folder(folder: str | os.PathLike, *, code: bool = True) -> list[Proble
             problems.append(Problem(name, "config changed", f"{cfg['path']} changed since; rerun `{prov['command']}`"))
     if code:
         changed = [rel for rel, digest in prov["code"].items()
-                   if not (REPO / rel).exists() or sha256(REPO / rel) != digest]
+                   if not (REPO / rel).exists() or code_fingerprint(REPO / rel) != digest]
         if changed and not stale_reason(folder):
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
             problems.append(Problem(name, "code changed",

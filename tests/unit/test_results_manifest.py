@@ -10,7 +10,6 @@ verify-results`` reruns every command and diffs byte for byte.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -42,22 +41,20 @@ def test_every_manifest_names_a_committed_config_or_make_bench():
             assert prov["command"].startswith(("make bench", "probekit bench")), manifest
 
 
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / folder.name
-    shutil.copytree(folder, copy)
-    return copy
-
-
 def test_the_check_catches_edits_additions_and_removals(tmp_path):
-    folder = next((p for p in FOLDERS if (p / "manifest.json").exists()), None)
-    assert folder is not None, "no results folder has a manifest"
-    copy = _copy(folder, tmp_path)
-    recorded = sorted(json.loads((copy / "manifest.json").read_text())["provenance"]["files"])
-    target = copy / recorded[0]
-    target.write_bytes(target.read_bytes() + b" ")
-    (copy / "extra.csv").write_text("a\n")
-    (copy / recorded[-1]).unlink()
-    kinds = sorted(p.kind for p in provenance.check_folder(copy, code=False))
+    folder = tmp_path / "run"
+    (folder / "stage").mkdir(parents=True)
+    for name in ("a.csv", "b.md", "stage/c.png"):
+        (folder / name).write_bytes(name.encode())
+    (folder / ".done").write_text("markers are not results")
+    record = provenance.record(folder, "probekit run experiments/x.yaml", None)
+    assert sorted(record["files"]) == ["a.csv", "b.md", "stage/c.png"]
+    (folder / "manifest.json").write_text(json.dumps({"provenance": record}))
+    assert provenance.check_folder(folder, code=False) == []
+    (folder / "a.csv").write_bytes(b"a.csv ")
+    (folder / "extra.csv").write_text("a\n")
+    (folder / "stage" / "c.png").unlink()
+    kinds = sorted(p.kind for p in provenance.check_folder(folder, code=False))
     assert kinds == ["file added", "file changed", "file missing"]
 
 
@@ -72,3 +69,12 @@ def test_changed_code_makes_a_folder_stale_unless_it_says_why(tmp_path):
     (copy / "STALE").write_text("errors.py changed only a message; rerun with `probekit run experiments/x.yaml`\n")
     assert provenance.check_folder(copy) == []
     assert provenance.check_folder(copy, code=False) == []
+
+
+def test_code_fingerprint_ignores_layout_docstrings_and_annotations_only(tmp_path):
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('def f(x):\n    return x + 1\n')
+    b.write_text('"""Doc."""\n\n\ndef f(x: int) -> int:  # comment\n    """More doc."""\n    return (x\n            + 1)\n')
+    c.write_text('def f(x):\n    return x + 2\n')
+    assert provenance.code_fingerprint(a) == provenance.code_fingerprint(b)
+    assert provenance.code_fingerprint(a) != provenance.code_fingerprint(c)
