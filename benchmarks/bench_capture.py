@@ -32,10 +32,23 @@ import torch
 from probekit import bench
 from probekit.activations.align import align, pad_batch
 
-VARIANTS = ("hf-forward", "hf-body-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture")
+VARIANTS = (
+    "hf-forward",
+    "hf-body-forward",
+    "bridge-forward",
+    "tl-cache-all",
+    "tl-cache-filter",
+    "probekit-capture",
+)
 FLOOR = "hf-forward"
-RSS_KEYS = ("peak_rss_mb", "baseline_rss_mb", "run_peak_rss_mb", "run_peak_anon_mb", "run_peak_file_mb",
-            "rss_method")
+RSS_KEYS = (
+    "peak_rss_mb",
+    "baseline_rss_mb",
+    "run_peak_rss_mb",
+    "run_peak_anon_mb",
+    "run_peak_file_mb",
+    "rss_method",
+)
 BATCH_SIZE = 16
 CHUNK_BATCHES = 4  # variants alternate every 4 batches (64 sentences)
 
@@ -51,20 +64,21 @@ class Workload:
         self.model, self.sentences, self.batch_size = model, list(sentences), batch_size
         self.encs = [align(model, s) for s in self.sentences]
         order = sorted(range(len(self.encs)), key=lambda i: (self.encs[i].n_tokens, i))
-        self.batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.padded = [pad_batch([self.encs[i] for i in b], model.pad_token_id) for b in self.batches]
         self.n_tokens = int(sum(e.n_tokens for e in self.encs))
         self.n_padded = int(sum(ids.numel() for ids, _ in self.padded))
         layers = range(model.n_layers)
-        self.names = ({f"blocks.{layer}.hook_resid_post" for layer in layers}
-                      | {f"blocks.{layer}.attn.hook_pattern" for layer in layers})
+        self.names = {f"blocks.{layer}.hook_resid_post" for layer in layers} | {
+            f"blocks.{layer}.attn.hook_pattern" for layer in layers
+        }
 
     def chunks(self, n_batches: int) -> list[Workload]:
         """Consecutive groups of ``n_batches`` batches as workloads of their own; `probekit.activations.capture` on a
         chunk's sentences forms exactly these batches again (same length order, same cut points)."""
         out = []
         for k in range(0, len(self.batches), n_batches):
-            idx = [i for b in self.batches[k:k + n_batches] for i in b]
+            idx = [i for b in self.batches[k : k + n_batches] for i in b]
             out.append(Workload(self.model, [self.sentences[i] for i in idx], self.batch_size))
         return out
 
@@ -109,19 +123,35 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
     def cache_filter():
         with torch.inference_mode():
             for ids, mask in work.padded:
-                _, cache = model.bridge.run_with_cache(ids, attention_mask=mask,
-                                                       names_filter=lambda n: n in names)
+                _, cache = model.bridge.run_with_cache(
+                    ids, attention_mask=mask, names_filter=lambda n: n in names
+                )
                 del cache
 
     def run_capture():
         folder = Path(tempfile.mkdtemp(prefix="cap-", dir=tmp_root))
-        cap = capture(model, work.sentences, layers=None, resid=("resid_post",), attention=True,
-                      batch_size=work.batch_size, cache=True, cache_dir=folder, progress=False)
+        cap = capture(
+            model,
+            work.sentences,
+            layers=None,
+            resid=("resid_post",),
+            attention=True,
+            batch_size=work.batch_size,
+            cache=True,
+            cache_dir=folder,
+            progress=False,
+        )
         del cap
         return lambda: shutil.rmtree(folder, ignore_errors=True)
 
-    variants = {"hf-forward": hf_forward, "hf-body-forward": hf_body_forward, "bridge-forward": bridge_forward,
-                "tl-cache-all": cache_all, "tl-cache-filter": cache_filter, "probekit-capture": run_capture}
+    variants = {
+        "hf-forward": hf_forward,
+        "hf-body-forward": hf_body_forward,
+        "bridge-forward": bridge_forward,
+        "tl-cache-all": cache_all,
+        "tl-cache-filter": cache_filter,
+        "probekit-capture": run_capture,
+    }
     if hf is None:
         variants.pop("hf-forward")
         variants.pop("hf-body-forward")
@@ -140,7 +170,10 @@ def child(model: str, variant: str, n: int, data: str | None = None) -> dict:
     sentences, _ = bench.bench_sentences(n, ctx)
     tmp_root = Path(tempfile.mkdtemp(prefix="probekit-bench-"))
     try:
-        if variant in (FLOOR, "hf-body-forward"):  # only the plain HF model: the floor needs nothing else in memory
+        if variant in (
+            FLOOR,
+            "hf-body-forward",
+        ):  # only the plain HF model: the floor needs nothing else in memory
             hf, tokenizer, causal = load_pristine_hf(model, with_tokenizer=True)
             m = _TokenizerOnly(model, tokenizer, causal)
             work = Workload(m, sentences)
@@ -176,7 +209,9 @@ class _TokenizerOnly:
         self.n_ctx = 10**9
         if causal:
             self.sink_token_id = tok.convert_tokens_to_ids(SMOLLM_SINK)
-            self.pad_token_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+            self.pad_token_id = int(
+                tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+            )
             self.cls_token_id = self.sep_token_id = None
         else:
             self.sink_token_id = None
@@ -209,17 +244,32 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
             chunks = [make_variants(c, hf, tmp_root) for c in work.chunks(CHUNK_BATCHES)]
             checks[name] = _check_same_outputs(model, hf, work)
             timed = bench.interleaved_chunks(chunks, ctx.n_repeats, ctx.say, f"capture {name}")
-            model_rows = [{"benchmark": "capture", "model": name, "n_sentences": len(sentences), "source": source,
-                           "n_tokens": work.n_tokens, "padded_tokens": work.n_padded, "threads": ctx.threads,
-                           "tokens_per_s": work.n_tokens / r["seconds"], **checks[name], **r} for r in timed]
+            model_rows = [
+                {
+                    "benchmark": "capture",
+                    "model": name,
+                    "n_sentences": len(sentences),
+                    "source": source,
+                    "n_tokens": work.n_tokens,
+                    "padded_tokens": work.n_padded,
+                    "threads": ctx.threads,
+                    "tokens_per_s": work.n_tokens / r["seconds"],
+                    **checks[name],
+                    **r,
+                }
+                for r in timed
+            ]
             # peak memory: each variant in a fresh process (skipped with --quick: ~10 s per process)
             if not quick:
                 for variant in chunks[0]:
                     ctx.say(f"capture {name}: peak memory of {variant} (fresh process)")
                     try:
                         m = bench.measure_in_subprocess(
-                            __file__, "child", {"model": name, "variant": variant, "n": n, "data": ctx.data},
-                            threads=ctx.threads)
+                            __file__,
+                            "child",
+                            {"model": name, "variant": variant, "n": n, "data": ctx.data},
+                            threads=ctx.threads,
+                        )
                     except Exception as err:  # report, don't abort the benchmark
                         ctx.say(f"  failed: {err}")
                         continue
@@ -257,15 +307,20 @@ def _check_same_outputs(model, hf, work: Workload) -> dict:
     n_layers = model.n_layers
     with torch.inference_mode():
         hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        _, cache = model.bridge.run_with_cache(ids, attention_mask=mask,
-                                               names_filter=lambda n: n.endswith("hook_resid_post"))
+        _, cache = model.bridge.run_with_cache(
+            ids, attention_mask=mask, names_filter=lambda n: n.endswith("hook_resid_post")
+        )
     # hidden_states[k] is block k-1's output (the last one is after the final norm in Llama, so stop before it)
-    diff = max(float((hidden[k] - cache[f"blocks.{k - 1}.hook_resid_post"]).abs()[real].max())
-               for k in range(1, n_layers))
+    diff = max(
+        float((hidden[k] - cache[f"blocks.{k - 1}.hook_resid_post"]).abs()[real].max())
+        for k in range(1, n_layers)
+    )
     return {"hf_vs_bridge_resid_max_abs_diff": diff}
 
 
-def _thread_sensitivity(model, hf, sentences, tmp_root: Path, ctx: bench.BenchContext, name: str) -> list[dict]:
+def _thread_sensitivity(
+    model, hf, sentences, tmp_root: Path, ctx: bench.BenchContext, name: str
+) -> list[dict]:
     work = Workload(model, sentences)
     keep = ("hf-forward", "probekit-capture")
     chunks = [{k: v for k, v in make_variants(c, hf, tmp_root).items() if k in keep} for c in work.chunks(1)]
@@ -278,15 +333,26 @@ def _thread_sensitivity(model, hf, sentences, tmp_root: Path, ctx: bench.BenchCo
             if callable(cleanup):
                 cleanup()
     for r in range(ctx.n_repeats):
-        for t in (counts if r % 2 == 0 else counts[::-1]):
+        for t in counts if r % 2 == 0 else counts[::-1]:
             bench.set_threads(t)
             for row in bench.interleaved_chunks(chunks, 1, warmup=False):
                 row["repeat"] = r
                 seconds = row["seconds"]
-                rows.append({"benchmark": "capture", "variant": row["variant"], "model": name,
-                             "n_sentences": len(sentences), "n_tokens": work.n_tokens, "repeat": r,
-                             "seconds": seconds, "tokens_per_s": work.n_tokens / seconds, "threads": t,
-                             "padded_tokens": work.n_padded, "subset": "thread-sensitivity"})
+                rows.append(
+                    {
+                        "benchmark": "capture",
+                        "variant": row["variant"],
+                        "model": name,
+                        "n_sentences": len(sentences),
+                        "n_tokens": work.n_tokens,
+                        "repeat": r,
+                        "seconds": seconds,
+                        "tokens_per_s": work.n_tokens / seconds,
+                        "threads": t,
+                        "padded_tokens": work.n_padded,
+                        "subset": "thread-sensitivity",
+                    }
+                )
                 ctx.say(f"capture {name} threads={t} repeat {r} {row['variant']}: {seconds:.2f} s")
     return rows
 
@@ -296,7 +362,15 @@ def _profiles(model, sentences, tmp_root: Path, profile_dir: Path, name: str) ->
 
     def once():
         folder = Path(tempfile.mkdtemp(dir=tmp_root))
-        capture(model, sentences, resid=("resid_post",), attention=True, cache=True, cache_dir=folder, progress=False)
+        capture(
+            model,
+            sentences,
+            resid=("resid_post",),
+            attention=True,
+            cache=True,
+            cache_dir=folder,
+            progress=False,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
     once()  # warm
@@ -319,7 +393,9 @@ def _ratios(main: pd.DataFrame, model: str) -> dict[str, float]:
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    table = bench.summarize(_main_rows(frame), ("model", "variant", "n_sentences", "threads"), ("ratio_vs_floor",))
+    table = bench.summarize(
+        _main_rows(frame), ("model", "variant", "n_sentences", "threads"), ("ratio_vs_floor",)
+    )
     return table.dropna(axis=1, how="all")
 
 
@@ -329,9 +405,11 @@ def _profile_numbers(text: str) -> dict[str, float]:
     m = re.search(r"in ([0-9.]+) seconds", text)
     if m:
         out["total"] = float(m.group(1))
-    for key, pat in {"einsum": r"^\s*\d+\s+([0-9.]+)\s+\S+\s+\S+\s+\S+\s+\{built-in method numpy.*c_einsum\}",
-                     "compute_self": r"^\s*\d+\s+([0-9.]+)\s+.*capture.py:\d+\(_compute\)",
-                     "linear": r"^\s*\d+\s+([0-9.]+)\s+.*torch._C._nn.linear\}"}.items():
+    for key, pat in {
+        "einsum": r"^\s*\d+\s+([0-9.]+)\s+\S+\s+\S+\s+\S+\s+\{built-in method numpy.*c_einsum\}",
+        "compute_self": r"^\s*\d+\s+([0-9.]+)\s+.*capture.py:\d+\(_compute\)",
+        "linear": r"^\s*\d+\s+([0-9.]+)\s+.*torch._C._nn.linear\}",
+    }.items():
         m = re.search(pat, text, re.M)
         if m:
             out[key] = float(m.group(1))
@@ -355,57 +433,89 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
     main = _main_rows(frame)
     n = int(main.n_sentences.iloc[0])
     source = main["source"].iloc[0] if "source" in main else "EWT dev (see benchmark 1's input)"
-    lines = [f"Input: {source}, first {n} sentences; batches of {BATCH_SIZE}, sorted by length, right-padded "
-             f"(the same batches for every variant); the variants alternate every {CHUNK_BATCHES} batches, and a "
-             "repetition's time is the sum over chunks. `ratio_vs_floor` = seconds / seconds of `hf-forward` in the "
-             "same repetition, median over repetitions. Tokens/s counts real tokens (sink/[CLS]/[SEP] included, "
-             "padding excluded). Every variant computes the same forward, except that `hf-body-forward` and "
-             "`probekit-capture` leave out the final norm and the LM/MLM head, which no capture needs.", ""]
+    lines = [
+        f"Input: {source}, first {n} sentences; batches of {BATCH_SIZE}, sorted by length, right-padded "
+        f"(the same batches for every variant); the variants alternate every {CHUNK_BATCHES} batches, and a "
+        "repetition's time is the sum over chunks. `ratio_vs_floor` = seconds / seconds of `hf-forward` in the "
+        "same repetition, median over repetitions. Tokens/s counts real tokens (sink/[CLS]/[SEP] included, "
+        "padding excluded). Every variant computes the same forward, except that `hf-body-forward` and "
+        "`probekit-capture` leave out the final norm and the LM/MLM head, which no capture needs.",
+        "",
+    ]
     for model in main.model.unique():
         r = _ratios(main, model)
         f = main[main.model == model]
         get = functools.partial(lambda ratios, v: ratios.get(v, float("nan")), r)
-        cap, filt, bridge, body = get("probekit-capture"), get("tl-cache-filter"), get("bridge-forward"), get("hf-body-forward")
+        cap, filt, bridge, body = (
+            get("probekit-capture"),
+            get("tl-cache-filter"),
+            get("bridge-forward"),
+            get("hf-body-forward"),
+        )
         goal = "**meets**" if cap <= 1.15 else "**misses**"
-        text = (f"**{model}.** probekit's capture runs at **{cap:.2f}×** the bare HF forward, so it {goal} the "
-                f"1.15× goal (min/max over repetitions {f[f.variant == 'probekit-capture'].ratio_vs_floor.min():.2f}–"
-                f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.max():.2f}). Where the time goes, as median ratios "
-                f"to the floor: the bridge with no hooks {bridge:.2f}×; `run_with_cache` with capture's filter "
-                f"{filt:.2f}× (every hook: {get('tl-cache-all'):.2f}×); from there, probekit's own work — "
-                f"tokenising, pooling, word attention, writing the memory maps — less the head it skips takes capture "
-                f"from {filt:.2f}× to {cap:.2f}×. The head: `hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the "
-                f"LM/MLM head, which the floor and the bridge/`tl-*` variants compute and capture does not (it stops "
-                "on entering the final norm / head), so capture's ratio can fall below theirs and below 1.")
+        text = (
+            f"**{model}.** probekit's capture runs at **{cap:.2f}×** the bare HF forward, so it {goal} the "
+            f"1.15× goal (min/max over repetitions {f[f.variant == 'probekit-capture'].ratio_vs_floor.min():.2f}–"
+            f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.max():.2f}). Where the time goes, as median ratios "
+            f"to the floor: the bridge with no hooks {bridge:.2f}×; `run_with_cache` with capture's filter "
+            f"{filt:.2f}× (every hook: {get('tl-cache-all'):.2f}×); from there, probekit's own work — "
+            f"tokenising, pooling, word attention, writing the memory maps — less the head it skips takes capture "
+            f"from {filt:.2f}× to {cap:.2f}×. The head: `hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the "
+            f"LM/MLM head, which the floor and the bridge/`tl-*` variants compute and capture does not (it stops "
+            "on entering the final norm / head), so capture's ratio can fall below theirs and below 1."
+        )
         if body == body:
             per_rep = f.pivot_table(index="repeat", columns="variant", values="seconds")
             vs_body = (per_rep["probekit-capture"] / per_rep["hf-body-forward"]).median()
-            text += (f" Against the forward a capture actually needs — `hf-body-forward`, no head — capture runs at "
-                     f"{vs_body:.2f}× (median over repetitions): that is its true overhead, the bridge's and its own.")
+            text += (
+                f" Against the forward a capture actually needs — `hf-body-forward`, no head — capture runs at "
+                f"{vs_body:.2f}× (median over repetitions): that is its true overhead, the bridge's and its own."
+            )
         if "hf_vs_bridge_resid_max_abs_diff" in f and f["hf_vs_bridge_resid_max_abs_diff"].notna().any():
             c = f.iloc[0]
-            text += (f" Check: HF hidden states vs bridge `resid_post` (blocks 0..L-2) max |diff| "
-                     f"{c.hf_vs_bridge_resid_max_abs_diff:.1e}.")
+            text += (
+                f" Check: HF hidden states vs bridge `resid_post` (blocks 0..L-2) max |diff| "
+                f"{c.hf_vs_bridge_resid_max_abs_diff:.1e}."
+            )
         lines.append(text)
         if "run_peak_rss_mb" in f and f["run_peak_rss_mb"].notna().any():
             g = f.groupby("variant")[["run_peak_rss_mb", "baseline_rss_mb", "run_peak_file_mb"]].median()
-            parts = [f"{v} +{g.loc[v, 'run_peak_rss_mb'] - g.loc[v, 'baseline_rss_mb']:.0f} MB"
-                     for v in VARIANTS if v in g.index]
-            lines.append(f"Memory while running, over each fresh process's loaded baseline: {'; '.join(parts)}.")
+            parts = [
+                f"{v} +{g.loc[v, 'run_peak_rss_mb'] - g.loc[v, 'baseline_rss_mb']:.0f} MB"
+                for v in VARIANTS
+                if v in g.index
+            ]
+            lines.append(
+                f"Memory while running, over each fresh process's loaded baseline: {'; '.join(parts)}."
+            )
         cprof = _profile_numbers(_read(ctx.out / "profiles" / f"capture_{model}_cprofile.txt"))
         tprof = _profile_numbers(_read(ctx.out / "profiles" / f"capture_{model}_torch.txt"))
         if cprof.get("total") and tprof.get("torch_total"):
             bits = []
             if "einsum" in cprof:
-                bits.append(f"numpy `einsum` (word attention) {cprof['einsum']:.2f} s of {cprof['total']:.2f} s")
+                bits.append(
+                    f"numpy `einsum` (word attention) {cprof['einsum']:.2f} s of {cprof['total']:.2f} s"
+                )
             if "compute_self" in cprof:
-                bits.append(f"`_compute`'s own lines (indexing, the pooling matmuls, memory-map writes) "
-                            f"{cprof['compute_self']:.2f} s")
+                bits.append(
+                    f"`_compute`'s own lines (indexing, the pooling matmuls, memory-map writes) "
+                    f"{cprof['compute_self']:.2f} s"
+                )
             if "aten::mm_calls" in tprof:
-                bits.append(f"`aten::mm` is called {tprof['aten::mm_calls']} times: the model's linear layers plus one "
-                            "pooling matmul per (sentence, layer)")
-            lines.append(f"Profile of `capture()` on the first {min(64, n)} sentences (details below): "
-                         + "; ".join(bits) + ".")
-        sens = frame[(frame.model == model) & (frame["subset"] == "thread-sensitivity")] if "subset" in frame else None
+                bits.append(
+                    f"`aten::mm` is called {tprof['aten::mm_calls']} times: the model's linear layers plus one "
+                    "pooling matmul per (sentence, layer)"
+                )
+            lines.append(
+                f"Profile of `capture()` on the first {min(64, n)} sentences (details below): "
+                + "; ".join(bits)
+                + "."
+            )
+        sens = (
+            frame[(frame.model == model) & (frame["subset"] == "thread-sensitivity")]
+            if "subset" in frame
+            else None
+        )
         if sens is not None and not sens.empty:
             ratio = sens.groupby(["threads", "variant"])["ratio_vs_floor"].median()
             sec = sens.groupby(["threads", "variant"])["seconds"].median()
@@ -413,29 +523,48 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
             lines.append(
                 f"Threads ({int(sens.n_sentences.iloc[0])}-sentence subset, both settings interleaved): the floor takes "
                 + " vs ".join(f"{sec.get((k, 'hf-forward'), float('nan')):.1f} s at {k} thread(s)" for k in t)
-                + "; capture/floor " + " vs ".join(f"{ratio.get((k, 'probekit-capture'), float('nan')):.2f}×" for k in t)
-                + ".")
+                + "; capture/floor "
+                + " vs ".join(f"{ratio.get((k, 'probekit-capture'), float('nan')):.2f}×" for k in t)
+                + "."
+            )
         lines.append("")
     head_share = {m: 1 - _ratios(main, m).get("hf-body-forward", float("nan")) for m in main.model.unique()}
     top = max(head_share, key=lambda m: head_share[m] if head_share[m] == head_share[m] else -1)
-    lines += ["**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays two "
-              "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules with "
-              "its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` adds hook "
-              "dispatch and copies — that is the step from 1.0× to the `tl-cache-filter` ratio, and probekit cannot "
-              "remove it short of bypassing the bridge. (2) probekit's own post-processing (tokenising, pooling, word "
-              "attention, memory-map writes). (3) Saved: the final norm and the LM/MLM head, whose logits capture "
-              "never reads; `_compute` stops on entering them (a hook raising the bridge's `StopAtLayerException`), "
-              "which the floor and the `tl-*`/`bridge-*` variants do not. The `hf-body-forward` rows show the head's "
-              f"share ({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top})."]
+    lines += [
+        "**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays two "
+        "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules with "
+        "its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` adds hook "
+        "dispatch and copies — that is the step from 1.0× to the `tl-cache-filter` ratio, and probekit cannot "
+        "remove it short of bypassing the bridge. (2) probekit's own post-processing (tokenising, pooling, word "
+        "attention, memory-map writes). (3) Saved: the final norm and the LM/MLM head, whose logits capture "
+        "never reads; `_compute` stops on entering them (a hook raising the bridge's `StopAtLayerException`), "
+        "which the floor and the `tl-*`/`bridge-*` variants do not. The `hf-body-forward` rows show the head's "
+        f"share ({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top})."
+    ]
     for model in main.model.unique():
         cprof = _read(ctx.out / "profiles" / f"capture_{model}_cprofile.txt")
         tprof = _read(ctx.out / "profiles" / f"capture_{model}_torch.txt")
         if cprof:
-            lines += ["", f"<details><summary>{model}: cProfile of <code>capture()</code> on {min(64, n)} sentences "
-                      "(top entries by "
-                      "self time) and torch.profiler top ops</summary>", "", "```", cprof.strip(), "```", "", "```",
-                      tprof.strip(), "```", "", "</details>"]
+            lines += [
+                "",
+                f"<details><summary>{model}: cProfile of <code>capture()</code> on {min(64, n)} sentences "
+                "(top entries by "
+                "self time) and torch.profiler top ops</summary>",
+                "",
+                "```",
+                cprof.strip(),
+                "```",
+                "",
+                "```",
+                tprof.strip(),
+                "```",
+                "",
+                "</details>",
+            ]
     if ctx.quick:
-        lines += ["", "_Quick mode: tiny random models on a handful of sentences; no fresh-process memory "
-                  "measurement and no thread-sensitivity run. These numbers say nothing about performance._"]
+        lines += [
+            "",
+            "_Quick mode: tiny random models on a handful of sentences; no fresh-process memory "
+            "measurement and no thread-sensitivity run. These numbers say nothing about performance._",
+        ]
     return "\n".join(lines)

@@ -29,23 +29,39 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     timings = dict(manifest.get("timings_s") or {})
     total = timings.pop("total", None)
     machine = manifest.get("machine", {})
-    common = {"benchmark": "e2e", "repeat": 0, "manifest": str(path), "run_name": manifest.get("name"),
-              "git_commit": manifest.get("git_commit"), "invocation_total_s": total,
-              "run_cpu_count": machine.get("cpu_count"), "run_torch_threads": machine.get("torch_threads")}
+    common = {
+        "benchmark": "e2e",
+        "repeat": 0,
+        "manifest": str(path),
+        "run_name": manifest.get("name"),
+        "git_commit": manifest.get("git_commit"),
+        "invocation_total_s": total,
+        "run_cpu_count": machine.get("cpu_count"),
+        "run_torch_threads": machine.get("torch_threads"),
+    }
     rows = []
     for label, seconds in timings.items():
         analysis, _, rest = label.partition("/")
-        rows.append({**common, "variant": label, "model": rest.split("__")[0] if rest else "", "analysis": analysis,
-                     "seconds": float(seconds) if seconds is not None else math.nan,
-                     "recorded": seconds is not None})
+        rows.append(
+            {
+                **common,
+                "variant": label,
+                "model": rest.split("__")[0] if rest else "",
+                "analysis": analysis,
+                "seconds": float(seconds) if seconds is not None else math.nan,
+                "recorded": seconds is not None,
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
 
 
 def _skipped(path: Path) -> str:
-    return (f"Skipped: no manifest at `{path}`. Run `make run` (or `probekit run CONFIG`) first, or pass "
-            "`probekit bench --manifest RUN_DIR/manifest.json`.")
+    return (
+        f"Skipped: no manifest at `{path}`. Run `make run` (or `probekit run CONFIG`) first, or pass "
+        "`probekit bench --manifest RUN_DIR/manifest.json`."
+    )
 
 
 def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame | None, str]:
@@ -58,32 +74,50 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
     frame["share_of_recorded"] = frame["seconds"] / staged if staged else math.nan
     table = frame[["variant", "seconds", "share_of_recorded"]].rename(columns={"variant": "stage"})
     table = table.sort_values("seconds", ascending=False, na_position="last", kind="stable")
-    table = pd.concat([table, pd.DataFrame([{"stage": "sum of recorded stages", "seconds": staged,
-                                             "share_of_recorded": 1.0}])], ignore_index=True)
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame([{"stage": "sum of recorded stages", "seconds": staged, "share_of_recorded": 1.0}]),
+        ],
+        ignore_index=True,
+    )
     first = frame.iloc[0]
     total = first.get("invocation_total_s")
     by = known.groupby("analysis")["seconds"].sum().sort_values(ascending=False)
-    parts = [f"From `{first.get('manifest')}` (run `{first.get('run_name')}`, commit {str(first.get('git_commit'))[:10]}, "
-             f"{_int(first.get('run_cpu_count'))} CPUs, {_int(first.get('run_torch_threads'))} torch threads). "
-             f"Recorded stage compute times add up to {staged / 60:.1f} min; by analysis: "
-             + ", ".join(f"{k} {v / 60:.1f} min ({v / staged:.0%})" for k, v in by.items()) + "."]
+    parts = [
+        f"From `{first.get('manifest')}` (run `{first.get('run_name')}`, commit {str(first.get('git_commit'))[:10]}, "
+        f"{_int(first.get('run_cpu_count'))} CPUs, {_int(first.get('run_torch_threads'))} torch threads). "
+        f"Recorded stage compute times add up to {staged / 60:.1f} min; by analysis: "
+        + ", ".join(f"{k} {v / 60:.1f} min ({v / staged:.0%})" for k, v in by.items())
+        + "."
+    ]
     if not known.empty:
         top = known.sort_values("seconds", ascending=False).iloc[0]
-        parts.append(f"The largest stage is `{top.variant}` ({top.seconds / 60:.1f} min, {top.seconds / staged:.0%} "
-                     "of the recorded time).")
+        parts.append(
+            f"The largest stage is `{top.variant}` ({top.seconds / 60:.1f} min, {top.seconds / staged:.0%} "
+            "of the recorded time)."
+        )
     missing = frame[frame["seconds"].isna()]
     if not missing.empty:
-        parts.append(f"{len(missing)} stage(s) have no recorded time (finished by an earlier invocation, before "
-                     "`.done` markers kept times): " + ", ".join(f"`{v}`" for v in missing.variant) + ".")
+        parts.append(
+            f"{len(missing)} stage(s) have no recorded time (finished by an earlier invocation, before "
+            "`.done` markers kept times): " + ", ".join(f"`{v}`" for v in missing.variant) + "."
+        )
     if total is not None and not (isinstance(total, float) and math.isnan(total)):
         if float(total) < staged:
-            parts.append(f"The manifest's `total` ({float(total):.1f} s) is the wall time of its own invocation, which "
-                         "reused finished stages; it is not the cost of the job from scratch.")
+            parts.append(
+                f"The manifest's `total` ({float(total):.1f} s) is the wall time of its own invocation, which "
+                "reused finished stages; it is not the cost of the job from scratch."
+            )
         else:
-            parts.append(f"The invocation took {float(total) / 60:.1f} min in all; the rest is loading data and "
-                         "models outside stages and writing the report.")
-    parts.append("Stage times include loading each model the first time a stage needs it, and were measured once, "
-                 "by the run itself, on whatever load the machine had then.")
+            parts.append(
+                f"The invocation took {float(total) / 60:.1f} min in all; the rest is loading data and "
+                "models outside stages and writing the report."
+            )
+    parts.append(
+        "Stage times include loading each model the first time a stage needs it, and were measured once, "
+        "by the run itself, on whatever load the machine had then."
+    )
     return table, " ".join(parts)
 
 

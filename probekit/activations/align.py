@@ -61,6 +61,7 @@ class Encoded:
 # --------------------------------------------------------------------------------------------------
 # turning user input into Sentences
 
+
 def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0") -> Sentence:
     """Make a `Sentence` from running text.
 
@@ -77,17 +78,20 @@ def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0"
     for i, w in enumerate(words):
         while pos < len(text) and text[pos].isspace():
             pos += 1
-        if text[pos:pos + len(w)] != w:
+        if text[pos : pos + len(w)] != w:
             raise ProbekitError(
-                f"word {i} {w!r} does not match the text at character {pos} ({text[pos:pos + len(w) + 5]!r}...)",
+                f"word {i} {w!r} does not match the text at character {pos} ({text[pos : pos + len(w) + 5]!r}...)",
                 where=f"sentence {id!r}",
                 fix="the word list must spell out the sentence in order, e.g. ['The', 'cat', 'sat', '.']",
             )
         pos += len(w)
         spaces.append(pos < len(text) and text[pos].isspace())
     if text[pos:].strip():
-        raise ProbekitError(f"the words stop before the end of the text ({text[pos:]!r} is left)",
-                            where=f"sentence {id!r}", fix="add the missing words")
+        raise ProbekitError(
+            f"the words stop before the end of the text ({text[pos:]!r} is left)",
+            where=f"sentence {id!r}",
+            fix="add the missing words",
+        )
     return Sentence(id=id, words=tuple(words), space_after=tuple(spaces), source="text")
 
 
@@ -121,12 +125,16 @@ def as_sentences(items) -> list[Sentence]:
         elif isinstance(item, (list, tuple)):
             out.append(Sentence(id=f"s{i}", words=tuple(item), source="words"))
         else:
-            raise ProbekitError(f"item {i} is a {type(item).__name__}, not a sentence",
-                                fix="pass Sentences, word lists, (text, words) pairs or strings")
+            raise ProbekitError(
+                f"item {i} is a {type(item).__name__}, not a sentence",
+                fix="pass Sentences, word lists, (text, words) pairs or strings",
+            )
     ids = [s.id for s in out]
     if len(set(ids)) != len(ids):
         dup = next(x for x in ids if ids.count(x) > 1)
-        raise ProbekitError(f"sentence id {dup!r} occurs more than once", fix="give every sentence a unique id")
+        raise ProbekitError(
+            f"sentence id {dup!r} occurs more than once", fix="give every sentence a unique id"
+        )
     return out
 
 
@@ -150,22 +158,29 @@ def align(model, sentence: Sentence) -> Encoded:
     """
     tok = model.tokenizer
     space_prefix = model.space_prefix
-    pieces = [(" " + w) if (space_prefix and sentence.space_before(i)) else w for i, w in enumerate(sentence.words)]
+    pieces = [
+        (" " + w) if (space_prefix and sentence.space_before(i)) else w for i, w in enumerate(sentence.words)
+    ]
     per_word = tok(pieces, add_special_tokens=False).input_ids
     prefix = [model.sink_token_id] if model.is_causal else [model.cls_token_id]
     ids, spans = list(prefix), []
     for i, word_ids in enumerate(per_word):
         if not word_ids:
-            raise ProbekitError(f"word {i} {sentence.words[i]!r} encodes to no tokens",
-                                where=f"sentence {sentence.id!r}", fix="remove characters the tokenizer drops")
+            raise ProbekitError(
+                f"word {i} {sentence.words[i]!r} encodes to no tokens",
+                where=f"sentence {sentence.id!r}",
+                fix="remove characters the tokenizer drops",
+            )
         spans.append((len(ids), len(ids) + len(word_ids)))
         ids.extend(word_ids)
     if not model.is_causal:
         ids.append(model.sep_token_id)
     if len(ids) > model.n_ctx:
-        raise ProbekitError(f"the sentence is {len(ids)} tokens long, longer than {model.name}'s context of "
-                            f"{model.n_ctx}", where=f"sentence {sentence.id!r}",
-                            fix="split long sentences or pass max_tokens to drop them")
+        raise ProbekitError(
+            f"the sentence is {len(ids)} tokens long, longer than {model.name}'s context of {model.n_ctx}",
+            where=f"sentence {sentence.id!r}",
+            fix="split long sentences or pass max_tokens to drop them",
+        )
     return Encoded(sentence=sentence, input_ids=tuple(int(x) for x in ids), word_spans=tuple(spans))
 
 
@@ -203,7 +218,9 @@ def pooling_matrix(enc: Encoded, pool: str) -> np.ndarray:
     return m
 
 
-def word_attention(pattern: np.ndarray, enc: Encoded, renormalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def word_attention(
+    pattern: np.ndarray, enc: Encoded, renormalize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Token attention -> word attention (Clark et al. 2019).
 
     ``pattern  # [layer, head, q_tok, k_tok]`` for one sentence (no padding).
@@ -223,11 +240,11 @@ def word_attention(pattern: np.ndarray, enc: Encoded, renormalize: bool = False)
     >>> word_att.shape, float(word_att[0, 0, 1].sum() + mass[0, 0, 1])
     ((1, 1, 8, 8), 1.0)
     """
-    from_mean = pooling_matrix(enc, "mean")                       # [W, T]
-    to_sum = (from_mean > 0).astype(pattern.dtype)                # [W, T]
-    rows = np.einsum("wq,lhqk->lhwk", from_mean, pattern)         # [L, H, W, T]
-    word_att = np.einsum("lhwk,vk->lhwv", rows, to_sum)           # [L, H, W, W]
-    special_mass = rows.sum(-1) - word_att.sum(-1)                # [L, H, W]
+    from_mean = pooling_matrix(enc, "mean")  # [W, T]
+    to_sum = (from_mean > 0).astype(pattern.dtype)  # [W, T]
+    rows = np.einsum("wq,lhqk->lhwk", from_mean, pattern)  # [L, H, W, T]
+    word_att = np.einsum("lhwk,vk->lhwv", rows, to_sum)  # [L, H, W, W]
+    special_mass = rows.sum(-1) - word_att.sum(-1)  # [L, H, W]
     special_mass = np.clip(special_mass, 0.0, None)
     if renormalize:
         word_att = word_att / np.clip(word_att.sum(-1, keepdims=True), 1e-12, None)

@@ -16,8 +16,8 @@ SUBCOMMANDS = ["models", "capture", "cache", "run", "heads", "probe", "sweep", "
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="probekit",
-        description="Test claims about attention heads and representations, with baselines.")
+        prog="probekit", description="Test claims about attention heads and representations, with baselines."
+    )
     from probekit import __version__
 
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="list the built-in models",
-                       description="List the built-in model names that load_model() understands.")
+    p = sub.add_parser(
+        "models",
+        help="list the built-in models",
+        description="List the built-in model names that load_model() understands.",
+    )
     p.set_defaults(func=run)
 
 

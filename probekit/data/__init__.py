@@ -113,10 +113,18 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, int]]:
                     fix=f"known keys: {list(_TEMPLATE_PARAMS)}, e.g. template:{argument}?n=500",
                 )
             if not value.isdigit() or int(value) < 1:
-                raise ProbekitError(f"{key}={value!r} is not a positive integer", where=f"spec {spec!r}", fix=f"e.g. template:{argument}?{key}=500")
+                raise ProbekitError(
+                    f"{key}={value!r} is not a positive integer",
+                    where=f"spec {spec!r}",
+                    fix=f"e.g. template:{argument}?{key}=500",
+                )
             params[key] = int(value)
     if not argument:
-        raise ProbekitError(f"dataset spec {spec!r} has nothing after {scheme + ':'!r}", where=f"spec {spec!r}", fix=f"give the {SCHEMES[scheme]}")
+        raise ProbekitError(
+            f"dataset spec {spec!r} has nothing after {scheme + ':'!r}",
+            where=f"spec {spec!r}",
+            fix=f"give the {SCHEMES[scheme]}",
+        )
     return scheme, argument, params
 
 
@@ -147,10 +155,18 @@ def load_dataset(spec: str, *, max_sentences: int | None = None, seed: int = 0) 
     >>> pk.load_dataset("seed:explored")[0].text
     'The curious cat explored the mysterious room.'
     """
-    if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1):
-        raise ProbekitError(f"max_sentences is {max_sentences!r}", where="load_dataset", fix="pass a positive integer, or None for all")
+    if max_sentences is not None and (
+        isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1
+    ):
+        raise ProbekitError(
+            f"max_sentences is {max_sentences!r}",
+            where="load_dataset",
+            fix="pass a positive integer, or None for all",
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ProbekitError(f"seed is {seed!r}, not an integer", where="load_dataset", fix="pass an integer seed, e.g. seed=0")
+        raise ProbekitError(
+            f"seed is {seed!r}, not an integer", where="load_dataset", fix="pass an integer seed, e.g. seed=0"
+        )
     scheme, argument, params = parse_spec(spec)
     if scheme == "ud":
         items = load_conllu(argument, max_sentences=max_sentences)

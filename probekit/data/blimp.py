@@ -40,11 +40,17 @@ def blimp_files(path: str | Path) -> list[Path]:
     """``path`` itself if it is a file, else every ``*.jsonl`` in the directory, sorted by name."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ProbekitError("BLiMP path not found", where=str(p), fix="give a BLiMP .jsonl file or a directory of them")
+        raise ProbekitError(
+            "BLiMP path not found", where=str(p), fix="give a BLiMP .jsonl file or a directory of them"
+        )
     if p.is_dir():
         files = sorted(p.glob("*.jsonl"))
         if not files:
-            raise ProbekitError("the directory has no *.jsonl files", where=str(p), fix="point at a directory of BLiMP .jsonl files")
+            raise ProbekitError(
+                "the directory has no *.jsonl files",
+                where=str(p),
+                fix="point at a directory of BLiMP .jsonl files",
+            )
         return files
     return [p]
 
@@ -59,7 +65,9 @@ def load_blimp(path: str | Path, *, max_pairs: int | None = None) -> list[Minima
             if line.strip():
                 pairs.append(_pair(json_record(file, lineno, line), file, lineno))
     if not pairs:
-        raise ProbekitError("no BLiMP pairs found", where=str(path), fix="check that the files have one JSON object per line")
+        raise ProbekitError(
+            "no BLiMP pairs found", where=str(path), fix="check that the files have one JSON object per line"
+        )
     return pairs
 
 
@@ -68,18 +76,34 @@ def json_record(file: Path, lineno: int, line: str) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ProbekitError(f"invalid JSON: {e.msg} (column {e.colno})", where=f"{file}:{lineno}", fix="each line must be one JSON object") from None
+        raise ProbekitError(
+            f"invalid JSON: {e.msg} (column {e.colno})",
+            where=f"{file}:{lineno}",
+            fix="each line must be one JSON object",
+        ) from None
     if not isinstance(record, dict):
-        raise ProbekitError(f"the line is a JSON {type(record).__name__}, not an object", where=f"{file}:{lineno}", fix="each line must be one JSON object")
+        raise ProbekitError(
+            f"the line is a JSON {type(record).__name__}, not an object",
+            where=f"{file}:{lineno}",
+            fix="each line must be one JSON object",
+        )
     return record
 
 
 def _field(record: dict, name: str, file: Path, lineno: int) -> str:
     value = record.get(name)
     if value is None:
-        raise ProbekitError(f"the BLiMP record has no {name!r} field", where=f"{file}:{lineno}", fix=f"add {name!r} to the line (BLiMP records have {', '.join(REQUIRED + ONE_PREFIX)})")
+        raise ProbekitError(
+            f"the BLiMP record has no {name!r} field",
+            where=f"{file}:{lineno}",
+            fix=f"add {name!r} to the line (BLiMP records have {', '.join(REQUIRED + ONE_PREFIX)})",
+        )
     if not isinstance(value, str | int) or isinstance(value, bool) or str(value).strip() == "":
-        raise ProbekitError(f"field {name!r} is {value!r}; it must be a non-empty string", where=f"{file}:{lineno}", fix=f"fix {name!r} on this line")
+        raise ProbekitError(
+            f"field {name!r} is {value!r}; it must be a non-empty string",
+            where=f"{file}:{lineno}",
+            fix=f"fix {name!r} on this line",
+        )
     return str(value)
 
 
@@ -116,7 +140,12 @@ def _pair(record: dict, file: Path, lineno: int) -> MinimalPair:
 def _split_two_prefix(prefix_good: str, prefix_bad: str, file: Path, lineno: int) -> tuple[str, str, str]:
     """Shared words and the one differing word of two prefixes: "The students"/"The student"."""
     g, b = prefix_good.split(), prefix_bad.split()
-    if len(g) != len(b) or len(g) < 2 or sum(x != y for x, y in zip(g, b, strict=True)) != 1 or g[-1] == b[-1]:
+    if (
+        len(g) != len(b)
+        or len(g) < 2
+        or sum(x != y for x, y in zip(g, b, strict=True)) != 1
+        or g[-1] == b[-1]
+    ):
         raise ProbekitError(
             f"two-prefix record: {prefix_good!r} and {prefix_bad!r} must differ in exactly their last word, after a shared start",
             where=f"{file}:{lineno}",

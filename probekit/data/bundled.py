@@ -31,7 +31,10 @@ BLIMP_DIR: Path = DATA_DIR / "blimp"
 def require(path: Path) -> Path:
     """``path`` if it exists, else a `ProbekitError` saying the bundled data is missing."""
     if not path.exists():
-        raise ProbekitError(f"bundled data not found at {path}", where="probekit.data.bundled",
-                            fix="use a source checkout of probekit (the data/ folder ships with it), "
-                                "or point the spec at your own copy")
+        raise ProbekitError(
+            f"bundled data not found at {path}",
+            where="probekit.data.bundled",
+            fix="use a source checkout of probekit (the data/ folder ships with it), "
+            "or point the spec at your own copy",
+        )
     return path

@@ -86,7 +86,9 @@ def parse_text(text: str, id_prefix: str = "text") -> list[Sentence]:
     that token's head. Labels are converted to UD as the module docstring describes.
     """
     if not isinstance(text, str):
-        raise ProbekitError(f"text is a {type(text).__name__}, not a str", where="parse_text", fix="pass the text as a string")
+        raise ProbekitError(
+            f"text is a {type(text).__name__}, not a str", where="parse_text", fix="pass the text as a string"
+        )
     doc = _nlp()(text)
     sentences = []
     for sent in doc.sents:
@@ -100,7 +102,9 @@ def load_text(path: str | Path) -> list[Sentence]:
     """Sentences of the UTF-8 text file at ``path``, parsed with `parse_text`."""
     sentences = parse_text(read_text(path, "text"), id_prefix=str(path))
     if not sentences:
-        raise ProbekitError("the text file has no sentences", where=str(path), fix="give a file with some English text")
+        raise ProbekitError(
+            "the text file has no sentences", where=str(path), fix="give a file with some English text"
+        )
     return sentences
 
 

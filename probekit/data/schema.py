@@ -74,7 +74,10 @@ class Sentence:
     def text(self) -> str:
         """The running text, with spaces where ``space_after`` says."""
         spaces = self.space_after or tuple(i < len(self.words) - 1 for i in range(len(self.words)))
-        return "".join(w + (" " if s and i < len(self.words) - 1 else "") for i, (w, s) in enumerate(zip(self.words, spaces, strict=True)))
+        return "".join(
+            w + (" " if s and i < len(self.words) - 1 else "")
+            for i, (w, s) in enumerate(zip(self.words, spaces, strict=True))
+        )
 
     def space_before(self, i: int) -> bool:
         """Whether word i is preceded by a space in the running text (never for word 0)."""
@@ -105,7 +108,7 @@ def _check_tree(heads: tuple[int, ...], where: str) -> None:
             i = heads[i]
         if i != -1 and state[i] == 1:
             raise ProbekitError(
-                f"the heads form a cycle through words {sorted(path[path.index(i):])}",
+                f"the heads form a cycle through words {sorted(path[path.index(i) :])}",
                 where=where,
                 fix="check the head column; a dependency tree has no cycles",
             )

@@ -92,5 +92,7 @@ def load_seed(name: str) -> list[Sentence]:
     if name == "all":
         return [make() for make in SEEDS.values()]
     if name not in SEEDS:
-        raise ProbekitError(f"unknown seed {name!r}", where=f"seed:{name}", fix=f"use one of {[*SEEDS, 'all']}")
+        raise ProbekitError(
+            f"unknown seed {name!r}", where=f"seed:{name}", fix=f"use one of {[*SEEDS, 'all']}"
+        )
     return [SEEDS[name]()]

@@ -78,11 +78,15 @@ class _Tok:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-def _tok(word: str, upos: str, deprel: str | None, head: str | None, key: str | None = None, **labels: str) -> _Tok:
+def _tok(
+    word: str, upos: str, deprel: str | None, head: str | None, key: str | None = None, **labels: str
+) -> _Tok:
     return _Tok(word, upos, deprel, head, key, tuple(labels.items()))
 
 
-def _build(sid: str, toks: list[_Tok], source: str, label_names: tuple[str, ...], **sentence_labels) -> Sentence:
+def _build(
+    sid: str, toks: list[_Tok], source: str, label_names: tuple[str, ...], **sentence_labels
+) -> Sentence:
     """A `Sentence` from tokens whose heads are given by key; punctuation is attached without a space."""
     index = {t.key: i for i, t in enumerate(toks) if t.key is not None}
     words = [t.word for t in toks]
@@ -107,7 +111,13 @@ def _spaces(words: list[str] | tuple[str, ...]) -> tuple[bool, ...]:
     return tuple(i + 1 < len(words) and words[i + 1] not in _PUNCT for i in range(len(words)))
 
 
-def _unique(make: Callable[[random.Random, int], object], key: Callable[[object], str], n: int, rng: random.Random, name: str) -> list:
+def _unique(
+    make: Callable[[random.Random, int], object],
+    key: Callable[[object], str],
+    n: int,
+    rng: random.Random,
+    name: str,
+) -> list:
     """``n`` items from ``make(rng, i)`` (i = index of the item being made) with distinct ``key``s.
 
     Duplicates are redrawn: a sentence repeated on both sides of a split would leak.
@@ -144,12 +154,26 @@ def svo_adj(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
         tense = rng.choice(("past", "present"))
         toks = [_tok("the", "DET", "det", "S")]
         if rng.random() < 0.5:
-            toks.append(_tok(rng.choice([a for a in v["adjectives"] if _fits(a["applies"], subj["kind"])])["word"], "ADJ", "amod", "S"))
+            toks.append(
+                _tok(
+                    rng.choice([a for a in v["adjectives"] if _fits(a["applies"], subj["kind"])])["word"],
+                    "ADJ",
+                    "amod",
+                    "S",
+                )
+            )
         toks.append(_tok(subj[s_num], "NOUN", "nsubj", "V", key="S", number=_UD_NUMBER[s_num], role="subj"))
         toks.append(_tok(verb["past"] if tense == "past" else verb[s_num], "VERB", None, None, key="V"))
         toks.append(_tok("the", "DET", "det", "O"))
         if rng.random() < 0.5:
-            toks.append(_tok(rng.choice([a for a in v["adjectives"] if a["applies"] != "animate"])["word"], "ADJ", "amod", "O"))
+            toks.append(
+                _tok(
+                    rng.choice([a for a in v["adjectives"] if a["applies"] != "animate"])["word"],
+                    "ADJ",
+                    "amod",
+                    "O",
+                )
+            )
         toks.append(_tok(obj[o_num], "NOUN", "obj", "V", key="O", number=_UD_NUMBER[o_num], role="obj"))
         toks.append(_tok(".", "PUNCT", "punct", "V"))
         return toks, tense
@@ -191,7 +215,10 @@ def _agreement_items(n: int, seed: int) -> list[_AgreementItem]:
         # in "The key that the men lost", the subject is the object of the relative clause: a thing
         pool = [x for x in v["nouns"] if attractor != "rc" or x["kind"] == "thing"]
         subj = rng.choice(pool)
-        toks = [_tok("the", "DET", "det", "S"), _tok(subj[number], "NOUN", "nsubj", "P", key="S", number=_UD_NUMBER[number])]
+        toks = [
+            _tok("the", "DET", "det", "S"),
+            _tok(subj[number], "NOUN", "nsubj", "P", key="S", number=_UD_NUMBER[number]),
+        ]
         if attractor == "pp":
             attr = rng.choice([x for x in v["nouns"] if x is not subj])
             toks += [
@@ -215,11 +242,17 @@ def _agreement_items(n: int, seed: int) -> list[_AgreementItem]:
             toks += [_tok(forms[number], "AUX", "cop", "P", key="V"), _tok(adj, "ADJ", None, None, key="P")]
             bad = forms[attr_number]
         elif verb_kind == "have":
-            toks += [_tok(_HAVE[number], "AUX", "aux", "P", key="V"), _tok(rng.choice(v["participles"]), "VERB", None, None, key="P")]
+            toks += [
+                _tok(_HAVE[number], "AUX", "aux", "P", key="V"),
+                _tok(rng.choice(v["participles"]), "VERB", None, None, key="P"),
+            ]
             bad = _HAVE[attr_number]
         else:
             verb = rng.choice([x for x in v["intransitive_verbs"] if _fits(x["applies"], subj["kind"])])
-            toks += [_tok(verb[number], "VERB", None, None, key="P"), _tok(rng.choice(v["adverbs"]), "ADV", "advmod", "P")]
+            toks += [
+                _tok(verb[number], "VERB", None, None, key="P"),
+                _tok(rng.choice(v["adverbs"]), "ADV", "advmod", "P"),
+            ]
             bad = verb[attr_number]
         toks.append(_tok(".", "PUNCT", "punct", "P"))
         verb_index = next(k for k, t in enumerate(toks) if t.key in ("V", "P"))
@@ -251,30 +284,35 @@ def agreement(n: int = DEFAULT_N, seed: int = 0) -> list[MinimalPair]:
         words = list(s.words)
         words[item.verb_index] = item.bad_verb
         bad = Sentence(id=s.id, words=tuple(words), space_after=s.space_after).text
-        pairs.append(MinimalPair(
-            id=s.id,
-            paradigm=f"agreement_{item.attractor}",
-            good=s.text,
-            bad=bad,
-            prefix=" ".join(s.words[: item.verb_index]),
-            good_word=s.words[item.verb_index],
-            bad_word=item.bad_verb,
-            subject_index=1,
-            labels={
-                "attractor": item.attractor,
-                "number": item.number,
-                "attractor_number": None if item.attractor == "none" else _OTHER[item.number],
-                "verb_index": item.verb_index,
-                "verb_kind": item.verb_kind,
-            },
-            source="template:agreement",
-        ))
+        pairs.append(
+            MinimalPair(
+                id=s.id,
+                paradigm=f"agreement_{item.attractor}",
+                good=s.text,
+                bad=bad,
+                prefix=" ".join(s.words[: item.verb_index]),
+                good_word=s.words[item.verb_index],
+                bad_word=item.bad_verb,
+                subject_index=1,
+                labels={
+                    "attractor": item.attractor,
+                    "number": item.number,
+                    "attractor_number": None if item.attractor == "none" else _OTHER[item.number],
+                    "verb_index": item.verb_index,
+                    "verb_kind": item.verb_kind,
+                },
+                source="template:agreement",
+            )
+        )
     return pairs
 
 
 def agreement_sentences(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
     """The ``good`` sentences of `agreement` (same ``n``/``seed``, same ids) with gold UD arcs."""
-    return [_agreement_sentence(k, item, "template:agreement_sentences") for k, item in enumerate(_agreement_items(n, seed))]
+    return [
+        _agreement_sentence(k, item, "template:agreement_sentences")
+        for k, item in enumerate(_agreement_items(n, seed))
+    ]
 
 
 # --- bank_sense ----------------------------------------------------------------------------------
@@ -297,7 +335,7 @@ def _bank_candidates(sense: str, position: str) -> list[tuple[tuple[str, ...], i
 
 
 def bank_sense(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
-    """"bank" in river vs finance contexts, cue before or after (see module docstring)."""
+    """ "bank" in river vs finance contexts, cue before or after (see module docstring)."""
     rng = random.Random(seed)
     cells = [("river", "before"), ("river", "after"), ("finance", "before"), ("finance", "after")]
     pools = {}
@@ -319,20 +357,22 @@ def bank_sense(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
         sense, position = cells[i % len(cells)]
         words, cue_index = pools[(sense, position)][i // len(cells)]
         bank_index = words.index("bank")
-        out.append(Sentence(
-            id=f"bank_sense-{i:04d}",
-            words=words,
-            space_after=_spaces(words),
-            labels={
-                "sense": [sense if k == bank_index else None for k in range(len(words))],
-                "bank_sense": sense,
-                "cue_position": position,
-                "bank_index": bank_index,
-                "cue_index": cue_index,
-                "cue_word": words[cue_index],
-            },
-            source="template:bank_sense",
-        ))
+        out.append(
+            Sentence(
+                id=f"bank_sense-{i:04d}",
+                words=words,
+                space_after=_spaces(words),
+                labels={
+                    "sense": [sense if k == bank_index else None for k in range(len(words))],
+                    "bank_sense": sense,
+                    "cue_position": position,
+                    "bank_index": bank_index,
+                    "cue_index": cue_index,
+                    "cue_word": words[cue_index],
+                },
+                source="template:bank_sense",
+            )
+        )
     return out
 
 
@@ -348,7 +388,13 @@ TEMPLATES: dict[str, Callable[[int, int], list]] = {
 def generate(name: str, n: int = DEFAULT_N, seed: int = 0) -> list:
     """The items of template ``name`` (``n`` of them, for ``seed``)."""
     if name not in TEMPLATES:
-        raise ProbekitError(f"unknown template {name!r}", where=f"template:{name}", fix=f"use one of {sorted(TEMPLATES)}")
+        raise ProbekitError(
+            f"unknown template {name!r}", where=f"template:{name}", fix=f"use one of {sorted(TEMPLATES)}"
+        )
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ProbekitError(f"n is {n!r}; it must be a positive integer", where=f"template:{name}", fix=f"e.g. template:{name}?n=200")
+        raise ProbekitError(
+            f"n is {n!r}; it must be a positive integer",
+            where=f"template:{name}",
+            fix=f"e.g. template:{name}?n=200",
+        )
     return TEMPLATES[name](n, seed)

@@ -44,15 +44,27 @@ def read_text(path: str | Path, what: str) -> str:
     """The UTF-8 text of ``path``, or a `ProbekitError` saying why it cannot be read."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ProbekitError(f"{what} file not found", where=str(p), fix="check the path (relative paths start at the working directory)")
+        raise ProbekitError(
+            f"{what} file not found",
+            where=str(p),
+            fix="check the path (relative paths start at the working directory)",
+        )
     if p.is_dir():
-        raise ProbekitError(f"{what} path is a directory, not a file", where=str(p), fix=f"point at a {what} file")
+        raise ProbekitError(
+            f"{what} path is a directory, not a file", where=str(p), fix=f"point at a {what} file"
+        )
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ProbekitError(f"{what} file is not valid UTF-8 ({e.reason} at byte {e.start})", where=str(p), fix="re-save the file as UTF-8") from None
+        raise ProbekitError(
+            f"{what} file is not valid UTF-8 ({e.reason} at byte {e.start})",
+            where=str(p),
+            fix="re-save the file as UTF-8",
+        ) from None
     except OSError as e:
-        raise ProbekitError(f"cannot read {what} file: {e.strerror}", where=str(p), fix="check the file's permissions") from None
+        raise ProbekitError(
+            f"cannot read {what} file: {e.strerror}", where=str(p), fix="check the file's permissions"
+        ) from None
 
 
 def load_conllu(path: str | Path, *, max_sentences: int | None = None) -> list[Sentence]:
@@ -66,7 +78,9 @@ def load_conllu(path: str | Path, *, max_sentences: int | None = None) -> list[S
             continue  # a comment block with no words (e.g. a file header): nothing to read
         sentences.append(_sentence(block, path, len(sentences) + 1))
     if not sentences:
-        raise ProbekitError("the CoNLL-U file has no sentences", where=str(path), fix="check that this is a CoNLL-U file")
+        raise ProbekitError(
+            "the CoNLL-U file has no sentences", where=str(path), fix="check that this is a CoNLL-U file"
+        )
     return sentences
 
 
@@ -107,13 +121,17 @@ def _validate_line(path, lineno: int, line: str) -> tuple[str, list[str]]:
             raise _malformed(path, lineno, f"token range {tid!r} does not increase")
         return "range", cols
     if not _INT_ID.fullmatch(tid):
-        raise _malformed(path, lineno, f"ID {tid!r} is not an integer, a range like 3-4 or an empty node like 5.1")
+        raise _malformed(
+            path, lineno, f"ID {tid!r} is not an integer, a range like 3-4 or an empty node like 5.1"
+        )
     if not form or form.isspace():
         raise _malformed(path, lineno, "the FORM column is empty")
     if not (_HEAD.fullmatch(head) or head == "_"):
         raise _malformed(path, lineno, f"HEAD {head!r} is not a non-negative integer")
     if (head == "_") != (deprel == "_") or not deprel:
-        raise _malformed(path, lineno, f"HEAD {head!r} and DEPREL {deprel!r} must both be given (or both be _)")
+        raise _malformed(
+            path, lineno, f"HEAD {head!r} and DEPREL {deprel!r} must both be given (or both be _)"
+        )
     return "word", cols
 
 
@@ -131,12 +149,18 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
         elif kind == "word":
             expected = len(word_lines) + 1
             if int(cols[0]) != expected:
-                raise _malformed(path, lineno, f"word ID {cols[0]} where {expected} was expected (IDs count 1, 2, 3, ...)")
+                raise _malformed(
+                    path, lineno, f"word ID {cols[0]} where {expected} was expected (IDs count 1, 2, 3, ...)"
+                )
             word_lines.append(lineno)
     try:
         tokenlist = conllu.parse("\n".join(line for _, line in block))[0]
     except ParseException as e:
-        raise ProbekitError(f"the conllu library could not parse this sentence: {e}", where=f"{path}:{first_line}", fix="check the sentence's columns") from None
+        raise ProbekitError(
+            f"the conllu library could not parse this sentence: {e}",
+            where=f"{path}:{first_line}",
+            fix="check the sentence's columns",
+        ) from None
 
     sent_id = tokenlist.metadata.get("sent_id") or f"{path}#{number}"
     where = f"sentence {sent_id!r}"

@@ -88,7 +88,9 @@ def run_experiment(
     return out_dir
 
 
-def _command(config_file: Path | None, out_dir: Path, cfg: ExperimentConfig, overrides: list[str] | None) -> str:
+def _command(
+    config_file: Path | None, out_dir: Path, cfg: ExperimentConfig, overrides: list[str] | None
+) -> str:
     """The command line that regenerates this run folder (recorded in the manifest)."""
     if config_file is None:
         return "probekit run <config object>"

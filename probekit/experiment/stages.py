@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from probekit.experiment.context import Run, display_spec
-from probekit.report import write_tables
 
 
 def check_attention(run: Run, opts) -> None:
@@ -21,6 +20,7 @@ def check_attention(run: Run, opts) -> None:
     from probekit.analyses.attention import analyze_attention
 
     for name in run.cfg.models:
+
         def work(folder: Path, name=name):
             analyze_attention(run.model(name), opts.sentence).write(folder)
 
@@ -32,11 +32,19 @@ def claims(run: Run, opts) -> None:
     from probekit.analyses.claims import analyze_claims
 
     for name in run.cfg.models:
+
         def work(folder: Path, name=name):
-            result = analyze_claims(run.model(name), run.dataset(opts.bank).sentences[0],
-                                    run.dataset(opts.explored).sentences[0], run.dataset(opts.bank_template),
-                                    n_perm=opts.n_perm, seed=run.cfg.seed, batch_size=run.cfg.batch_size,
-                                    progress=run.progress, bank_label=display_spec(run.spec(opts.bank)))
+            result = analyze_claims(
+                run.model(name),
+                run.dataset(opts.bank).sentences[0],
+                run.dataset(opts.explored).sentences[0],
+                run.dataset(opts.bank_template),
+                n_perm=opts.n_perm,
+                seed=run.cfg.seed,
+                batch_size=run.cfg.batch_size,
+                progress=run.progress,
+                bank_label=display_spec(run.spec(opts.bank)),
+            )
             result.write(folder)
 
         run.stage("claims", name, "", opts.model_dump(), work)
@@ -52,12 +60,22 @@ def _probes(run: Run, opts) -> None:
     from probekit.analyses.probes import analyze_probes
 
     for _, spec, name in _combinations(run, "probes", [opts.data]):
+
         def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
             random_model = run.model(f"random:{name}") if opts.random_baseline else False
-            result = analyze_probes(run.model(name), data, opts.tasks, opts.layers, probe=opts.probe,
-                                    seeds=tuple(opts.seeds), split=opts.split, random_model=random_model,
-                                    data_label=display_spec(spec), title=f"{name} on {display_spec(spec)}")
+            result = analyze_probes(
+                run.model(name),
+                data,
+                opts.tasks,
+                opts.layers,
+                probe=opts.probe,
+                seeds=tuple(opts.seeds),
+                split=opts.split,
+                random_model=random_model,
+                data_label=display_spec(spec),
+                title=f"{name} on {display_spec(spec)}",
+            )
             result.write(folder)
 
         run.stage("probes", name, opts.data, opts.model_dump(), work)
@@ -68,13 +86,22 @@ def heads(run: Run, opts) -> None:
     from probekit.analyses.heads import analyze_heads
 
     for data_name, spec, name in _combinations(run, "heads", opts.data):
+
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
             data = run.dataset(data_name, opts.max_sentences)
-            result = analyze_heads(run.model(name), data, relations=opts.relations, seed=run.cfg.seed,
-                                   n_boot=opts.n_boot, n_perm=opts.n_perm, batch_size=run.cfg.batch_size,
-                                   random_baseline=opts.random_baseline, progress=run.progress,
-                                   random_model=run.model(f"random:{name}") if opts.random_baseline else None,
-                                   data_label=display_spec(spec))
+            result = analyze_heads(
+                run.model(name),
+                data,
+                relations=opts.relations,
+                seed=run.cfg.seed,
+                n_boot=opts.n_boot,
+                n_perm=opts.n_perm,
+                batch_size=run.cfg.batch_size,
+                random_baseline=opts.random_baseline,
+                progress=run.progress,
+                random_model=run.model(f"random:{name}") if opts.random_baseline else None,
+                data_label=display_spec(spec),
+            )
             result.write(folder)
 
         run.stage("heads", name, data_name, opts.model_dump(), work)
@@ -99,8 +126,10 @@ def _scoreable(run: Run, name: str, analysis: str) -> bool:
     model = run.model(name)
     if model.is_causal and model.has_lm_head:
         return True
-    run.skipped.append(f"{analysis}: {name} has no trained language-model head, so minimal-pair "
-                       "log-probabilities are not testable on it")
+    run.skipped.append(
+        f"{analysis}: {name} has no trained language-model head, so minimal-pair "
+        "log-probabilities are not testable on it"
+    )
     return False
 
 
@@ -109,10 +138,12 @@ def score(run: Run, opts) -> None:
     from probekit.analyses.scoring import analyze_pairs
 
     for data_name, spec, name in _combinations(run, "score", opts.data, needs_lm_head=True):
+
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
             data = _first_per_paradigm(run.dataset(data_name), opts.max_pairs)
-            analyze_pairs(run.model(name), data, seed=run.cfg.seed, progress=run.progress,
-                          data_label=display_spec(spec)).write(folder)
+            analyze_pairs(
+                run.model(name), data, seed=run.cfg.seed, progress=run.progress, data_label=display_spec(spec)
+            ).write(folder)
 
         run.stage("score", name, data_name, opts.model_dump(), work)
 
@@ -151,19 +182,42 @@ def ablate(run: Run, opts) -> None:
             model = run.model(name)
             # the specialists: the top-k heads by dev-split accuracy for the relation
             # (probekit.analyses.heads.score)
-            scored = score_heads(model, run.dataset(opts.heads_data), relations=[opts.relation],
-                                 directions=(opts.direction,), seed=run.cfg.seed, n_boot=200, n_perm=20,
-                                 batch_size=run.cfg.batch_size, progress=run.progress)
+            scored = score_heads(
+                model,
+                run.dataset(opts.heads_data),
+                relations=[opts.relation],
+                directions=(opts.direction,),
+                seed=run.cfg.seed,
+                n_boot=200,
+                n_perm=20,
+                batch_size=run.cfg.batch_size,
+                progress=run.progress,
+            )
             ranked = scored[(scored.relation == opts.relation) & (scored.direction == opts.direction)]
-            ranked = ranked.sort_values(["dev_accuracy", "dev_attention_mass", "layer", "head"],
-                                        ascending=[False, False, True, True]).head(opts.top_k)
+            ranked = ranked.sort_values(
+                ["dev_accuracy", "dev_attention_mass", "layer", "head"], ascending=[False, False, True, True]
+            ).head(opts.top_k)
             heads = [(int(r.layer), int(r.head)) for r in ranked.itertuples()]
-            result = specialists_vs_random(model, run.dataset(opts.data, opts.max_pairs), heads,
-                                           n_draws=opts.n_draws, seed=run.cfg.seed, method=opts.method)
+            result = specialists_vs_random(
+                model,
+                run.dataset(opts.data, opts.max_pairs),
+                heads,
+                n_draws=opts.n_draws,
+                seed=run.cfg.seed,
+                method=opts.method,
+            )
             summary = result.summary.copy()
             summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
             summary.insert(1, "data", display_spec(run.spec(opts.data)))
-            columns = ["relation", "direction", "layer", "head", "dev_accuracy", "accuracy", "offset_accuracy"]
+            columns = [
+                "relation",
+                "direction",
+                "layer",
+                "head",
+                "dev_accuracy",
+                "accuracy",
+                "offset_accuracy",
+            ]
             result = replace(result, summary=summary, specialists=ranked[columns].reset_index(drop=True))
             result.write(folder, title=f"{name}: ablate {heads}")
 

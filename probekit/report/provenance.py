@@ -47,8 +47,10 @@ def result_files(folder: str | os.PathLike) -> list[Path]:
     hidden file (``.done`` markers, temporary files)."""
     folder = Path(folder)
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.name not in NOT_RESULTS
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name not in NOT_RESULTS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -68,9 +70,13 @@ def code_fingerprint(path: str | os.PathLike) -> str:
     tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.returns = None
@@ -175,22 +181,37 @@ def check_folder(folder: str | os.PathLike, *, code: bool = True) -> list[Proble
         if rel not in present:
             problems.append(Problem(name, "file missing", rel))
         elif present[rel] != digest:
-            problems.append(Problem(name, "file changed", f"{rel} differs from what `{prov['command']}` wrote"))
-    problems += [Problem(name, "file added", f"{rel} was not written by `{prov['command']}`")
-                 for rel in present if rel not in recorded]
+            problems.append(
+                Problem(name, "file changed", f"{rel} differs from what `{prov['command']}` wrote")
+            )
+    problems += [
+        Problem(name, "file added", f"{rel} was not written by `{prov['command']}`")
+        for rel in present
+        if rel not in recorded
+    ]
     cfg = prov.get("config")
     if cfg:
         path = REPO / cfg["path"]
         if not path.exists():
             problems.append(Problem(name, "config missing", cfg["path"]))
         elif sha256(path) != cfg["sha256"]:
-            problems.append(Problem(name, "config changed", f"{cfg['path']} changed since; rerun `{prov['command']}`"))
+            problems.append(
+                Problem(name, "config changed", f"{cfg['path']} changed since; rerun `{prov['command']}`")
+            )
     if code:
-        changed = [rel for rel, digest in prov["code"].items()
-                   if not (REPO / rel).exists() or code_fingerprint(REPO / rel) != digest]
+        changed = [
+            rel
+            for rel, digest in prov["code"].items()
+            if not (REPO / rel).exists() or code_fingerprint(REPO / rel) != digest
+        ]
         if changed and not stale_reason(folder):
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            problems.append(Problem(name, "code changed",
-                                    f"{shown} changed since the run; rerun `{prov['command']}` "
-                                    "(or write why it stays in a STALE file)"))
+            problems.append(
+                Problem(
+                    name,
+                    "code changed",
+                    f"{shown} changed since the run; rerun `{prov['command']}` "
+                    "(or write why it stays in a STALE file)",
+                )
+            )
     return problems

@@ -60,13 +60,23 @@ def test_bundled_data_has_licences_and_attribution():
     assert "CC BY 4.0" in (BLIMP / "LICENSE.md").read_text()
     assert "Warstadt" in readme and "CC BY-SA 4.0" in readme
     assert sorted(p.stem for p in BLIMP.glob("*.jsonl")) == sorted(
-        ["determiner_noun_agreement_1", "determiner_noun_agreement_with_adjective_1",
-         "irregular_plural_subject_verb_agreement_1", "irregular_plural_subject_verb_agreement_2",
-         "regular_plural_subject_verb_agreement_1", "regular_plural_subject_verb_agreement_2"])
+        [
+            "determiner_noun_agreement_1",
+            "determiner_noun_agreement_with_adjective_1",
+            "irregular_plural_subject_verb_agreement_1",
+            "irregular_plural_subject_verb_agreement_2",
+            "regular_plural_subject_verb_agreement_1",
+            "regular_plural_subject_verb_agreement_2",
+        ]
+    )
 
 
 def test_ewt_dev_text_matches_metadata(ewt):
-    texts = [line[len("# text = "):] for line in EWT_DEV.read_text(encoding="utf-8").splitlines() if line.startswith("# text = ")]
+    texts = [
+        line[len("# text = ") :]
+        for line in EWT_DEV.read_text(encoding="utf-8").splitlines()
+        if line.startswith("# text = ")
+    ]
     assert len(texts) == len(ewt)
     assert [s.text for s in ewt] == texts
 

@@ -23,7 +23,9 @@ def test_smollm_bridge_logits_equal_hf(smollm):
 
     from probekit.models import _smollm_dir
 
-    hf = AutoModelForCausalLM.from_pretrained(_smollm_dir(), dtype=torch.float32, attn_implementation="eager").eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        _smollm_dir(), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = torch.tensor([align(smollm, sentence_from_text(SENT)).input_ids])
     with torch.inference_mode():
         bridge_logits = smollm.bridge(ids)
@@ -47,7 +49,13 @@ def test_minilm_hidden_states_equal_hf_bertmodel(minilm):
 
 
 def test_model_facts(smollm, minilm):
-    assert (smollm.n_layers, smollm.n_heads, smollm.n_kv_heads, smollm.d_model, smollm.d_head) == (30, 9, 3, 576, 64)
+    assert (smollm.n_layers, smollm.n_heads, smollm.n_kv_heads, smollm.d_model, smollm.d_head) == (
+        30,
+        9,
+        3,
+        576,
+        64,
+    )
     assert smollm.is_causal and smollm.has_lm_head
     assert (minilm.n_layers, minilm.n_heads, minilm.d_model) == (6, 12, 384)
     assert not minilm.is_causal and not minilm.has_lm_head  # random MLM head: never report its logits
@@ -78,12 +86,18 @@ def test_loading_opens_no_socket(smollm, monkeypatch):
 
 
 def test_fresh_process_loads_offline():
-    code = ("import socket, probekit as pk\n"
-            "def refuse(*a, **k): raise SystemExit('socket opened')\n"
-            "socket.socket.connect = refuse\n"
-            "m = pk.load_model('minilm-l6'); print(m.n_layers)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(__import__("pathlib").Path.home())})
+    code = (
+        "import socket, probekit as pk\n"
+        "def refuse(*a, **k): raise SystemExit('socket opened')\n"
+        "socket.socket.connect = refuse\n"
+        "m = pk.load_model('minilm-l6'); print(m.n_layers)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(__import__("pathlib").Path.home())},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("6")
 
@@ -92,8 +106,14 @@ def test_fresh_process_loads_offline():
 def test_real_model_capture_attention_rows(fixture, request, tmp_path):
     model = request.getfixturevalue(fixture)
     tricky = '"I don\'t know," said the U.S. mother-in-law of 1,000 cats.'
-    cap = pk.capture(model, [SENT, tricky], layers=[0, model.n_layers - 1], resid=("resid_post",),
-                     cache_dir=tmp_path, progress=False)
+    cap = pk.capture(
+        model,
+        [SENT, tricky],
+        layers=[0, model.n_layers - 1],
+        resid=("resid_post",),
+        cache_dir=tmp_path,
+        progress=False,
+    )
     for i in range(2):
         att = cap.attention(i)
         np.testing.assert_allclose(att.sum(-1) + cap.special_mass(i), 1.0, atol=1e-5)

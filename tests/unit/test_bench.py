@@ -23,6 +23,7 @@ def test_interleaved_warms_up_rotates_and_cleans_up():
         def fn():
             calls.append(name)
             return lambda: cleaned.append(name)
+
         return fn
 
     rows = bench.interleaved({"a": variant("a"), "b": variant("b"), "c": variant("c")}, repeats=3)
@@ -38,14 +39,28 @@ def test_interleaved_chunks_alternates_within_chunks_and_sums():
     chunks = [{v: (lambda v=v, k=k: calls.append((v, k))) for v in ("a", "b")} for k in range(2)]
     rows = bench.interleaved_chunks(chunks, repeats=2)
     assert calls[:2] == [("a", 0), ("b", 0)]  # warm-up on chunk 0
-    assert calls[2:] == [("a", 0), ("b", 0), ("b", 1), ("a", 1),  # repeat 0: order rotates per chunk
-                         ("b", 0), ("a", 0), ("a", 1), ("b", 1)]  # repeat 1
+    assert calls[2:] == [
+        ("a", 0),
+        ("b", 0),
+        ("b", 1),
+        ("a", 1),  # repeat 0: order rotates per chunk
+        ("b", 0),
+        ("a", 0),
+        ("a", 1),
+        ("b", 1),
+    ]  # repeat 1
     assert [(r["variant"], r["repeat"]) for r in rows] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
 
 
 def test_per_repeat_ratio_pairs_each_repeat_with_its_reference():
-    frame = pd.DataFrame({"model": ["m"] * 4, "variant": ["ref", "x", "ref", "x"], "repeat": [0, 0, 1, 1],
-                          "seconds": [2.0, 3.0, 4.0, 4.0]})
+    frame = pd.DataFrame(
+        {
+            "model": ["m"] * 4,
+            "variant": ["ref", "x", "ref", "x"],
+            "repeat": [0, 0, 1, 1],
+            "seconds": [2.0, 3.0, 4.0, 4.0],
+        }
+    )
     ratio = bench.per_repeat_ratio(frame, "ref")
     assert ratio.tolist() == [1.0, 1.5, 1.0, 1.0]
 
@@ -54,7 +69,8 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
     if not bench.RssSampler().available:
         pytest.skip("needs /proc/self/status")
     module = tmp_path / "child_mod.py"
-    module.write_text(textwrap.dedent("""
+    module.write_text(
+        textwrap.dedent("""
         import numpy as np
         from probekit import bench
 
@@ -62,7 +78,8 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
             bench.mark_baseline()
             block = np.ones(mb * 2**20 // 8)  # touched, so resident
             return {"total": float(block.sum())}
-    """))
+    """)
+    )
     parent_block = np.ones(300 * 2**20 // 8)  # the parent's high-water mark must not leak into the child's
     out = bench.measure_in_subprocess(module, "child", {"mb": 120}, threads=1, timeout=300)
     assert out["total"] == 120 * 2**20 // 8
@@ -73,7 +90,9 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
 
 
 def test_missing_benchmark_module_is_reported_not_raised(tmp_path):
-    frame, note, table = bench.run_benchmark("ablation", bench.BenchContext(quick=True, out=tmp_path), tmp_path)
+    frame, note, table = bench.run_benchmark(
+        "ablation", bench.BenchContext(quick=True, out=tmp_path), tmp_path
+    )
     assert frame.empty and table is None
     assert "Not available yet" in note
 
@@ -92,9 +111,12 @@ def test_cli_exits_non_zero_when_a_benchmark_fails(tmp_path, capsys):
     folder.mkdir()
     (folder / "bench_capture.py").write_text("def run(quick):\n    raise RuntimeError('boom')\n")
     (folder / "bench_memory.py").write_text(
-        "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n")
+        "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n"
+    )
     out = tmp_path / "out"
-    code = main(["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)])
+    code = main(
+        ["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)]
+    )
     assert code == 1
     assert "1 benchmark(s) failed: capture" in capsys.readouterr().err
     frame = pd.read_csv(out / "benchmarks.csv")
@@ -114,10 +136,21 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     from probekit.cli import main
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({
-        "name": "seed_claims", "git_commit": "0" * 40, "machine": {"cpu_count": 2, "torch_threads": 2},
-        "timings_s": {"check_attention/minilm-l6": 3.0, "claims/minilm-l6__bank": 5.0, "heads/minilm-l6__svo": None,
-                      "total": 10.0}}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "name": "seed_claims",
+                "git_commit": "0" * 40,
+                "machine": {"cpu_count": 2, "torch_threads": 2},
+                "timings_s": {
+                    "check_attention/minilm-l6": 3.0,
+                    "claims/minilm-l6__bank": 5.0,
+                    "heads/minilm-l6__svo": None,
+                    "total": 10.0,
+                },
+            }
+        )
+    )
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--out", str(out), "--manifest", str(manifest)]) == 0
 
@@ -128,7 +161,9 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert frame["threads"].dropna().eq(1).all()
 
     cap = frame[frame.benchmark == "capture"]
-    assert {"hf-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture"} <= set(cap.variant)
+    assert {"hf-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture"} <= set(
+        cap.variant
+    )
     assert set(cap.model) == {"tiny-llama", "tiny-bert"}
     assert (cap.seconds > 0).all() and np.isfinite(cap.tokens_per_s).all() and (cap.n_tokens > 0).all()
     assert np.allclose(cap[cap.variant == "hf-forward"].ratio_vs_floor, 1.0)
@@ -146,8 +181,14 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert math.isclose(e2e.seconds.sum(), 8.0) and e2e.seconds.isna().sum() == 1  # null = time not recorded
 
     md = (out / "benchmarks.md").read_text()
-    for heading in ("## Machine", "## 1. Capture", "## 2. Memory", "## 3. Head-ablation", "## 4. Probe sweep",
-                    "## 5. End to end"):
+    for heading in (
+        "## Machine",
+        "## 1. Capture",
+        "## 2. Memory",
+        "## 3. Head-ablation",
+        "## 4. Probe sweep",
+        "## 5. End to end",
+    ):
         assert heading in md
     assert "torch threads: **1**" in md
     assert "| model | variant |" in md  # the capture table
@@ -157,4 +198,8 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     (out / "benchmarks.md").unlink()
     assert main(["bench", "--render-only", "--out", str(out), "--manifest", str(manifest)]) == 0
     rebuilt = (out / "benchmarks.md").read_text()
-    assert "torch threads: **1**" in rebuilt and "| model | variant |" in rebuilt and "## 4. Probe sweep" in rebuilt
+    assert (
+        "torch threads: **1**" in rebuilt
+        and "| model | variant |" in rebuilt
+        and "## 4. Probe sweep" in rebuilt
+    )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import probekit as pk
 import pytest
+
+import probekit as pk
 from probekit.analyses import claims as claims_lib
 from probekit.analyses.attention import AttentionCheck, analyze_attention, check_attention
 

@@ -35,7 +35,13 @@ def test_file_loads(tmp_path):
     data = load_dataset(f"blimp:{path}")
     assert len(data) == 2 and data.sentences == ()
     p = data[0]
-    assert (p.id, p.paradigm, p.prefix, p.good_word, p.bad_word) == ("toy_agreement-0", "toy_agreement", "The dogs", "bark", "barks")
+    assert (p.id, p.paradigm, p.prefix, p.good_word, p.bad_word) == (
+        "toy_agreement-0",
+        "toy_agreement",
+        "The dogs",
+        "bark",
+        "barks",
+    )
     assert p.labels["field"] == "morphology" and p.labels["method"] == "one_prefix"
     assert p.source == f"{path}:1"
 
@@ -51,12 +57,21 @@ def test_directory_reads_all_jsonl_sorted(tmp_path):
 
 def test_two_prefix_record(tmp_path):
     r = {
-        "sentence_good": "The students perform.", "sentence_bad": "The student perform.",
-        "two_prefix_prefix_good": "The students", "two_prefix_prefix_bad": "The student",
-        "two_prefix_word": "perform", "UID": "two", "pairID": "0",
+        "sentence_good": "The students perform.",
+        "sentence_bad": "The student perform.",
+        "two_prefix_prefix_good": "The students",
+        "two_prefix_prefix_bad": "The student",
+        "two_prefix_word": "perform",
+        "UID": "two",
+        "pairID": "0",
     }
     (p,) = load_blimp(write(tmp_path / "two.jsonl", [r]))
-    assert (p.prefix, p.good_word, p.bad_word, p.labels["method"]) == ("The", "students", "student", "two_prefix")
+    assert (p.prefix, p.good_word, p.bad_word, p.labels["method"]) == (
+        "The",
+        "students",
+        "student",
+        "two_prefix",
+    )
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):

@@ -13,15 +13,26 @@ pytest.importorskip("spacy", reason="spaCy is an optional dependency (pip instal
 @pytest.fixture(scope="module")
 def explored():
     """Parse once per module: loading the spaCy pipeline takes a couple of seconds."""
-    return parse_text("The curious cat explored the mysterious room. The bank of the river was steep.", id_prefix="t")
+    return parse_text(
+        "The curious cat explored the mysterious room. The bank of the river was steep.", id_prefix="t"
+    )
 
 
 def test_seed_sentence_gets_ud_arcs(explored):
     s = explored[0]
     assert s.id == "t#1" and s.text == "The curious cat explored the mysterious room."
     assert s.words == ("The", "curious", "cat", "explored", "the", "mysterious", "room", ".")
-    arcs = {(s.words[i], rel, s.words[h]) for i, (h, rel) in enumerate(zip(s.heads, s.deprels, strict=True)) if h >= 0}
-    assert {("cat", "nsubj", "explored"), ("room", "obj", "explored"), ("curious", "amod", "cat"), ("mysterious", "amod", "room")} <= arcs
+    arcs = {
+        (s.words[i], rel, s.words[h])
+        for i, (h, rel) in enumerate(zip(s.heads, s.deprels, strict=True))
+        if h >= 0
+    }
+    assert {
+        ("cat", "nsubj", "explored"),
+        ("room", "obj", "explored"),
+        ("curious", "amod", "cat"),
+        ("mysterious", "amod", "room"),
+    } <= arcs
     assert s.upos[2] == "NOUN" and s.labels["number"][2] == "Sing"
 
 
@@ -40,4 +51,3 @@ def test_text_file(tmp_path):
     assert data[1].words[:2] == ("Cats", "sleep")
     with pytest.raises(ProbekitError, match="not found"):
         load_dataset(f"text:{tmp_path / 'missing.txt'}")
-

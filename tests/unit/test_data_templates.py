@@ -39,7 +39,9 @@ def test_default_size_and_n_parameter():
     assert len(load_dataset("template:svo_adj?n=7")) == 7
 
 
-@pytest.mark.parametrize("spec", ["template:nope", "template:svo_adj?size=3", "template:svo_adj?n=0", "template:svo_adj?n=x"])
+@pytest.mark.parametrize(
+    "spec", ["template:nope", "template:svo_adj?size=3", "template:svo_adj?n=0", "template:svo_adj?n=x"]
+)
 def test_bad_template_specs(spec):
     with pytest.raises(ProbekitError) as e:
         load_dataset(spec)
@@ -115,7 +117,10 @@ def test_agreement_sentences_match_pairs_and_have_nsubj_arcs():
         assert s.id == p.id and s.text == p.good
         subj = s.labels["subject_index"]
         assert s.deprels[subj] == "nsubj" and s.labels["number"][subj] in ("Sing", "Plur")
-        assert s.heads[subj] in (p.labels["verb_index"], p.labels["verb_index"] + 1)  # verb, or predicate after cop/aux
+        assert s.heads[subj] in (
+            p.labels["verb_index"],
+            p.labels["verb_index"] + 1,
+        )  # verb, or predicate after cop/aux
         if p.labels["attractor"] == "rc":
             assert "acl:relcl" in s.deprels_full
 
@@ -123,7 +128,12 @@ def test_agreement_sentences_match_pairs_and_have_nsubj_arcs():
 def test_bank_sense_labels():
     data = load_dataset("template:bank_sense?n=80", seed=0)
     cells = Counter((s.labels["bank_sense"], s.labels["cue_position"]) for s in data)
-    assert cells == {("river", "before"): 20, ("river", "after"): 20, ("finance", "before"): 20, ("finance", "after"): 20}
+    assert cells == {
+        ("river", "before"): 20,
+        ("river", "after"): 20,
+        ("finance", "before"): 20,
+        ("finance", "after"): 20,
+    }
     for s in data:
         b, c = s.labels["bank_index"], s.labels["cue_index"]
         assert s.words[b] == "bank" and s.words.count("bank") == 1

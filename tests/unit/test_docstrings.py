@@ -28,7 +28,9 @@ def test_public_name_has_numpydoc_examples(name):
     doc = _doc(name)
     assert doc, f"probekit.{name} has no docstring"
     assert "Examples\n--------" in doc, f"probekit.{name}: add a numpydoc 'Examples' section"
-    assert ">>>" in doc.split("Examples\n--------", 1)[1], f"probekit.{name}: the Examples section has no >>> line"
+    assert ">>>" in doc.split("Examples\n--------", 1)[1], (
+        f"probekit.{name}: the Examples section has no >>> line"
+    )
 
 
 @pytest.mark.parametrize("name", PUBLIC)

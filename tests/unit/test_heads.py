@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+
 from probekit.analyses.heads import (
     POSITIONAL_SHARE,
     analyze_heads,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from probekit.errors import ProbekitError
 from probekit.experiment import verdicts
 from probekit.experiment.verdicts import build_report, judge_claims, verdict_c1, verdict_c3, verdict_c5

@@ -66,15 +66,19 @@ def test_changed_code_makes_a_folder_stale_unless_it_says_why(tmp_path):
     record["code"] = {"probekit/errors.py": "0" * 64}  # as if errors.py had other bytes at run time
     (copy / "manifest.json").write_text(json.dumps({"provenance": record}))
     assert [p.kind for p in provenance.check_folder(copy)] == ["code changed"]
-    (copy / "STALE").write_text("errors.py changed only a message; rerun with `probekit run experiments/x.yaml`\n")
+    (copy / "STALE").write_text(
+        "errors.py changed only a message; rerun with `probekit run experiments/x.yaml`\n"
+    )
     assert provenance.check_folder(copy) == []
     assert provenance.check_folder(copy, code=False) == []
 
 
 def test_code_fingerprint_ignores_layout_docstrings_and_annotations_only(tmp_path):
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
-    a.write_text('def f(x):\n    return x + 1\n')
-    b.write_text('"""Doc."""\n\n\ndef f(x: int) -> int:  # comment\n    """More doc."""\n    return (x\n            + 1)\n')
-    c.write_text('def f(x):\n    return x + 2\n')
+    a.write_text("def f(x):\n    return x + 1\n")
+    b.write_text(
+        '"""Doc."""\n\n\ndef f(x: int) -> int:  # comment\n    """More doc."""\n    return (x\n            + 1)\n'
+    )
+    c.write_text("def f(x):\n    return x + 2\n")
     assert provenance.code_fingerprint(a) == provenance.code_fingerprint(b)
     assert provenance.code_fingerprint(a) != provenance.code_fingerprint(c)

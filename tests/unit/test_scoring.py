@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import probekit as pk
 import pytest
+
+import probekit as pk
 from probekit.analyses.scoring import PairScores, analyze_pairs, score_pairs
 from probekit.report import markdown_table
 

@@ -6,7 +6,6 @@ Methods, metrics and the statistics are defined in ``docs/methods/interventions.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
