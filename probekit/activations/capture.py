@@ -349,6 +349,14 @@ class Capture:
     - ``stream(l)``: residual stream layer l in 0..n_layers (0 = embeddings).
     - ``attention(i)``: ``[layer, head, n_words, n_words]`` for sentence i (layers = ``attn_layers``).
     - ``special_mass(i)``: ``[layer, head, n_words]``, attention sent to sink/[CLS]/[SEP].
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> model = pk.load_model("tiny-bert", device="cpu")
+    >>> cap = pk.capture(model, pk.load_dataset("seed:explored"), layers=[1], progress=False)
+    >>> cap.resid("resid_post", 1).shape == (8, model.d_model), cap.attention(0).shape
+    (True, (1, 4, 8, 8))
     """
 
     path: Path

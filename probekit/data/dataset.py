@@ -207,6 +207,14 @@ class Dataset:
     """An ordered, immutable collection of `Sentence`s and `MinimalPair`s loaded from ``spec``.
 
     ``len(data)``, ``data[i]`` and ``for item in data`` work on ``items``; ``data[a:b]`` is a `Dataset`.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> data = pk.load_dataset("template:svo_adj?n=10")
+    >>> dev, test = data.split(test_size=0.5, seed=0)
+    >>> len(data), len(dev) + len(test), len(data[:3])
+    (10, 10, 3)
     """
 
     spec: str

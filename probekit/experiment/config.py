@@ -124,7 +124,16 @@ class Analyses(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """One experiment: models × data × analyses, with an explicit seed."""
+    """One experiment: models × data × analyses, with an explicit seed.
+
+    Examples
+    --------
+    >>> from probekit.experiment import validate_config
+    >>> cfg = validate_config({"name": "x", "seed": 0, "out": "runs/x", "models": ["tiny-llama"],
+    ...                        "analyses": {"check_attention": {}}})
+    >>> cfg.models, cfg.analyses.heads is None
+    (['tiny-llama'], True)
+    """
 
     name: str = Field(..., description="experiment name (used in titles)")
     seed: int = Field(

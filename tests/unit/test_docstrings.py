@@ -39,7 +39,8 @@ def test_public_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.setenv("PROBEKIT_CACHE", os.environ.get("PROBEKIT_CACHE", str(tmp_path / "cache")))
     obj = getattr(probekit, name)
     finder = doctest.DocTestFinder(recurse=False)
-    tests = [t for t in finder.find(obj, name=f"probekit.{name}", globs={"pk": probekit}) if t.examples]
+    globs = {**vars(inspect.getmodule(obj)), "pk": probekit}  # as doctest.testmod would, plus `pk`
+    tests = [t for t in finder.find(obj, name=f"probekit.{name}", globs=globs) if t.examples]
     assert tests, f"probekit.{name}: no doctest found"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for t in tests:
