@@ -5,7 +5,8 @@
     probekit bench --only capture,probes --repeats 2
 
 Writes ``OUT/benchmarks.csv`` (tidy, one row per measurement) and ``OUT/benchmarks.md`` (a table per
-benchmark, the machine, and what the numbers mean), plus ``OUT/profiles/``. See `probekit.bench`.
+benchmark, the machine, and what the numbers mean), plus ``OUT/profiles/``. How things are measured:
+``docs/methods/benchmarks.md``; the harness is `probekit.bench`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,41 @@ from pathlib import Path
 def register(sub) -> None:
     from probekit.bench import BENCHMARKS
 
-    p = sub.add_parser("bench", help="run the performance benchmarks",
-                       description="Time probekit against the bare forward pass and scikit-learn, measure peak "
-                                   "memory in fresh processes, and write benchmarks.csv and benchmarks.md.")
+    p = sub.add_parser(
+        "bench",
+        help="run the performance benchmarks",
+        description="Time probekit against the bare forward pass and scikit-learn, measure peak "
+        "memory in fresh processes, and write benchmarks.csv and benchmarks.md.",
+    )
     p.add_argument("--out", default="results/benchmarks", help="output folder (default: results/benchmarks)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny models, a few sentences, 1 repetition (seconds; checks the outputs, not speed)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny models, a few sentences, 1 repetition (seconds; checks the outputs, not speed)",
+    )
     p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 3; 1 with --quick)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch/BLAS threads, set explicitly and recorded (default 1)")
-    p.add_argument("--manifest", default="results/seed_claims/manifest.json",
-                   help="run manifest for the end-to-end breakdown (default: results/seed_claims/manifest.json)")
-    p.add_argument("--data", default=None, help="sentence source spec (default: EWT dev if present, else templates)")
-    p.add_argument("--render-only", action="store_true",
-                   help="rebuild OUT/benchmarks.md from OUT/benchmarks.csv (and OUT/profiles, OUT/notes); run nothing")
-    p.add_argument("--benchmarks-dir", default=None, help="folder of bench_*.py modules (default: the repo's benchmarks/)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch/BLAS threads, set explicitly and recorded (default 1)"
+    )
+    p.add_argument(
+        "--manifest",
+        default="results/seed_claims/manifest.json",
+        help="run manifest for the end-to-end breakdown (default: results/seed_claims/manifest.json)",
+    )
+    p.add_argument(
+        "--data", default=None, help="sentence source spec (default: EWT dev if present, else templates)"
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rebuild OUT/benchmarks.md from OUT/benchmarks.csv (and OUT/profiles, OUT/notes); run nothing",
+    )
+    p.add_argument(
+        "--benchmarks-dir",
+        default=None,
+        help="folder of bench_*.py modules (default: the repo's benchmarks/)",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,15 +62,23 @@ def run(args) -> int:
 
     folder = Path(args.benchmarks_dir) if args.benchmarks_dir else default_benchmarks_dir()
     if not folder.is_dir():
-        raise ProbekitError(f"no benchmarks folder at {folder}",
-                            fix="run from a source checkout (pip install -e .) or pass --benchmarks-dir")
+        raise ProbekitError(
+            f"no benchmarks folder at {folder}",
+            fix="run from a source checkout (pip install -e .) or pass --benchmarks-dir",
+        )
     if args.repeats is not None and args.repeats < 1:
         raise ProbekitError(f"--repeats must be at least 1, not {args.repeats}")
     if args.threads < 1:
         raise ProbekitError(f"--threads must be at least 1, not {args.threads}")
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    ctx = BenchContext(quick=args.quick, out=Path(args.out), repeats=args.repeats, threads=args.threads,
-                       manifest=Path(args.manifest), data=args.data)
+    ctx = BenchContext(
+        quick=args.quick,
+        out=Path(args.out),
+        repeats=args.repeats,
+        threads=args.threads,
+        manifest=Path(args.manifest),
+        data=args.data,
+    )
     if args.render_only:
         from probekit.bench import render_only
 
@@ -59,7 +87,9 @@ def run(args) -> int:
     csv_path, md_path, failed = run_all(ctx, only=only, folder=folder)
     print(f"wrote {csv_path} and {md_path}")
     if failed:
-        print(f"probekit bench: {len(failed)} benchmark(s) failed: {', '.join(failed)} (see {md_path})",
-              file=sys.stderr)
+        print(
+            f"probekit bench: {len(failed)} benchmark(s) failed: {', '.join(failed)} (see {md_path})",
+            file=sys.stderr,
+        )
         return 1
     return 0
