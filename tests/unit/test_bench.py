@@ -5,8 +5,10 @@ Nothing here times anything: the benchmarks' numbers are checked for shape and s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -14,6 +16,11 @@ import pandas as pd
 import pytest
 
 from probekit import bench
+
+#: a benchmark module whose run() returns one row
+ONE_ROW_BENCHMARK = (
+    "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n"
+)
 
 
 def test_interleaved_warms_up_rotates_and_cleans_up():
@@ -23,6 +30,7 @@ def test_interleaved_warms_up_rotates_and_cleans_up():
         def fn():
             calls.append(name)
             return lambda: cleaned.append(name)
+
         return fn
 
     rows = bench.interleaved({"a": variant("a"), "b": variant("b"), "c": variant("c")}, repeats=3)
@@ -38,14 +46,28 @@ def test_interleaved_chunks_alternates_within_chunks_and_sums():
     chunks = [{v: (lambda v=v, k=k: calls.append((v, k))) for v in ("a", "b")} for k in range(2)]
     rows = bench.interleaved_chunks(chunks, repeats=2)
     assert calls[:2] == [("a", 0), ("b", 0)]  # warm-up on chunk 0
-    assert calls[2:] == [("a", 0), ("b", 0), ("b", 1), ("a", 1),  # repeat 0: order rotates per chunk
-                         ("b", 0), ("a", 0), ("a", 1), ("b", 1)]  # repeat 1
+    assert calls[2:] == [
+        ("a", 0),
+        ("b", 0),
+        ("b", 1),
+        ("a", 1),  # repeat 0: order rotates per chunk
+        ("b", 0),
+        ("a", 0),
+        ("a", 1),
+        ("b", 1),
+    ]  # repeat 1
     assert [(r["variant"], r["repeat"]) for r in rows] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
 
 
 def test_per_repeat_ratio_pairs_each_repeat_with_its_reference():
-    frame = pd.DataFrame({"model": ["m"] * 4, "variant": ["ref", "x", "ref", "x"], "repeat": [0, 0, 1, 1],
-                          "seconds": [2.0, 3.0, 4.0, 4.0]})
+    frame = pd.DataFrame(
+        {
+            "model": ["m"] * 4,
+            "variant": ["ref", "x", "ref", "x"],
+            "repeat": [0, 0, 1, 1],
+            "seconds": [2.0, 3.0, 4.0, 4.0],
+        }
+    )
     ratio = bench.per_repeat_ratio(frame, "ref")
     assert ratio.tolist() == [1.0, 1.5, 1.0, 1.0]
 
@@ -54,7 +76,8 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
     if not bench.RssSampler().available:
         pytest.skip("needs /proc/self/status")
     module = tmp_path / "child_mod.py"
-    module.write_text(textwrap.dedent("""
+    module.write_text(
+        textwrap.dedent("""
         import numpy as np
         from probekit import bench
 
@@ -62,7 +85,8 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
             bench.mark_baseline()
             block = np.ones(mb * 2**20 // 8)  # touched, so resident
             return {"total": float(block.sum())}
-    """))
+    """)
+    )
     parent_block = np.ones(300 * 2**20 // 8)  # the parent's high-water mark must not leak into the child's
     out = bench.measure_in_subprocess(module, "child", {"mb": 120}, threads=1, timeout=300)
     assert out["total"] == 120 * 2**20 // 8
@@ -73,7 +97,9 @@ def test_measure_in_subprocess_reports_the_child_not_the_parent(tmp_path):
 
 
 def test_missing_benchmark_module_is_reported_not_raised(tmp_path):
-    frame, note, table = bench.run_benchmark("ablation", bench.BenchContext(quick=True, out=tmp_path), tmp_path)
+    frame, note, table = bench.run_benchmark(
+        "ablation", bench.BenchContext(quick=True, out=tmp_path), tmp_path
+    )
     assert frame.empty and table is None
     assert "Not available yet" in note
 
@@ -91,10 +117,11 @@ def test_cli_exits_non_zero_when_a_benchmark_fails(tmp_path, capsys):
     folder = tmp_path / "benchmarks"
     folder.mkdir()
     (folder / "bench_capture.py").write_text("def run(quick):\n    raise RuntimeError('boom')\n")
-    (folder / "bench_memory.py").write_text(
-        "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n")
+    (folder / "bench_memory.py").write_text(ONE_ROW_BENCHMARK)
     out = tmp_path / "out"
-    code = main(["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)])
+    code = main(
+        ["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)]
+    )
     assert code == 1
     assert "1 benchmark(s) failed: capture" in capsys.readouterr().err
     frame = pd.read_csv(out / "benchmarks.csv")
@@ -109,15 +136,96 @@ def test_e2e_skips_without_manifest(tmp_path):
     assert "Skipped" in note
 
 
+def test_every_bench_name_the_benchmarks_use_is_exported():
+    used = set()
+    for path in sorted(bench.default_benchmarks_dir().glob("bench_*.py")):
+        used |= set(re.findall(r"\bbench\.([A-Za-z_]\w*)", path.read_text()))
+    assert used, "no benchmark module uses probekit.bench"
+    assert used <= set(bench.__all__), sorted(used - set(bench.__all__))
+    assert all(hasattr(bench, name) for name in bench.__all__)
+
+
+def test_mark_baseline_marks_the_innermost_measurement_only():
+    bench.mark_baseline()  # outside a measurement: nothing to mark, no error
+    with bench.sampling() as outer:
+        with bench.sampling() as inner:
+            bench.mark_baseline()
+        assert inner.baseline_rss_mb is not None and outer.baseline_rss_mb is None
+        bench.mark_baseline()
+    assert outer.baseline_rss_mb is not None
+    out = bench.measure_in_process(lambda: {"x": 1})  # a new measurement starts without a baseline
+    assert out["x"] == 1 and out["baseline_rss_mb"] is None and out["run_peak_rss_mb"] is None
+    assert out["peak_rss_mb"] > 0 and out["rss_method"].startswith("in-process")
+
+
+def test_child_entry_point_prints_usage_on_bad_arguments(capsys):
+    from probekit.bench.__main__ import main
+
+    assert main(["nonsense"]) == 2
+    assert "python -m probekit.bench child" in capsys.readouterr().err
+
+
+def test_render_only_reads_the_run_settings_without_changing_the_context(tmp_path):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_memory.py").write_text(ONE_ROW_BENCHMARK)
+    out = tmp_path / "out"
+    bench.run_all(
+        bench.BenchContext(quick=True, out=out, log=lambda msg: None), only=["memory"], folder=folder
+    )
+    written = (out / "benchmarks.md").read_text()
+    ctx = bench.BenchContext(quick=False, out=out, threads=3)
+    assert bench.render_only(ctx, folder).read_text() == written  # mode and threads from run.json
+    assert (ctx.quick, ctx.threads) == (False, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.quick = True  # type: ignore[misc]
+
+
+def test_an_old_report_is_read_back_into_its_wall_times_and_notes(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "benchmark": ["memory", "probes"],
+            "variant": ["x", "y"],
+            "seconds": [1.0, 2.0],
+            "tokens_per_s": [5.0, 6.0],
+        }
+    )
+    text = bench.render_report(
+        frame,
+        {"memory": "Memory note.", "probes": "Probe note."},
+        {"verbatim": "- 2 CPU(s)"},
+        bench.BenchContext(quick=True),
+        {"memory": 90.0, "probes": 30.0},
+    )
+    (tmp_path / "benchmarks.md").write_text(text)
+    meta = bench.meta_from_report(tmp_path / "benchmarks.md")
+    assert meta["machine"] == {"verbatim": "- 2 CPU(s)"}
+    assert meta["wall_s"] == {"memory": 90.0, "probes": 30.0}
+    assert meta["benchmarks"] == ["memory", "probes"]
+    assert meta["notes"]["probes"].endswith("Probe note.") and "| y |" in meta["notes"]["probes"]
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_well_formed_outputs(tmp_path):
     from probekit.cli import main
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({
-        "name": "seed_claims", "git_commit": "0" * 40, "machine": {"cpu_count": 2, "torch_threads": 2},
-        "timings_s": {"check_attention/minilm-l6": 3.0, "claims/minilm-l6__bank": 5.0, "heads/minilm-l6__svo": None,
-                      "total": 10.0}}))
+    commit = "0123abcd" * 5  # (a real hash has letters; an all-digit one reads back as a number)
+    manifest.write_text(
+        json.dumps(
+            {
+                "name": "seed_claims",
+                "git_commit": commit,
+                "machine": {"cpu_count": 2, "torch_threads": 2},
+                "timings_s": {
+                    "check_attention/minilm-l6": 3.0,
+                    "claims/minilm-l6__bank": 5.0,
+                    "heads/minilm-l6__svo": None,
+                    "total": 10.0,
+                },
+            }
+        )
+    )
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--out", str(out), "--manifest", str(manifest)]) == 0
 
@@ -128,7 +236,9 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert frame["threads"].dropna().eq(1).all()
 
     cap = frame[frame.benchmark == "capture"]
-    assert {"hf-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture"} <= set(cap.variant)
+    assert {"hf-forward", "bridge-forward", "tl-cache-all", "tl-cache-filter", "probekit-capture"} <= set(
+        cap.variant
+    )
     assert set(cap.model) == {"tiny-llama", "tiny-bert"}
     assert (cap.seconds > 0).all() and np.isfinite(cap.tokens_per_s).all() and (cap.n_tokens > 0).all()
     assert np.allclose(cap[cap.variant == "hf-forward"].ratio_vs_floor, 1.0)
@@ -136,25 +246,64 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     mem = frame[frame.benchmark == "memory"]
     assert len(mem) >= 2 and mem.n_sentences.nunique() >= 2
     assert (mem.run_peak_rss_mb >= mem.baseline_rss_mb * 0.5).all() and (mem.output_mb > 0).all()
+    for col in ("seconds", "peak_rss_mb", "baseline_rss_mb", "run_peak_rss_mb", "n_tokens", "tokens_per_s"):
+        assert (mem[col] > 0).all(), col
+
+    abl = frame[frame.benchmark == "ablation"]
+    assert set(abl.variant) == {"naive", "fast", "tl-exact", "fast-exact", "attribution"}
+    assert (abl.seconds > 0).all() and (abl.heads > 0).all() and (abl.n_items > 0).all()
+    sweep, patching = abl[abl.workload == "sweep"], abl[abl.workload == "patching"]
+    assert set(sweep.variant) == {"naive", "fast"} and set(patching.variant) == {
+        "tl-exact",
+        "fast-exact",
+        "attribution",
+    }
+    assert np.isfinite(sweep.speedup_vs_naive).all() and (sweep.speedup_vs_naive > 0).all()
+    assert np.allclose(sweep[sweep.variant == "naive"].speedup_vs_naive, 1.0)
+    assert np.isfinite(patching.speedup_vs_tl).all() and (patching.speedup_vs_tl > 0).all()
+    assert np.allclose(patching[patching.variant == "tl-exact"].speedup_vs_tl, 1.0)
+    assert (sweep.max_abs_diff < 1e-3).all()  # the fast engine computes what the naive loop computes
+    assert (patching[patching.variant == "fast-exact"].max_abs_diff < 1e-3).all()
+    attribution = patching[patching.variant == "attribution"]
+    assert attribution.spearman.between(-1, 1).all() and attribution.topk_overlap.between(0, 1).all()
 
     probes = frame[frame.benchmark == "probes"]
     assert set(probes.variant) == {"sklearn-logreg", "probekit-ridge"}
-    assert probes.accuracy.between(0, 1).all()
+    assert probes.accuracy.between(0, 1).all() and probes.accuracy.notna().all()
+    assert (probes.seconds > 0).all() and (probes.n_train > 0).all() and (probes.n_test > 0).all()
     assert probes.groupby("variant").layer.nunique().eq(probes.layer.nunique()).all()
 
     e2e = frame[frame.benchmark == "e2e"]
     assert math.isclose(e2e.seconds.sum(), 8.0) and e2e.seconds.isna().sum() == 1  # null = time not recorded
 
     md = (out / "benchmarks.md").read_text()
-    for heading in ("## Machine", "## 1. Capture", "## 2. Memory", "## 3. Head-ablation", "## 4. Probe sweep",
-                    "## 5. End to end"):
-        assert heading in md
+    sections = re.split(r"\n(?=## )", md)
+    for heading in (
+        "## Machine",
+        "## 1. Capture",
+        "## 2. Memory",
+        "## 3. Head-ablation",
+        "## 4. Probe sweep",
+        "## 5. End to end",
+    ):
+        section = next((s for s in sections if s.startswith(heading)), None)
+        assert section is not None, heading
+        if heading != "## Machine":
+            assert "\n| " in section and "Not available" not in section, heading  # each benchmark has a table
     assert "torch threads: **1**" in md
     assert "| model | variant |" in md  # the capture table
     assert (out / "profiles" / "capture_tiny-llama_cprofile.txt").exists()
+    provenance = json.loads((out / "manifest.json").read_text())["provenance"]
+    assert provenance["command"] == f"probekit bench --quick --out {out}"
+    assert {"benchmarks.csv", "benchmarks.md", "run.json"} <= set(provenance["files"])
 
     # the report can be rebuilt from the CSV and the files beside it, without rerunning anything
     (out / "benchmarks.md").unlink()
     assert main(["bench", "--render-only", "--out", str(out), "--manifest", str(manifest)]) == 0
     rebuilt = (out / "benchmarks.md").read_text()
-    assert "torch threads: **1**" in rebuilt and "| model | variant |" in rebuilt and "## 4. Probe sweep" in rebuilt
+    assert (
+        "torch threads: **1**" in rebuilt
+        and "| model | variant |" in rebuilt
+        and "## 4. Probe sweep" in rebuilt
+    )
+    assert rebuilt == md
