@@ -5,7 +5,8 @@
     probekit bench --only capture,probes --repeats 2
 
 Writes ``OUT/benchmarks.csv`` (tidy, one row per measurement) and ``OUT/benchmarks.md`` (a table per
-benchmark, the machine, and what the numbers mean), plus ``OUT/profiles/``. See `probekit.bench`.
+benchmark, the machine, and what the numbers mean), plus ``OUT/profiles/``. How things are measured:
+``docs/methods/benchmarks.md``; the harness is `probekit.bench`.
 """
 
 from __future__ import annotations

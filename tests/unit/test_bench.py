@@ -5,8 +5,10 @@ Nothing here times anything: the benchmarks' numbers are checked for shape and s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -14,6 +16,11 @@ import pandas as pd
 import pytest
 
 from probekit import bench
+
+#: a benchmark module whose run() returns one row
+ONE_ROW_BENCHMARK = (
+    "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n"
+)
 
 
 def test_interleaved_warms_up_rotates_and_cleans_up():
@@ -110,9 +117,7 @@ def test_cli_exits_non_zero_when_a_benchmark_fails(tmp_path, capsys):
     folder = tmp_path / "benchmarks"
     folder.mkdir()
     (folder / "bench_capture.py").write_text("def run(quick):\n    raise RuntimeError('boom')\n")
-    (folder / "bench_memory.py").write_text(
-        "import pandas as pd\ndef run(quick):\n    return pd.DataFrame({'variant': ['x'], 'seconds': [1.0]})\n"
-    )
+    (folder / "bench_memory.py").write_text(ONE_ROW_BENCHMARK)
     out = tmp_path / "out"
     code = main(
         ["bench", "--quick", "--only", "capture,memory", "--out", str(out), "--benchmarks-dir", str(folder)]
@@ -131,16 +136,86 @@ def test_e2e_skips_without_manifest(tmp_path):
     assert "Skipped" in note
 
 
+def test_every_bench_name_the_benchmarks_use_is_exported():
+    used = set()
+    for path in sorted(bench.default_benchmarks_dir().glob("bench_*.py")):
+        used |= set(re.findall(r"\bbench\.([A-Za-z_]\w*)", path.read_text()))
+    assert used, "no benchmark module uses probekit.bench"
+    assert used <= set(bench.__all__), sorted(used - set(bench.__all__))
+    assert all(hasattr(bench, name) for name in bench.__all__)
+
+
+def test_mark_baseline_marks_the_innermost_measurement_only():
+    bench.mark_baseline()  # outside a measurement: nothing to mark, no error
+    with bench.sampling() as outer:
+        with bench.sampling() as inner:
+            bench.mark_baseline()
+        assert inner.baseline_rss_mb is not None and outer.baseline_rss_mb is None
+        bench.mark_baseline()
+    assert outer.baseline_rss_mb is not None
+    out = bench.measure_in_process(lambda: {"x": 1})  # a new measurement starts without a baseline
+    assert out["x"] == 1 and out["baseline_rss_mb"] is None and out["run_peak_rss_mb"] is None
+    assert out["peak_rss_mb"] > 0 and out["rss_method"].startswith("in-process")
+
+
+def test_child_entry_point_prints_usage_on_bad_arguments(capsys):
+    from probekit.bench.__main__ import main
+
+    assert main(["nonsense"]) == 2
+    assert "python -m probekit.bench child" in capsys.readouterr().err
+
+
+def test_render_only_reads_the_run_settings_without_changing_the_context(tmp_path):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_memory.py").write_text(ONE_ROW_BENCHMARK)
+    out = tmp_path / "out"
+    bench.run_all(
+        bench.BenchContext(quick=True, out=out, log=lambda msg: None), only=["memory"], folder=folder
+    )
+    written = (out / "benchmarks.md").read_text()
+    ctx = bench.BenchContext(quick=False, out=out, threads=3)
+    assert bench.render_only(ctx, folder).read_text() == written  # mode and threads from run.json
+    assert (ctx.quick, ctx.threads) == (False, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.quick = True  # type: ignore[misc]
+
+
+def test_an_old_report_is_read_back_into_its_wall_times_and_notes(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "benchmark": ["memory", "probes"],
+            "variant": ["x", "y"],
+            "seconds": [1.0, 2.0],
+            "tokens_per_s": [5.0, 6.0],
+        }
+    )
+    text = bench.render_report(
+        frame,
+        {"memory": "Memory note.", "probes": "Probe note."},
+        {"verbatim": "- 2 CPU(s)"},
+        bench.BenchContext(quick=True),
+        {"memory": 90.0, "probes": 30.0},
+    )
+    (tmp_path / "benchmarks.md").write_text(text)
+    meta = bench.meta_from_report(tmp_path / "benchmarks.md")
+    assert meta["machine"] == {"verbatim": "- 2 CPU(s)"}
+    assert meta["wall_s"] == {"memory": 90.0, "probes": 30.0}
+    assert meta["benchmarks"] == ["memory", "probes"]
+    assert meta["notes"]["probes"].endswith("Probe note.") and "| y |" in meta["notes"]["probes"]
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_well_formed_outputs(tmp_path):
     from probekit.cli import main
 
     manifest = tmp_path / "manifest.json"
+    commit = "0123abcd" * 5  # (a real hash has letters; an all-digit one reads back as a number)
     manifest.write_text(
         json.dumps(
             {
                 "name": "seed_claims",
-                "git_commit": "0" * 40,
+                "git_commit": commit,
                 "machine": {"cpu_count": 2, "torch_threads": 2},
                 "timings_s": {
                     "check_attention/minilm-l6": 3.0,
@@ -171,16 +246,38 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     mem = frame[frame.benchmark == "memory"]
     assert len(mem) >= 2 and mem.n_sentences.nunique() >= 2
     assert (mem.run_peak_rss_mb >= mem.baseline_rss_mb * 0.5).all() and (mem.output_mb > 0).all()
+    for col in ("seconds", "peak_rss_mb", "baseline_rss_mb", "run_peak_rss_mb", "n_tokens", "tokens_per_s"):
+        assert (mem[col] > 0).all(), col
+
+    abl = frame[frame.benchmark == "ablation"]
+    assert set(abl.variant) == {"naive", "fast", "tl-exact", "fast-exact", "attribution"}
+    assert (abl.seconds > 0).all() and (abl.heads > 0).all() and (abl.n_items > 0).all()
+    sweep, patching = abl[abl.workload == "sweep"], abl[abl.workload == "patching"]
+    assert set(sweep.variant) == {"naive", "fast"} and set(patching.variant) == {
+        "tl-exact",
+        "fast-exact",
+        "attribution",
+    }
+    assert np.isfinite(sweep.speedup_vs_naive).all() and (sweep.speedup_vs_naive > 0).all()
+    assert np.allclose(sweep[sweep.variant == "naive"].speedup_vs_naive, 1.0)
+    assert np.isfinite(patching.speedup_vs_tl).all() and (patching.speedup_vs_tl > 0).all()
+    assert np.allclose(patching[patching.variant == "tl-exact"].speedup_vs_tl, 1.0)
+    assert (sweep.max_abs_diff < 1e-3).all()  # the fast engine computes what the naive loop computes
+    assert (patching[patching.variant == "fast-exact"].max_abs_diff < 1e-3).all()
+    attribution = patching[patching.variant == "attribution"]
+    assert attribution.spearman.between(-1, 1).all() and attribution.topk_overlap.between(0, 1).all()
 
     probes = frame[frame.benchmark == "probes"]
     assert set(probes.variant) == {"sklearn-logreg", "probekit-ridge"}
-    assert probes.accuracy.between(0, 1).all()
+    assert probes.accuracy.between(0, 1).all() and probes.accuracy.notna().all()
+    assert (probes.seconds > 0).all() and (probes.n_train > 0).all() and (probes.n_test > 0).all()
     assert probes.groupby("variant").layer.nunique().eq(probes.layer.nunique()).all()
 
     e2e = frame[frame.benchmark == "e2e"]
     assert math.isclose(e2e.seconds.sum(), 8.0) and e2e.seconds.isna().sum() == 1  # null = time not recorded
 
     md = (out / "benchmarks.md").read_text()
+    sections = re.split(r"\n(?=## )", md)
     for heading in (
         "## Machine",
         "## 1. Capture",
@@ -189,10 +286,16 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         "## 4. Probe sweep",
         "## 5. End to end",
     ):
-        assert heading in md
+        section = next((s for s in sections if s.startswith(heading)), None)
+        assert section is not None, heading
+        if heading != "## Machine":
+            assert "\n| " in section and "Not available" not in section, heading  # each benchmark has a table
     assert "torch threads: **1**" in md
     assert "| model | variant |" in md  # the capture table
     assert (out / "profiles" / "capture_tiny-llama_cprofile.txt").exists()
+    provenance = json.loads((out / "manifest.json").read_text())["provenance"]
+    assert provenance["command"] == f"probekit bench --quick --out {out}"
+    assert {"benchmarks.csv", "benchmarks.md", "run.json"} <= set(provenance["files"])
 
     # the report can be rebuilt from the CSV and the files beside it, without rerunning anything
     (out / "benchmarks.md").unlink()
@@ -203,3 +306,4 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         and "| model | variant |" in rebuilt
         and "## 4. Probe sweep" in rebuilt
     )
+    assert rebuilt == md
