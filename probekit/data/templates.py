@@ -348,7 +348,8 @@ def bank_sense(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
         if need[cell] > len(pool):
             most = min(len(p) for p in pools.values()) * len(cells)
             raise ProbekitError(
-                f"template 'bank_sense' has {len(pool)} distinct {cell[0]}/{cell[1]} sentences, {need[cell]} are needed for n={n}",
+                f"template 'bank_sense' has {len(pool)} distinct {cell[0]}/{cell[1]} sentences, "
+                f"{need[cell]} are needed for n={n}",
                 where="template:bank_sense",
                 fix=f"ask for at most n={most}",
             )

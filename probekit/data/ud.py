@@ -102,7 +102,8 @@ def _malformed(path, lineno: int, what: str) -> ProbekitError:
     return ProbekitError(
         f"malformed CoNLL-U line: {what}",
         where=f"{path}:{lineno}",
-        fix="each word line needs 10 tab-separated columns ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC "
+        fix="each word line needs 10 tab-separated columns "
+        "ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC "
         "(see https://universaldependencies.org/format.html)",
     )
 

@@ -2,8 +2,8 @@
 
 Each function loops over the config's models (and data), and runs one `Run.stage` per combination.
 A stage writes its tidy tables with `write_tables` (CSV + Markdown + LaTeX) and its plots into its
-own folder; `probekit.experiment.verdicts.build_report` later reads only those files. `STAGES` (at the bottom) is the
-registry `probekit.experiment.run.run_experiment` runs, in its order.
+own folder; `probekit.experiment.verdicts.build_report` later reads only those files. `STAGES` (at the
+bottom) is the registry `probekit.experiment.run.run_experiment` runs, in its order.
 """
 
 from __future__ import annotations
