@@ -101,7 +101,7 @@ def _split_punct(chunk: str) -> list[str]:
 
     ``"(cat)."`` -> ``"("``, ``"cat"``, ``")"``, ``"."``.
     """
-    lead, trail = [], []
+    lead, trail = [], []  # type: list[str], list[str]
     while len(chunk) > 1 and not chunk[0].isalnum():
         lead.append(chunk[0])
         chunk = chunk[1:]
