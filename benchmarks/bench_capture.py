@@ -58,7 +58,8 @@ CHUNK_BATCHES = 4  # variants alternate every 4 batches (64 sentences)
 
 
 class Workload:
-    """Sentences aligned and cut into the same batches `probekit.activations.capture` makes (sorted by length)."""
+    """Sentences aligned and cut into the same batches `probekit.activations.capture` makes (sorted by
+    length)."""
 
     def __init__(self, model, sentences, batch_size: int = BATCH_SIZE):
         self.model, self.sentences, self.batch_size = model, list(sentences), batch_size
@@ -74,8 +75,9 @@ class Workload:
         }
 
     def chunks(self, n_batches: int) -> list[Workload]:
-        """Consecutive groups of ``n_batches`` batches as workloads of their own; `probekit.activations.capture` on a
-        chunk's sentences forms exactly these batches again (same length order, same cut points)."""
+        """Consecutive groups of ``n_batches`` batches as workloads of their own;
+        `probekit.activations.capture` on a chunk's sentences forms exactly these batches again (same
+        length order, same cut points)."""
         out = []
         for k in range(0, len(self.batches), n_batches):
             idx = [i for b in self.batches[k : k + n_batches] for i in b]
@@ -310,7 +312,8 @@ def _check_same_outputs(model, hf, work: Workload) -> dict:
         _, cache = model.bridge.run_with_cache(
             ids, attention_mask=mask, names_filter=lambda n: n.endswith("hook_resid_post")
         )
-    # hidden_states[k] is block k-1's output (the last one is after the final norm in Llama, so stop before it)
+    # hidden_states[k] is block k-1's output (the last one is after the final norm in Llama, so stop
+    # before it)
     diff = max(
         float((hidden[k] - cache[f"blocks.{k - 1}.hook_resid_post"]).abs()[real].max())
         for k in range(1, n_layers)
@@ -434,12 +437,13 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
     n = int(main.n_sentences.iloc[0])
     source = main["source"].iloc[0] if "source" in main else "EWT dev (see benchmark 1's input)"
     lines = [
-        f"Input: {source}, first {n} sentences; batches of {BATCH_SIZE}, sorted by length, right-padded "
-        f"(the same batches for every variant); the variants alternate every {CHUNK_BATCHES} batches, and a "
-        "repetition's time is the sum over chunks. `ratio_vs_floor` = seconds / seconds of `hf-forward` in the "
-        "same repetition, median over repetitions. Tokens/s counts real tokens (sink/[CLS]/[SEP] included, "
-        "padding excluded). Every variant computes the same forward, except that `hf-body-forward` and "
-        "`probekit-capture` leave out the final norm and the LM/MLM head, which no capture needs.",
+        f"Input: {source}, first {n} sentences; batches of {BATCH_SIZE}, sorted by length, right-padded (the "
+        f"same batches for every variant); the variants alternate every {CHUNK_BATCHES} batches, and a "
+        "repetition's time is the sum over chunks. `ratio_vs_floor` = seconds / seconds of `hf-forward` in "
+        "the same repetition, median over repetitions. Tokens/s counts real tokens (sink/[CLS]/[SEP] "
+        "included, padding excluded). Every variant computes the same forward, except that "
+        "`hf-body-forward` and `probekit-capture` leave out the final norm and the LM/MLM head, which no "
+        "capture needs.",
         "",
     ]
     for model in main.model.unique():
@@ -455,21 +459,24 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
         goal = "**meets**" if cap <= 1.15 else "**misses**"
         text = (
             f"**{model}.** probekit's capture runs at **{cap:.2f}×** the bare HF forward, so it {goal} the "
-            f"1.15× goal (min/max over repetitions {f[f.variant == 'probekit-capture'].ratio_vs_floor.min():.2f}–"
-            f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.max():.2f}). Where the time goes, as median ratios "
-            f"to the floor: the bridge with no hooks {bridge:.2f}×; `run_with_cache` with capture's filter "
-            f"{filt:.2f}× (every hook: {get('tl-cache-all'):.2f}×); from there, probekit's own work — "
-            f"tokenising, pooling, word attention, writing the memory maps — less the head it skips takes capture "
-            f"from {filt:.2f}× to {cap:.2f}×. The head: `hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the "
-            f"LM/MLM head, which the floor and the bridge/`tl-*` variants compute and capture does not (it stops "
-            "on entering the final norm / head), so capture's ratio can fall below theirs and below 1."
+            "1.15× goal (min/max over repetitions "
+            f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.min():.2f}–"
+            f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.max():.2f}). "
+            f"Where the time goes, as median ratios to the floor: the bridge with no hooks {bridge:.2f}×; "
+            f"`run_with_cache` with capture's filter {filt:.2f}× (every hook: {get('tl-cache-all'):.2f}×); "
+            "from there, probekit's own work — tokenising, pooling, word attention, writing the memory maps "
+            f"— less the head it skips takes capture from {filt:.2f}× to {cap:.2f}×. The head: "
+            f"`hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the LM/MLM head, which "
+            "the floor and the bridge/`tl-*` variants compute and capture does not (it stops on entering "
+            "the final norm / head), so capture's ratio can fall below theirs and below 1."
         )
         if body == body:
             per_rep = f.pivot_table(index="repeat", columns="variant", values="seconds")
             vs_body = (per_rep["probekit-capture"] / per_rep["hf-body-forward"]).median()
             text += (
-                f" Against the forward a capture actually needs — `hf-body-forward`, no head — capture runs at "
-                f"{vs_body:.2f}× (median over repetitions): that is its true overhead, the bridge's and its own."
+                " Against the forward a capture actually needs — `hf-body-forward`, no head — capture runs "
+                f"at {vs_body:.2f}× (median over repetitions): that is its true overhead, the bridge's and "
+                "its own."
             )
         if "hf_vs_bridge_resid_max_abs_diff" in f and f["hf_vs_bridge_resid_max_abs_diff"].notna().any():
             c = f.iloc[0]
@@ -503,8 +510,8 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                 )
             if "aten::mm_calls" in tprof:
                 bits.append(
-                    f"`aten::mm` is called {tprof['aten::mm_calls']} times: the model's linear layers plus one "
-                    "pooling matmul per (sentence, layer)"
+                    f"`aten::mm` is called {tprof['aten::mm_calls']} times: the model's linear layers plus "
+                    "one pooling matmul per (sentence, layer)"
                 )
             lines.append(
                 f"Profile of `capture()` on the first {min(64, n)} sentences (details below): "
@@ -521,7 +528,8 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
             sec = sens.groupby(["threads", "variant"])["seconds"].median()
             t = [int(x) for x in sorted(sens.threads.unique())]
             lines.append(
-                f"Threads ({int(sens.n_sentences.iloc[0])}-sentence subset, both settings interleaved): the floor takes "
+                f"Threads ({int(sens.n_sentences.iloc[0])}-sentence subset, both settings interleaved): the "
+                "floor takes "
                 + " vs ".join(f"{sec.get((k, 'hf-forward'), float('nan')):.1f} s at {k} thread(s)" for k in t)
                 + "; capture/floor "
                 + " vs ".join(f"{ratio.get((k, 'probekit-capture'), float('nan')):.2f}×" for k in t)
@@ -532,14 +540,15 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
     top = max(head_share, key=lambda m: head_share[m] if head_share[m] == head_share[m] else -1)
     lines += [
         "**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays two "
-        "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules with "
-        "its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` adds hook "
-        "dispatch and copies — that is the step from 1.0× to the `tl-cache-filter` ratio, and probekit cannot "
-        "remove it short of bypassing the bridge. (2) probekit's own post-processing (tokenising, pooling, word "
-        "attention, memory-map writes). (3) Saved: the final norm and the LM/MLM head, whose logits capture "
-        "never reads; `_compute` stops on entering them (a hook raising the bridge's `StopAtLayerException`), "
-        "which the floor and the `tl-*`/`bridge-*` variants do not. The `hf-body-forward` rows show the head's "
-        f"share ({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top})."
+        "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules "
+        "with its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` adds "
+        "hook dispatch and copies — that is the step from 1.0× to the `tl-cache-filter` ratio, and probekit "
+        "cannot remove it short of bypassing the bridge. (2) probekit's own post-processing (tokenising, "
+        "pooling, word attention, memory-map writes). (3) Saved: the final norm and the LM/MLM head, whose "
+        "logits capture never reads; `_compute` stops on entering them (a hook raising the bridge's "
+        "`StopAtLayerException`), which the floor and the `tl-*`/`bridge-*` variants do not. The "
+        "`hf-body-forward` rows show the head's share "
+        f"({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top})."
     ]
     for model in main.model.unique():
         cprof = _read(ctx.out / "profiles" / f"capture_{model}_cprofile.txt")

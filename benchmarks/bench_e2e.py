@@ -85,9 +85,10 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
     total = first.get("invocation_total_s")
     by = known.groupby("analysis")["seconds"].sum().sort_values(ascending=False)
     parts = [
-        f"From `{first.get('manifest')}` (run `{first.get('run_name')}`, commit {str(first.get('git_commit'))[:10]}, "
-        f"{_int(first.get('run_cpu_count'))} CPUs, {_int(first.get('run_torch_threads'))} torch threads). "
-        f"Recorded stage compute times add up to {staged / 60:.1f} min; by analysis: "
+        f"From `{first.get('manifest')}` (run `{first.get('run_name')}`, commit "
+        f"{str(first.get('git_commit'))[:10]}, {_int(first.get('run_cpu_count'))} CPUs, "
+        f"{_int(first.get('run_torch_threads'))} torch threads). Recorded stage compute times add up to "
+        f"{staged / 60:.1f} min; by analysis: "
         + ", ".join(f"{k} {v / 60:.1f} min ({v / staged:.0%})" for k, v in by.items())
         + "."
     ]
@@ -106,8 +107,8 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
     if total is not None and not (isinstance(total, float) and math.isnan(total)):
         if float(total) < staged:
             parts.append(
-                f"The manifest's `total` ({float(total):.1f} s) is the wall time of its own invocation, which "
-                "reused finished stages; it is not the cost of the job from scratch."
+                f"The manifest's `total` ({float(total):.1f} s) is the wall time of its own invocation, "
+                "which reused finished stages; it is not the cost of the job from scratch."
             )
         else:
             parts.append(

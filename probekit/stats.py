@@ -130,7 +130,8 @@ def cluster_sums(values: np.ndarray, codes: np.ndarray, n_units: int) -> np.ndar
 
 
 def _bootstrap_units(values: np.ndarray, groups, n_boot, ci, *, where: str) -> np.ndarray:
-    """Check the bootstrap arguments; the resampling unit (0..n_units-1) of each of the ``len(values)`` rows."""
+    """Check the bootstrap arguments; the resampling unit (0..n_units-1) of each of the
+    ``len(values)`` rows."""
     if values.size == 0:
         raise ProbekitError("cannot bootstrap an empty array", where=where, fix="pass at least one value")
     if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):

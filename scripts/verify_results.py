@@ -28,7 +28,8 @@ def verify(folder: Path, scratch: Path) -> bool:
     manifest = folder / "manifest.json"
     if not manifest.exists():
         print(
-            f"{folder.name}: not rerun (no manifest); STALE: {provenance.stale_reason(folder) or '(no note!)'}"
+            f"{folder.name}: not rerun (no manifest); "
+            f"STALE: {provenance.stale_reason(folder) or '(no note!)'}"
         )
         return bool(provenance.stale_reason(folder))
     prov = json.loads(manifest.read_text())["provenance"]

@@ -1,1 +1,2 @@
-"""Activations: word/token alignment (`align`), TransformerLens hook names (`hooks`) and the cached capture (`capture`)."""
+"""Activations: word/token alignment (`align`), TransformerLens hook names (`hooks`) and the cached
+capture (`capture`)."""

@@ -80,7 +80,8 @@ def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0"
             pos += 1
         if text[pos : pos + len(w)] != w:
             raise ProbekitError(
-                f"word {i} {w!r} does not match the text at character {pos} ({text[pos : pos + len(w) + 5]!r}...)",
+                f"word {i} {w!r} does not match the text at character {pos} "
+                f"({text[pos : pos + len(w) + 5]!r}...)",
                 where=f"sentence {id!r}",
                 fix="the word list must spell out the sentence in order, e.g. ['The', 'cat', 'sat', '.']",
             )
@@ -96,15 +97,18 @@ def sentence_from_text(text: str, words: list[str] | None = None, id: str = "s0"
 
 
 def _split_punct(chunk: str) -> list[str]:
-    """Split leading/trailing punctuation off a whitespace-delimited chunk ("(cat)." -> "(", "cat", ")", ".")."""
-    lead, trail = [], []
+    """Split leading/trailing punctuation off a whitespace-delimited chunk.
+
+    ``"(cat)."`` -> ``"("``, ``"cat"``, ``")"``, ``"."``.
+    """
+    lead, trail = [], []  # type: list[str], list[str]
     while len(chunk) > 1 and not chunk[0].isalnum():
         lead.append(chunk[0])
         chunk = chunk[1:]
     while len(chunk) > 1 and not chunk[-1].isalnum() and not re.fullmatch(r"(?:[A-Za-z]\.)+", chunk):
         trail.insert(0, chunk[-1])
         chunk = chunk[:-1]
-    return lead + [chunk] + trail
+    return lead + [chunk] + trail  # noqa: RUF005 (kept: fingerprinted code)
 
 
 def as_sentences(items) -> list[Sentence]:
@@ -224,9 +228,9 @@ def word_attention(
     """Token attention -> word attention (Clark et al. 2019).
 
     ``pattern  # [layer, head, q_tok, k_tok]`` for one sentence (no padding).
-    Returns ``word_att  # [layer, head, from_word, to_word]`` and ``special_mass  # [layer, head, from_word]``,
-    the attention each word sends to special/sink tokens. Without renormalisation
-    ``word_att.sum(-1) + special_mass == 1`` for every row.
+    Returns ``word_att  # [layer, head, from_word, to_word]`` and
+    ``special_mass  # [layer, head, from_word]``, the attention each word sends to special/sink tokens.
+    Without renormalisation ``word_att.sum(-1) + special_mass == 1`` for every row.
 
     Examples
     --------

@@ -90,7 +90,7 @@ class ChunkHasher:
 
     def add(self, i: int, written: np.ndarray) -> None:
         """Hash sentence i's chunk, read back from the just-written (resident) pages of the map."""
-        d = hashlib.blake2b(written, digest_size=CHUNK_DIGEST_BYTES).digest()
+        d = hashlib.blake2b(written, digest_size=CHUNK_DIGEST_BYTES).digest()  # type: ignore[arg-type]  # an ndarray is a buffer; numpy's stubs do not say so
         self.digests[i] = np.frombuffer(d, dtype=np.uint8)
 
     def hexdigest(self) -> str:

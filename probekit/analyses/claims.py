@@ -46,7 +46,7 @@ class AttentionView:
 
     attention: np.ndarray  # [layer, head, from, to]
     words: tuple[str, ...]
-    heads: tuple[tuple[int, int], ...]  # (layer, head)
+    heads: tuple[tuple[int, ...], ...]  # (layer, head)
     layers: tuple[int, ...]  # the layers of ``attention``'s first axis
     title: str
 
@@ -249,9 +249,9 @@ def bank_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 testable=True,
                 heads_own_gt_other=int((diff > 0).sum()),
                 n_heads=len(diff),
-                best_head=f"{best[0]}.{best[1]}",
-                best_own=float(own.attention[best]),
-                best_other=float(other.attention[best]),
+                best_head=f"{best[0]}.{best[1]}",  # type: ignore[index]  # idxmax over a (layer, head) index
+                best_own=float(own.attention[best]),  # type: ignore[call-overload]  # best: a (layer, head) label
+                best_other=float(other.attention[best]),  # type: ignore[call-overload]  # best: a (layer, head) label
                 mean_own=float(own.attention.mean()),
                 mean_other=float(other.attention.mean()),
             )
@@ -263,7 +263,7 @@ def bank_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 n_heads=len(own),
                 mean_own=float(own.attention.mean()) if own_vis else np.nan,
                 mean_other=float(other.attention.mean()) if other_vis else np.nan,
-                best_head="" if seen is None else "{}.{}".format(*seen.attention.idxmax()),
+                best_head="" if seen is None else "{}.{}".format(*seen.attention.idxmax()),  # type: ignore[misc]  # a (layer, head) label
             )
         out.append(row)
     return pd.DataFrame(out)
@@ -396,7 +396,7 @@ def explored_summary(frame: pd.DataFrame, is_causal: bool) -> dict:
         f["distance"] = (f.explored_to_cat - CLAIMED["cat"]).abs()
     else:
         f["distance"] = np.hypot(f.explored_to_cat - CLAIMED["cat"], f.explored_to_room - CLAIMED["room"])
-    best = f.loc[f.distance.idxmin()]
+    best = f.loc[f.distance.idxmin()]  # type: ignore[call-overload]  # idxmin: a row label
     out = {
         "model": f.model.iloc[0],
         "n_heads": len(f),

@@ -190,7 +190,7 @@ def machine_info(threads: int) -> dict:
 
     import torch
 
-    versions = {}
+    versions = {}  # type: dict[str, str | None]
     for dist in (
         "probekit-mi",
         "torch",

@@ -216,7 +216,7 @@ def run_all(
     machine = machine_info(ctx.threads)
     ctx.out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = ctx.out / "benchmarks.csv", ctx.out / "benchmarks.md"
-    kept, meta = _empty(), {"invocations": [], "wall_s": {}}
+    kept, meta = _empty(), {"invocations": [], "wall_s": {}}  # type: pd.DataFrame, dict
     if only and csv_path.exists():
         previous = pd.read_csv(csv_path)
         kept = previous[~previous["benchmark"].isin(names)]

@@ -43,7 +43,7 @@ def run(args) -> int:
     written = res.write(args.out)
     published = False
     for row in res.summary.itertuples(index=False):
-        d = row._asdict()
+        d = row._asdict()  # type: ignore[operator, misc]  # pandas-stubs types row attributes as scalars
         gpt2 = PUBLISHED_BLIMP.get(str(d[args.by]), {}).get("GPT-2")
         published |= gpt2 is not None
         print(

@@ -169,7 +169,7 @@ def load_dataset(spec: str, *, max_sentences: int | None = None, seed: int = 0) 
         )
     scheme, argument, params = parse_spec(spec)
     if scheme == "ud":
-        items = load_conllu(argument, max_sentences=max_sentences)
+        items = load_conllu(argument, max_sentences=max_sentences)  # type: list[Sentence] | list[MinimalPair]
     elif scheme == "blimp":
         items = load_blimp(argument, max_pairs=max_sentences)
     elif scheme == "template":

@@ -119,7 +119,8 @@ def _pair(record: dict, file: Path, lineno: int) -> MinimalPair:
     for sentence, word, which in ((good, good_word, "good"), (bad, bad_word, "bad")):
         if not sentence.startswith(f"{prefix} {word}"):
             raise ProbekitError(
-                f"prefix + ' ' + {which} word ({prefix + ' ' + word!r}) does not start sentence_{which} ({sentence!r})",
+                f"prefix + ' ' + {which} word ({prefix + ' ' + word!r}) "
+                f"does not start sentence_{which} ({sentence!r})",
                 where=f"{file}:{lineno}",
                 fix="check the prefix and critical-word fields of this line",
             )
@@ -147,7 +148,8 @@ def _split_two_prefix(prefix_good: str, prefix_bad: str, file: Path, lineno: int
         or g[-1] == b[-1]
     ):
         raise ProbekitError(
-            f"two-prefix record: {prefix_good!r} and {prefix_bad!r} must differ in exactly their last word, after a shared start",
+            f"two-prefix record: {prefix_good!r} and {prefix_bad!r} must differ in exactly their last word, "
+            "after a shared start",
             where=f"{file}:{lineno}",
             fix="this loader represents a pair by a shared prefix and one critical word",
         )

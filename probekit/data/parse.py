@@ -90,7 +90,7 @@ def parse_text(text: str, id_prefix: str = "text") -> list[Sentence]:
             f"text is a {type(text).__name__}, not a str", where="parse_text", fix="pass the text as a string"
         )
     doc = _nlp()(text)
-    sentences = []
+    sentences = []  # type: list[Sentence]
     for sent in doc.sents:
         s = _sentence(sent, f"{id_prefix}#{len(sentences) + 1}", id_prefix)
         if s is not None:

@@ -59,7 +59,7 @@ def bank() -> Sentence:
         (".", 7, "punct", "PUNCT"),  # 21
     ]
     n = len(rows)
-    sense = [None] * n
+    sense = [None] * n  # type: list[str | None]
     sense[1], sense[16] = "river", "finance"
     number = [("Sing" if r[3] == "NOUN" else None) for r in rows]
     return _sentence("seed-bank", rows, {"sense": sense, "number": number, "bank_indices": (1, 16)})

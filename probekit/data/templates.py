@@ -113,7 +113,7 @@ def _spaces(words: list[str] | tuple[str, ...]) -> tuple[bool, ...]:
 
 def _unique(
     make: Callable[[random.Random, int], object],
-    key: Callable[[object], str],
+    key: Callable[..., str],  # called with what ``make`` returns
     n: int,
     rng: random.Random,
     name: str,
@@ -122,7 +122,7 @@ def _unique(
 
     Duplicates are redrawn: a sentence repeated on both sides of a split would leak.
     """
-    items, seen = [], set()
+    items, seen = [], set()  # type: list, set[str]
     attempts = 0
     while len(items) < n:
         attempts += 1
@@ -325,7 +325,7 @@ def _bank_candidates(sense: str, position: str) -> list[tuple[tuple[str, ...], i
     out = []
     for frame in v["frames"][sense][position]:
         words = frame.split()
-        slots = [(i, _SLOT.fullmatch(w).group(1)) for i, w in enumerate(words) if _SLOT.fullmatch(w)]
+        slots = [(i, _SLOT.fullmatch(w).group(1)) for i, w in enumerate(words) if _SLOT.fullmatch(w)]  # type: ignore[union-attr]  # filtered to matches
         for fill in itertools.product(*(v["fillers"][name] for _, name in slots)):
             filled = list(words)
             for (i, _), word in zip(slots, fill, strict=True):
@@ -348,7 +348,8 @@ def bank_sense(n: int = DEFAULT_N, seed: int = 0) -> list[Sentence]:
         if need[cell] > len(pool):
             most = min(len(p) for p in pools.values()) * len(cells)
             raise ProbekitError(
-                f"template 'bank_sense' has {len(pool)} distinct {cell[0]}/{cell[1]} sentences, {need[cell]} are needed for n={n}",
+                f"template 'bank_sense' has {len(pool)} distinct {cell[0]}/{cell[1]} sentences, "
+                f"{need[cell]} are needed for n={n}",
                 where="template:bank_sense",
                 fix=f"ask for at most n={most}",
             )

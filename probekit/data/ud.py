@@ -70,7 +70,7 @@ def read_text(path: str | Path, what: str) -> str:
 def load_conllu(path: str | Path, *, max_sentences: int | None = None) -> list[Sentence]:
     """Sentences of the CoNLL-U file at ``path`` (the first ``max_sentences`` if given), in file order."""
     text = read_text(path, "CoNLL-U")
-    sentences = []
+    sentences = []  # type: list[Sentence]
     for block in _blocks(text.splitlines()):
         if max_sentences is not None and len(sentences) >= max_sentences:
             break
@@ -102,7 +102,8 @@ def _malformed(path, lineno: int, what: str) -> ProbekitError:
     return ProbekitError(
         f"malformed CoNLL-U line: {what}",
         where=f"{path}:{lineno}",
-        fix="each word line needs 10 tab-separated columns ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC "
+        fix="each word line needs 10 tab-separated columns "
+        "ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC "
         "(see https://universaldependencies.org/format.html)",
     )
 
@@ -202,12 +203,12 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
             fix="give every word a HEAD and DEPREL, or none of them (a sentence without a tree)",
         )
     if all(u is None for u in upos):
-        upos = None
+        upos = None  # type: ignore[assignment]  # None: the sentence has no UPOS column
     try:
         return Sentence(
             id=sent_id,
             words=tuple(words),
-            heads=tuple(heads) if has_tree else None,
+            heads=tuple(heads) if has_tree else None,  # type: ignore[arg-type]  # has_tree: no None (checked above)
             deprels=tuple(d.split(":")[0] for d in deprels_full) if has_tree else None,
             deprels_full=tuple(deprels_full) if has_tree else None,
             upos=tuple(u or "X" for u in upos) if upos else None,

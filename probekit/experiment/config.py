@@ -440,7 +440,7 @@ def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
                     where=where,
                     fix="e.g. analyses.probes.0.data for the first probes entry",
                 )
-            part = int(part)
+            part = int(part)  # type: ignore[assignment]  # the key part becomes a list index
         elif not isinstance(node, dict):
             raise ProbekitError(
                 f"key {key!r}: {here} is a value, not a section",
@@ -516,7 +516,7 @@ def config_reference() -> str:
     lines = []
     sections = [("top level", ExperimentConfig)]
     sections += [
-        (f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))
+        (f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))  # type: ignore[misc]  # each analyses.<k> is a pydantic model
         for k in Analyses.model_fields
     ]
     for title, model in sections:

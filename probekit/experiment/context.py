@@ -87,7 +87,7 @@ class Run:
         spec = self.spec(name_or_spec)
         key = (spec, max_items)
         if key not in self._data:
-            self._data[key] = load_dataset(spec, max_sentences=max_items, seed=self.cfg.seed)
+            self._data[key] = load_dataset(spec, max_sentences=max_items, seed=self.cfg.seed)  # type: ignore[arg-type]  # None: an absent optional data name (see report)
         return self._data[key]
 
     def model(self, name: str):

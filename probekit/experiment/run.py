@@ -107,7 +107,7 @@ def write_manifest(run: Run, config_file: str | os.PathLike | None = None, comma
     (`probekit.report.provenance`: the command, the config file's hash, a sha256 of every file the
     run wrote and of every probekit module it imported). Written last, after REPORT.md. Returns its
     path."""
-    packages = {}
+    packages = {}  # type: dict[str, str | None]
     for dist in MANIFEST_PACKAGES:
         try:
             packages[dist] = metadata.version(dist)

@@ -2,8 +2,8 @@
 
 Each function loops over the config's models (and data), and runs one `Run.stage` per combination.
 A stage writes its tidy tables with `write_tables` (CSV + Markdown + LaTeX) and its plots into its
-own folder; `probekit.experiment.verdicts.build_report` later reads only those files. `STAGES` (at the bottom) is the
-registry `probekit.experiment.run.run_experiment` runs, in its order.
+own folder; `probekit.experiment.verdicts.build_report` later reads only those files. `STAGES` (at the
+bottom) is the registry `probekit.experiment.run.run_experiment` runs, in its order.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def claims(run: Run, opts) -> None:
                 seed=run.cfg.seed,
                 batch_size=run.cfg.batch_size,
                 progress=run.progress,
-                bank_label=display_spec(run.spec(opts.bank)),
+                bank_label=display_spec(run.spec(opts.bank)),  # type: ignore[arg-type]  # a required data name
             )
             result.write(folder)
 
@@ -156,7 +156,7 @@ def _first_per_paradigm(dataset, n: int | None):
 
     if n is None:
         return dataset
-    seen, keep = Counter(), []
+    seen, keep = Counter(), []  # type: Counter[str], list
     for pair in dataset.pairs:
         seen[pair.paradigm] += 1
         if seen[pair.paradigm] <= n:
@@ -208,7 +208,7 @@ def ablate(run: Run, opts) -> None:
             )
             summary = result.summary.copy()
             summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
-            summary.insert(1, "data", display_spec(run.spec(opts.data)))
+            summary.insert(1, "data", display_spec(run.spec(opts.data)))  # type: ignore[arg-type]  # a required data name
             columns = [
                 "relation",
                 "direction",

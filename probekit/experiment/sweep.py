@@ -144,7 +144,7 @@ def load_sweep(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         _check_grid_key(key, path)
 
     keys = tuple(spec.grid)
-    runs, folders = [], {}
+    runs, folders = [], {}  # type: list[SweepRun], dict[str, str]
     for values in itertools.product(*spec.grid.values()):
         point = dict(zip(keys, values, strict=True))
         labels = {k: _label(v) for k, v in point.items()}
@@ -321,7 +321,7 @@ def run_sweep(
         first_seen = {key: i for i, key in reversed(list(enumerate(r.model_key for r in todo)))}
         todo.sort(key=lambda r: first_seen[r.model_key])  # a model's runs together (stable sort)
         if backend == "local":
-            executor = LocalExecutor(None if cpus_per_task is None else threads_for(cpus_per_task))
+            executor = LocalExecutor(None if cpus_per_task is None else threads_for(cpus_per_task))  # type: LocalExecutor | RayExecutor
             results |= _schedule(todo, executor, max_retries, progress)
             loads = executor.close()
         else:

@@ -184,7 +184,7 @@ def verdict_c2(run_dir: str | os.PathLike) -> list[dict]:
         else:
             verdict = "not supported"
         tables = [_rel(run_dir, folder / BANK_SUMMARY.file), _rel(run_dir, folder / "bank_cue_heads.csv")]
-        for path, r in probe_summaries(run_dir, model, task="sense"):
+        for path, r in probe_summaries(run_dir, model, task="sense"):  # type: ignore[assignment]  # r reused for a summary row
             parts.append(probe_sentence(r))
             tables.append(_rel(run_dir, path))
         rows.append(_row("C2", model, verdict, "; ".join(parts), ", ".join(tables)))
@@ -334,7 +334,8 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
     models = {m for _, (v,) in heads for m in v.model if not str(m).startswith("random:")}
     # every heads folder, whichever model it holds (as the report has always listed them)
     tables = ", ".join(
-        _rel(run_dir, d / HEAD_VERDICTS.file) for d in stage_folders(run_dir, HEAD_VERDICTS.stage)
+        _rel(run_dir, d / HEAD_VERDICTS.file)
+        for d in stage_folders(run_dir, HEAD_VERDICTS.stage)  # type: ignore[arg-type]  # a stage table: stage is set
     )
     rows = []
     for model in sorted(models):
@@ -389,7 +390,8 @@ def verdict_c5(run_dir: str | os.PathLike) -> list[dict]:
     scored = list(stage_tables(run_dir, MINIMAL_PAIRS))
     # every score folder, whichever model it holds (as the report has always listed them)
     tables = ", ".join(
-        _rel(run_dir, d / MINIMAL_PAIRS.file) for d in stage_folders(run_dir, MINIMAL_PAIRS.stage)
+        _rel(run_dir, d / MINIMAL_PAIRS.file)
+        for d in stage_folders(run_dir, MINIMAL_PAIRS.stage)  # type: ignore[arg-type]  # a stage table: stage is set
     )
     rows = []
     for model in sorted({f.model.iloc[0] for _, (f,) in scored}):
@@ -401,7 +403,7 @@ def verdict_c5(run_dir: str | os.PathLike) -> list[dict]:
             above = f.ci_low > 0.5
             all_above &= bool(above.all())
             any_above |= bool(above.any())
-            worst = f.loc[f.accuracy.idxmin()]
+            worst = f.loc[f.accuracy.idxmin()]  # type: ignore[call-overload]  # idxmin: a row label
             parts.append(
                 f"{f.data.iloc[0]}: accuracy {f.accuracy.min():.3f}–{f.accuracy.max():.3f} over "
                 f"{len(f)} paradigms (lowest: {worst.paradigm} {worst.accuracy:.3f} "

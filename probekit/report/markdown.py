@@ -175,7 +175,7 @@ def write_report(
         for r in sub.itertuples():
             lines += [
                 f"- **{r.model}: {r.verdict}.** {r.evidence}. Tables: "
-                + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())
+                + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())  # type: ignore[union-attr, arg-type, str-bytes-safe]  # tables: a str column
             ]
         lines.append("")
     probe_rows = list(probe_summaries(run_dir))
@@ -188,7 +188,7 @@ def write_report(
             "",
         ]
         lines += [
-            f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
+            f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"  # type: ignore[attr-defined]  # r: a named row
             for p, r in probe_rows
         ]
         lines.append("")

@@ -174,7 +174,7 @@ def stage_tables(
     stages = {s.stage for s in schemas}
     if len(stages) != 1 or None in stages:
         raise ValueError(f"stage_tables needs schemas of one stage, got {sorted(map(str, stages))}")
-    for folder in stage_folders(run_dir, stages.pop()):
+    for folder in stage_folders(run_dir, stages.pop()):  # type: ignore[arg-type]  # None excluded above
         paths = [folder / s.file for s in schemas]
         if all(p.exists() for p in paths):
             yield folder, [read_table(p, s) for p, s in zip(paths, schemas, strict=True)]

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from probekit.data import load_dataset
-
-pytestmark = pytest.mark.integration
-
 from probekit.data.bundled import BLIMP_DIR as BLIMP
 from probekit.data.bundled import EWT_DEV
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,8 @@ def test_code_fingerprint_ignores_layout_docstrings_and_annotations_only(tmp_pat
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text("def f(x):\n    return x + 1\n")
     b.write_text(
-        '"""Doc."""\n\n\ndef f(x: int) -> int:  # comment\n    """More doc."""\n    return (x\n            + 1)\n'
+        '"""Doc."""\n\n\ndef f(x: int) -> int:  # comment\n'
+        '    """More doc."""\n    return (x\n            + 1)\n'
     )
     c.write_text("def f(x):\n    return x + 2\n")
     assert provenance.code_fingerprint(a) == provenance.code_fingerprint(b)

@@ -44,7 +44,7 @@ def test_cluster_bootstrap_resamples_whole_groups():
     groups = np.array(["a"] + ["b"] * 99)
     lo, hi = bootstrap_ci(values, groups, n_boot=2000)
     assert lo == 0.0 and hi == 1.0
-    lo_i, hi_i = bootstrap_ci(values, n_boot=2000)
+    lo_i, _hi_i = bootstrap_ci(values, n_boot=2000)
     assert lo_i > 0.95
 
 
@@ -127,7 +127,8 @@ def test_permutation_test_matches_scipy():
 
 
 def test_holm_hand_computed_example():
-    # m = 4 non-NaN; sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01=0.04, 3*0.03=0.09, 2*0.04=0.08 -> 0.09 (monotone), 1*0.5
+    # m = 4 non-NaN; sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01=0.04, 3*0.03=0.09, 2*0.04=0.08
+    # -> 0.09 (monotone), 1*0.5
     p = [0.01, 0.04, 0.03, np.nan, 0.5]
     np.testing.assert_allclose(holm(p), [0.04, 0.09, 0.09, np.nan, 0.5])
 

@@ -68,7 +68,8 @@ class AblationResult:
     target_heads: list[Head] = field(default_factory=list)
 
     def write(self, folder, title: str = "") -> list[Path]:
-        """``ablation.csv`` and, when there are single-head rows, ``ablation_heatmap.png`` (`plot_heatmap`)."""
+        """``ablation.csv`` and, when there are single-head rows, ``ablation_heatmap.png``
+        (`plot_heatmap`)."""
         from probekit.report import write_table
 
         folder = Path(folder)

@@ -187,11 +187,11 @@ class MeanAblation(Intervention):
             z = collect_z(model, seqs[s : s + chunk], layers)
             t = sum(x[:, skip_sink:].double().sum(1) for x in z)
             k = sum(x[:, 0].double() for x in z)
-            tok = t if tok is None else tok + t
-            sink = k if sink is None else sink + k
+            tok = t if tok is None else tok + t  # type: ignore[assignment]  # sum of tensors: a Tensor
+            sink = k if sink is None else sink + k  # type: ignore[assignment]  # sum of tensors: a Tensor
             n_tok += sum(max(0, x.shape[1] - skip_sink) for x in z)
-        mean_tok = (tok / max(n_tok, 1)).float()  # [layer, head, d_head]
-        mean_sink = (sink / len(seqs)).float() if skip_sink else mean_tok
+        mean_tok = (tok / max(n_tok, 1)).float()  # type: ignore[operator, union-attr]  # [layer, head, d_head]
+        mean_sink = (sink / len(seqs)).float() if skip_sink else mean_tok  # type: ignore[operator, union-attr]  # a Tensor once seqs is non-empty
         return cls(
             {layer: mean_tok[k] for k, layer in enumerate(layers)},
             {layer: mean_sink[k] for k, layer in enumerate(layers)},

@@ -227,7 +227,7 @@ def trie_size(seqs: list[tuple[int, ...]], chosen: list[tuple[int, int]]) -> int
 def build_trie(seqs: list[tuple[int, ...]], chosen: list[tuple[int, int]]) -> Trie:
     """The prefix trie of ``(sequence index, length)`` pairs, nodes in creation order."""
     index: dict[tuple[int, int], int] = {}
-    tokens, depth, parent = [], [], []
+    tokens, depth, parent = [], [], []  # type: list[int], list[int], list[int]
     paths: dict[int, list[int]] = {}
     for r, n in chosen:
         node, path = -1, []

@@ -327,7 +327,7 @@ def _patch_tl(model, pp: PatchPairs, hs: list[Head], batch_size: int):
                     res = patching.get_act_patch_attn_head_out_all_pos(
                         model.bridge, corr, cache, metric, reduce="none"
                     )
-                vals = res.values.cpu().numpy()  # [layer, head, batch]
+                vals = res.values.cpu().numpy()  # type: ignore[attr-defined]  # [layer, head, batch]; a result object (reduce="none")
                 for k, (layer, h) in enumerate(hs):
                     patched[k, idx] = vals[layer, h]
     finally:

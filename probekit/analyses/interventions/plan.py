@@ -146,14 +146,14 @@ class Plan:
         out: dict[str, np.ndarray] = {}
         lin = self.linear_metrics
         if lin:
-            x = sel_logits.float()
+            x = sel_logits.float()  # type: ignore[union-attr]  # given when there are linear metrics
             lse = torch.logsumexp(x, dim=-1)
             lp = (x[batch.ent_sel, batch.ent_tgt] - lse[batch.ent_sel]).double().cpu()
             for m in lin:
                 out[m] = (batch.weights[m] @ lp).numpy()
         for m, fn in self.custom.items():
-            per_row = torch.as_tensor(fn(full_logits, batch.input_ids.to(full_logits.device))).detach()
-            per_row = per_row.double().cpu().numpy().reshape(-1)
+            per_row = torch.as_tensor(fn(full_logits, batch.input_ids.to(full_logits.device))).detach()  # type: ignore[union-attr]  # given with custom metrics
+            per_row = per_row.double().cpu().numpy().reshape(-1)  # type: ignore[assignment]  # now an array
             if per_row.shape[0] != len(batch.rows):
                 raise ProbekitError(
                     f"custom metric {m!r} returned {per_row.shape[0]} values for {len(batch.rows)} sequences",
@@ -163,7 +163,7 @@ class Plan:
                 [np.mean([per_row[batch.seq_rows[r]] for r in self.item_rows[i]]) for i in batch.items]
             )
         if "relation_attention" in self.metrics:
-            out["relation_attention"] = self.attention_values(batch, patterns)
+            out["relation_attention"] = self.attention_values(batch, patterns)  # type: ignore[arg-type]  # given with relation_attention
         for m, (src, fn) in self.derived.items():
             if m in self.metrics:
                 out[m] = fn(out[src])
@@ -286,7 +286,7 @@ def sentence_plan(
         raise ProbekitError(
             f"metric {needs_rel[0]!r} needs a relation", fix="pass relation='nsubj' (a UD deprel)"
         )
-    all_arcs = relation_arcs(sentences, relation, spec) if needs_rel else [[] for _ in sentences]
+    all_arcs = relation_arcs(sentences, relation, spec) if needs_rel else [[] for _ in sentences]  # type: ignore[arg-type]  # needs_rel: relation checked above
     skip_last = 0 if model.is_causal else 1  # an encoder's final [SEP] predicts nothing
     for s, arcs in zip(sentences, all_arcs, strict=True):
         if needs_rel and not arcs:

@@ -329,7 +329,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         return make_pipeline(scaler, LogisticRegression(C=C, max_iter=self.max_iter, tol=self.tol))
 
     def _inner_cv(self, X, y, grid) -> np.ndarray:
-        if not (isinstance(self.cv, Integral) and self.cv >= 2):
+        if not (isinstance(self.cv, Integral) and self.cv >= 2):  # type: ignore[operator]  # numbers.Integral compares at runtime
             raise _ProbeInputError(f"cv must be an integer >= 2, got {self.cv!r}", where="LogisticProbe")
         counts = np.unique(y, return_counts=True)[1]
         if counts.max() < self.cv:
@@ -377,7 +377,7 @@ def _penalty_grid(value, values, name: str, names: str, where: str, example: str
 
 
 def _check_positive(value, name: str, where: str) -> None:
-    if not (isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
+    if not (isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0):  # type: ignore[call-overload, operator]  # numbers.Real
         raise _ProbeInputError(f"{name} must be a positive number, got {value!r}", where=where)
 
 

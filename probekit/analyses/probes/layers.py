@@ -321,7 +321,7 @@ def _check_run_args(seeds, test_size, split, n_boot, ci) -> tuple[list[int], lis
         raise ProbekitError(
             f"seeds must be distinct integers, got {seeds!r}", where=where, fix="e.g. seeds=(0, 1, 2)"
         )
-    if not (isinstance(test_size, Real) and 0 < test_size < 1):
+    if not (isinstance(test_size, Real) and 0 < test_size < 1):  # type: ignore[operator]  # numbers.Real
         raise ProbekitError(f"test_size must be a fraction in (0, 1), got {test_size!r}", where=where)
     splits = (
         [split]
@@ -336,7 +336,7 @@ def _check_run_args(seeds, test_size, split, n_boot, ci) -> tuple[list[int], lis
             where=where,
             fix="e.g. split='random' or split=['random', 'lexical']",
         )
-    if not (isinstance(n_boot, Integral) and n_boot >= 1) or not 0 < ci < 1:
+    if not (isinstance(n_boot, Integral) and n_boot >= 1) or not 0 < ci < 1:  # type: ignore[operator]  # numbers.Integral
         raise ProbekitError(f"need n_boot >= 1 and 0 < ci < 1, got {n_boot!r} and {ci!r}", where=where)
     return [int(s) for s in seeds], splits
 

@@ -90,7 +90,7 @@ def align_instances(inst: TaskInstances, capture, where: str) -> tuple[TaskInsta
         ],
         axis=1,
     )
-    found: np.ndarray = (rows >= 0).all(axis=1)  # [n_instances]
+    found: np.ndarray = (rows >= 0).all(axis=1)  # type: ignore[assignment]  # [n_instances]; axis=1 gives an array
     if not found.any():
         raise ProbekitError(
             "the capture contains none of the dataset's sentences",
