@@ -83,8 +83,9 @@ def run_experiment(
         if options is not None:
             stage(run, options)
     run.timings["total"] = round(time.perf_counter() - total, 2)
+    write_manifest(run)  # REPORT.md reads the skipped stages (and the title) from it
     build_report(out_dir)
-    write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))
+    write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))  # + provenance
     return out_dir
 
 
@@ -134,7 +135,8 @@ def write_manifest(run: Run, config_file: str | os.PathLike | None = None, comma
     }
     manifest["config"]["data"] = {k: display_spec(v) for k, v in run.cfg.data.items()}
     manifest["config"]["optional_data"] = {k: display_spec(v) for k, v in run.cfg.optional_data.items()}
-    manifest["provenance"] = provenance.record(run.out, command or "probekit run", config_file)
+    if command:  # the provenance record hashes the finished folder: written last, after REPORT.md
+        manifest["provenance"] = provenance.record(run.out, command, config_file)
     return atomic_write_text(run.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 

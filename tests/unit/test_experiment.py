@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import filecmp
 from pathlib import Path
 
@@ -189,6 +191,25 @@ def test_report_rebuilds_from_csvs(tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "REPORT.md").read_text() == before
     assert "C1" in before and "C3" in before
+
+
+def test_report_and_verdicts_name_skipped_stages_and_the_run(tmp_path):
+    """REPORT.md is built from the run's manifest (title, skipped stages): both must be in the report a
+    run writes, not only in one rebuilt later; the provenance record then hashes the finished folder."""
+    cfg = dict(BASE, models=["tiny-bert"], data={"agreement": "template:agreement?n=6"},
+               analyses={"check_attention": {}, "score": {"data": ["agreement"]}})
+    out = run_experiment(_write(tmp_path, cfg), out=tmp_path / "run", progress=False)
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# unit") and "Not run: score: tiny-bert has no trained language-model head" in report
+    verdicts = (out / "verdicts.csv").read_text()
+    assert "C5,tiny-bert,not testable in this model" in verdicts
+    files = json.loads((out / "manifest.json").read_text())["provenance"]["files"]
+    assert {"REPORT.md", "verdicts.csv", "check_attention/tiny-bert/check_attention.csv"} <= set(files)
+    from probekit.cli import main
+
+    (out / "REPORT.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "REPORT.md").read_text() == report
 
 
 def test_config_reference_covers_every_field():
