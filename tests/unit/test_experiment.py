@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import filecmp
+import json
 from pathlib import Path
 
 import pytest
@@ -196,11 +195,16 @@ def test_report_rebuilds_from_csvs(tmp_path):
 def test_report_and_verdicts_name_skipped_stages_and_the_run(tmp_path):
     """REPORT.md is built from the run's manifest (title, skipped stages): both must be in the report a
     run writes, not only in one rebuilt later; the provenance record then hashes the finished folder."""
-    cfg = dict(BASE, models=["tiny-bert"], data={"agreement": "template:agreement?n=6"},
-               analyses={"check_attention": {}, "score": {"data": ["agreement"]}})
+    cfg = dict(
+        BASE,
+        models=["tiny-bert"],
+        data={"agreement": "template:agreement?n=6"},
+        analyses={"check_attention": {}, "score": {"data": ["agreement"]}},
+    )
     out = run_experiment(_write(tmp_path, cfg), out=tmp_path / "run", progress=False)
     report = (out / "REPORT.md").read_text()
-    assert report.startswith("# unit") and "Not run: score: tiny-bert has no trained language-model head" in report
+    assert report.startswith("# unit")
+    assert "Not run: score: tiny-bert has no trained language-model head" in report
     verdicts = (out / "verdicts.csv").read_text()
     assert "C5,tiny-bert,not testable in this model" in verdicts
     files = json.loads((out / "manifest.json").read_text())["provenance"]["files"]
