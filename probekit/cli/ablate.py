@@ -44,9 +44,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from probekit.analyses.interventions import ablate, parse_heads
+    from probekit.cli.common import check_outputs, positive
     from probekit.data import load_dataset
     from probekit.models import load_model
+    from probekit.report.outdir import final_path, staged_output
 
+    positive(args, "max_pairs")
+    check_outputs(args.out)
     model = load_model(args.model)
     heads = parse_heads(model, args.heads)  # bad head specs fail before any data is loaded
     data = load_dataset(args.data, max_sentences=args.max_pairs)
@@ -64,7 +68,9 @@ def run(args) -> int:
         preserve_patterns=args.preserve_patterns,
         progress=True,
     )
-    wrote = result.write(args.out, title=f"{model.name}, {args.method} ablation, {args.data}")
+    with staged_output(args.out) as tmp:
+        wrote = result.write(tmp, title=f"{model.name}, {args.method} ablation, {args.data}")
+    wrote = [final_path(p, tmp, args.out) for p in wrote]
     for metric_name, g in result.frame.groupby("metric", sort=False):
         worst = g.nsmallest(3, "delta")
         listed = ", ".join(f"{r.heads} {r.delta:+.3f}" for r in worst.itertuples())

@@ -71,6 +71,9 @@ def run(args) -> int:
     if args.threads < 1:
         raise ProbekitError(f"--threads must be at least 1, not {args.threads}")
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    from probekit.report.outdir import check_writable
+
+    check_writable(args.out)  # before any benchmark runs (the harness writes OUT/ in place, table by table)
     ctx = BenchContext(
         quick=args.quick,
         out=Path(args.out),

@@ -18,7 +18,12 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="built-in name, random:<name> or model directory")
     p.add_argument("--data", required=True, help="data spec, e.g. seed:explored, ud:FILE, template:svo_adj")
-    p.add_argument("--layers", default="all", help="comma-separated block indices, or 'all'")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="comma-separated layers whose attention to capture, 0..n_layers-1, or 'all' "
+        "(numbering: docs/layers.md)",
+    )
     p.add_argument("--max-sentences", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder")
@@ -28,18 +33,23 @@ def register(sub) -> None:
 def run(args) -> int:
     from probekit.activations.capture import capture
     from probekit.analyses.attention import analyze_attention
+    from probekit.cli.common import check_layers, check_outputs, parse_layers, positive
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import write_table
+    from probekit.report.outdir import staged_output
 
-    model = load_model(args.model)
+    positive(args, "max_sentences", "batch_size")
+    layers = parse_layers([args.layers])
+    check_outputs(args.out)
     data = load_dataset(args.data, max_sentences=args.max_sentences)
-    layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    model = load_model(args.model)
+    layers = check_layers(layers, model, residual=False)
     cap = capture(model, data, layers=layers, resid=(), attention=True, batch_size=args.batch_size)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(attention_frame(cap), out / "attention.csv")
-    analyze_attention(model, cap.sentences[0]).write(out)
+    with staged_output(out) as tmp:
+        write_table(attention_frame(cap), tmp / "attention.csv")
+        analyze_attention(model, cap.sentences[0]).write(tmp)
     print(
         f"wrote {out}/attention.csv and check_attention.csv/.md/.tex ({len(cap)} sentences, "
         f"capture key {cap.key})"

@@ -51,9 +51,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from probekit.analyses.heads import analyze_heads, resolve_relations
+    from probekit.cli.common import check_outputs, positive
     from probekit.data import load_dataset
     from probekit.models import load_model
+    from probekit.report.outdir import staged_output
 
+    positive(args, "max_sentences", "batch_size")
+    check_outputs(args.out)
     data = load_dataset(args.data, max_sentences=args.max_sentences, seed=args.seed)
     relations = resolve_relations(data, args.relations)  # fail fast, before loading the model
     model = load_model(args.model)
@@ -71,7 +75,8 @@ def run(args) -> int:
         test_size=args.test_size,
         detector=not args.no_detector,
     )
-    res.write(args.out, heatmaps=not args.no_plots)
+    with staged_output(args.out) as tmp:
+        res.write(tmp, heatmaps=not args.no_plots)
     for row in res.verdicts.itertuples():
         print(f"{row.model:>24} {row.relation:>10} {row.direction:>11}: {row.verdict}")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())

@@ -30,7 +30,13 @@ def register(sub) -> None:
         required=True,
         help="tasks: upos, number, role, sense, relation:R (several allowed)",
     )
-    p.add_argument("--layers", nargs="+", default=["all"], help="'all' (default) or residual-stream layers")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=["all"],
+        help="'all' (default) or residual-stream layers 0..n_layers, 0 = embeddings "
+        "(numbering: docs/layers.md)",
+    )
     p.add_argument(
         "--probe",
         choices=["ridge", "logistic", "linear"],
@@ -56,23 +62,16 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from probekit.analyses.probes import analyze_probes
+    from probekit.cli.common import check_layers, check_outputs, parse_layers, positive
     from probekit.data import load_dataset
-    from probekit.errors import ProbekitError
     from probekit.models import load_model
     from probekit.report import atomic_write_text, markdown_table
     from probekit.report.markdown import probe_sentence
+    from probekit.report.outdir import staged_output
 
-    if args.layers == ["all"]:
-        layers: str | list[int] = "all"
-    else:
-        try:
-            layers = [int(x) for x in args.layers]
-        except ValueError:
-            raise ProbekitError(
-                f"--layers takes 'all' or integers, got {' '.join(args.layers)}",
-                where="probekit probe --layers",
-                fix="e.g. --layers 0 4 8 or --layers all",
-            ) from None
+    layers = parse_layers(args.layers)
+    positive(args, "max_sentences")
+    check_outputs(args.out)
     if args.probe == "linear":
         print("--probe linear is deprecated: the logistic-regression probe is called 'logistic'")
         args.probe = "logistic"
@@ -81,8 +80,9 @@ def run(args) -> int:
         print(f"{args.model} is itself a random-init model: no random-init baseline is added")
     data = load_dataset(args.data, max_sentences=args.max_sentences)
     model = load_model(args.model)
+    layers = check_layers(layers, model, residual=True)
     kwargs = {
-        "layers": layers,
+        "layers": "all" if layers is None else layers,
         "probe": args.probe,
         "seeds": args.seeds,
         "split": args.split,
@@ -98,10 +98,10 @@ def run(args) -> int:
         **kwargs,
     )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.write(out)
     summary = result.summary
-    atomic_write_text(out / "summary.md", _summary_markdown(summary, model.name, args, markdown_table))
+    with staged_output(out) as tmp:
+        result.write(tmp)
+        atomic_write_text(tmp / "summary.md", _summary_markdown(summary, model.name, args, markdown_table))
     for r in summary.itertuples(index=False):
         print(f"- {probe_sentence(r)}")
     print(f"wrote {out}/probes.csv, probes_summary.csv, probe_curves.png and summary.md")

@@ -31,16 +31,21 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from probekit.analyses.scoring import PUBLISHED_BLIMP, PUBLISHED_CITATION, analyze_pairs, check_scorable
+    from probekit.cli.common import check_outputs, positive
     from probekit.data import load_dataset
     from probekit.models import load_model
+    from probekit.report.outdir import final_path, staged_output
 
+    positive(args, "max_pairs", "batch_size")
+    check_outputs(args.out)
     model = load_model(args.model)
     check_scorable(model)  # refuse encoders before loading data
     data = load_dataset(args.data, max_sentences=args.max_pairs)
     res = analyze_pairs(
         model, data, by=args.by, batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed
     )
-    written = res.write(args.out)
+    with staged_output(args.out) as tmp:
+        written = [final_path(p, tmp, args.out) for p in res.write(tmp)]
     published = False
     for row in res.summary.itertuples(index=False):
         d = row._asdict()  # type: ignore[operator, misc]  # pandas-stubs types row attributes as scalars

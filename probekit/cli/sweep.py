@@ -71,6 +71,10 @@ def run(args) -> int:
     from probekit.experiment.sweep import is_finished, load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep, out=args.out)
+    if not args.dry_run:  # before any run starts: the sweep folder and the capture cache must be writable
+        from probekit.cli.common import check_outputs
+
+        check_outputs(sweep.out, what="--out" if args.out else "the sweep file's out")
     if args.dry_run:
         for r in sweep.runs:
             print(f"{'finished' if is_finished(r) else 'to run  '}  {r.name}  ->  {r.folder}")

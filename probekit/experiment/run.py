@@ -13,11 +13,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from probekit.activations.cache import default_cache_dir
 from probekit.experiment.config import ExperimentConfig, load_config
 from probekit.experiment.context import Run, display_spec
 from probekit.experiment.stages import STAGES
 from probekit.experiment.verdicts import build_report
 from probekit.report import provenance
+from probekit.report.outdir import check_writable
 from probekit.report.tables import atomic_write_text
 
 #: distributions whose versions the manifest records
@@ -74,6 +76,11 @@ def run_experiment(
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config, overrides)[0]
     out_dir = Path(out).resolve() if out else Path(cfg.out)
+    # before any model is loaded: the run folder and the capture cache must be writable (docs: outdir.py).
+    # A run resumes stage by stage (each stage's tables are written atomically, then its .done marker),
+    # so it writes in place rather than through a temporary sibling.
+    check_writable(out_dir, what="--out" if out else "the config's out")
+    check_writable(default_cache_dir(), what="the capture cache (PROBEKIT_CACHE)")
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = None if isinstance(config, ExperimentConfig) else Path(config)
     run = Run(cfg, out_dir, progress, load_model, git=git_state())

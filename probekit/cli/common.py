@@ -1,0 +1,68 @@
+"""What the subcommands share: checking output folders and values before any work.
+
+Not a subcommand (it is not in `probekit.cli.SUBCOMMANDS`). Layer numbering: ``docs/layers.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from probekit.errors import ProbekitError
+
+
+def check_outputs(out: str | os.PathLike | None, *, what: str = "--out") -> None:
+    """Before loading a model: ``out`` (if given) and the capture cache must be creatable and writable."""
+    from probekit.activations.cache import default_cache_dir
+    from probekit.report.outdir import check_writable
+
+    if out is not None:
+        check_writable(out, what=what)
+    check_writable(default_cache_dir(), what="the capture cache (PROBEKIT_CACHE)")
+
+
+def positive(args, *names: str) -> None:
+    """Each named option, when given, must be at least 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ProbekitError(f"{flag} must be at least 1, not {value}", fix=f"pass {flag} 1 or more")
+
+
+def parse_layers(values: list[str]) -> list[int] | None:
+    """``--layers`` values (``all``, or integers, space- or comma-separated) to a list, None for 'all'.
+
+    Only the syntax is checked here, before any model is loaded; `check_layers` checks the range."""
+    items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+    if items == ["all"]:
+        return None
+    try:
+        layers = [int(x) for x in items]
+    except ValueError:
+        raise ProbekitError(
+            f"--layers takes 'all' or integers, got {' '.join(items) or 'nothing'!r}",
+            fix="e.g. --layers 0,1 or --layers all (numbering: docs/layers.md)",
+        ) from None
+    if not layers:
+        raise ProbekitError("--layers is empty", fix="e.g. --layers 0,1 or --layers all")
+    return layers
+
+
+def check_layers(layers: list[int] | None, model, *, residual: bool) -> list[int] | None:
+    """Check ``layers`` against the model: one numbering for every command (``docs/layers.md``).
+
+    Layer L is transformer block L (0-based); residual-stream layer L is the stream entering block L
+    (0 = embeddings, n_layers = the final output). ``residual=False``: attention layers 0..n_layers-1;
+    ``residual=True``: stream layers 0..n_layers.
+    """
+    if layers is None:
+        return None
+    top = model.n_layers if residual else model.n_layers - 1
+    kind = "residual-stream layers" if residual else "layers (blocks)"
+    bad = [x for x in layers if not 0 <= x <= top]
+    if bad:
+        raise ProbekitError(
+            f"--layers {' '.join(map(str, bad))} out of range: {model.name} has {kind} 0..{top}",
+            fix=f"use {kind} 0..{top} (numbering: docs/layers.md)",
+        )
+    return layers
