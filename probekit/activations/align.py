@@ -183,7 +183,8 @@ def align(model, sentence: Sentence) -> Encoded:
         raise ProbekitError(
             f"the sentence is {len(ids)} tokens long, longer than {model.name}'s context of {model.n_ctx}",
             where=f"sentence {sentence.id!r}",
-            fix="split long sentences or pass max_tokens to drop them",
+            fix="split this sentence into shorter ones or remove it from the data file (or keep only the "
+            "sentences before it with --max-sentences)",
         )
     return Encoded(sentence=sentence, input_ids=tuple(int(x) for x in ids), word_spans=tuple(spans))
 

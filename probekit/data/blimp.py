@@ -90,6 +90,15 @@ def json_record(file: Path, lineno: int, line: str) -> dict:
     return record
 
 
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type (for messages)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _field(record: dict, name: str, file: Path, lineno: int) -> str:
     value = record.get(name)
     if value is None:
@@ -98,11 +107,18 @@ def _field(record: dict, name: str, file: Path, lineno: int) -> str:
             where=f"{file}:{lineno}",
             fix=f"add {name!r} to the line (BLiMP records have {', '.join(REQUIRED + ONE_PREFIX)})",
         )
-    if not isinstance(value, str | int) or isinstance(value, bool) or str(value).strip() == "":
+    allowed = (str, int) if name == "pairID" else (str,)  # BLiMP files write pairID as "0" or 0
+    if not isinstance(value, allowed) or isinstance(value, bool):
         raise ProbekitError(
-            f"field {name!r} is {value!r}; it must be a non-empty string",
-            where=f"{file}:{lineno}",
-            fix=f"fix {name!r} on this line",
+            f"field {name!r} is a {_json_type(value)} ({value!r}), not a string",
+            where=f"{file}:{lineno}, field {name!r}",
+            fix=f'write {name!r} as a JSON string, e.g. "{name}": "{value}"',
+        )
+    if str(value).strip() == "":
+        raise ProbekitError(
+            f"field {name!r} is empty; it must be a non-empty string",
+            where=f"{file}:{lineno}, field {name!r}",
+            fix=f"fill in {name!r} on this line",
         )
     return str(value)
 

@@ -269,7 +269,13 @@ class Dataset:
         """The first ``n`` items when given an int (like `head`), else the items at the given indices."""
         if isinstance(n_or_indices, int) and not isinstance(n_or_indices, bool):
             return self.head(n_or_indices)
-        indices = list(n_or_indices)  # type: ignore[arg-type]  # a bool reaches list() here and raises TypeError (see report)
+        if isinstance(n_or_indices, bool) or not isinstance(n_or_indices, Iterable):
+            raise ProbekitError(
+                f"subset takes an int n or integer indices, not {n_or_indices!r}",
+                where="Dataset.subset",
+                fix="pass an int n for the first n items, or a list of indices",
+            )
+        indices = list(n_or_indices)
         for i in indices:
             if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -len(self) <= i < len(self):
                 raise ProbekitError(
@@ -296,8 +302,13 @@ class Dataset:
         """
         _check_fraction(test_size)
         if len(self) < 2:
+            kind = "minimal pair" if self.items and isinstance(self.items[0], MinimalPair) else "sentence"
             raise ProbekitError(
-                f"cannot split {len(self)} item(s)", where=f"Dataset({self.spec!r})", fix="load more data"
+                f"the data has only {len(self)} {kind}{'' if len(self) == 1 else 's'}: a dev/test split "
+                f"needs at least 2",
+                where=f"Dataset({self.spec!r})",
+                fix=f"give a file with 2 or more {kind}s (more for stable numbers), or a larger "
+                "--max-sentences",
             )
         seen: dict[str, int] = {}
         keys = []

@@ -136,6 +136,35 @@ def _validate_line(path, lineno: int, line: str) -> tuple[str, list[str]]:
     return "word", cols
 
 
+def _check_conllu_tree(heads: list[int], words: list[str], word_lines: list[int], path, where: str) -> None:
+    """Self-loops and cycles, reported with CoNLL-U IDs (1-based; HEAD 0 is the root) and the word's line.
+
+    ``heads`` are 0-based (-1 for the root), as `Sentence` stores them."""
+    for i, h in enumerate(heads):
+        if h == i:
+            raise ProbekitError(
+                f"word ID {i + 1} ({words[i]!r}) has itself as HEAD",
+                where=f"{path}:{word_lines[i]} ({where})",
+                fix="HEAD must be 0 (root) or the ID of another word of the sentence",
+            )
+    state = [0] * len(heads)  # 0 unvisited, 1 on the current path, 2 reaches the root
+    for start in range(len(heads)):
+        path_ids, i = [], start
+        while i != -1 and state[i] == 0:
+            state[i] = 1
+            path_ids.append(i)
+            i = heads[i]
+        if i != -1 and state[i] == 1:
+            cycle = sorted(path_ids[path_ids.index(i) :])
+            raise ProbekitError(
+                f"the HEAD column forms a cycle through word IDs {', '.join(str(j + 1) for j in cycle)}",
+                where=f"{path}:{word_lines[cycle[0]]} ({where})",
+                fix="check the HEAD column of these words; a dependency tree has no cycles",
+            )
+        for j in path_ids:
+            state[j] = 2
+
+
 def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
     """Validate one sentence block, parse it with `conllu`, and build a `Sentence`."""
     first_line = block[0][0]
@@ -202,6 +231,8 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
             where=f"{path}:{word_lines[missing - 1]} ({where})",
             fix="give every word a HEAD and DEPREL, or none of them (a sentence without a tree)",
         )
+    if has_tree:
+        _check_conllu_tree(heads, words, word_lines, path, where)  # type: ignore[arg-type]  # no None here
     if all(u is None for u in upos):
         upos = None  # type: ignore[assignment]  # None: the sentence has no UPOS column
     try:
