@@ -1,5 +1,10 @@
 """`probekit …` subcommands. Each lives in its own module under `probekit/cli/` and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it."""
+``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it.
+
+Every command checks its ``--out`` folder and the capture cache before loading a model and writes through
+a temporary sibling (`probekit.report.outdir`); layers are numbered one way everywhere (``docs/layers.md``:
+layer L = block L; residual-stream layer L = the stream entering block L, 0 = embeddings). A user error
+exits 2 with one message (`ProbekitError`)."""
 
 from __future__ import annotations
 
