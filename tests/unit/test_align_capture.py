@@ -241,3 +241,11 @@ def test_cli_models_lists_builtins(capsys):
     out = capsys.readouterr().out
     for name in ("smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert", "random:<name>"):
         assert name in out
+
+
+def test_a_too_long_sentence_names_what_the_user_can_do(tiny_bert):
+    # issue 15: the fix used to suggest `max_tokens`, which no command takes
+    words = ["word"] * (tiny_bert.n_ctx + 5)
+    with pytest.raises(pk.ProbekitError, match="longer than") as err:
+        align(tiny_bert, Sentence(id="long", words=tuple(words)))
+    assert "max_tokens" not in str(err.value) and "--max-sentences" in err.value.fix

@@ -195,3 +195,15 @@ def test_build_by_hand():
     p = MinimalPair(id="p", paradigm="x", good="A b.", bad="A c.", prefix="A", good_word="b.", bad_word="c.")
     d = Dataset("hand", [s, p])
     assert d.sentences == (s,) and d.pairs == (p,) and isinstance(d.items, tuple)
+
+
+@pytest.mark.parametrize("bad", [True, False, 2.5, None])
+def test_subset_of_a_bool_or_a_non_iterable_is_a_probekit_error(tiny, bad):
+    # issue 15: subset(True) used to reach list(True) and raise a raw TypeError
+    with pytest.raises(ProbekitError, match="subset takes an int n or integer indices"):
+        tiny.subset(bad)
+
+
+def test_splitting_one_sentence_names_the_real_problem(tiny):
+    with pytest.raises(ProbekitError, match="only 1 sentence: a dev/test split needs at least 2"):
+        tiny.head(1).split()
