@@ -209,14 +209,98 @@ def test_ridge_probe_on_float32_matches_float64():
 
 
 def test_alpha_selection_sees_only_training_data():
-    X, y = planted(n=300, d=40, strength=1.0)
-    probe = RidgeProbe(alphas=(0.01, 1.0, 100.0, 1e4))
-    chosen = clone(probe).fit(X[:200], y[:200]).alpha_
-    # same training rows, anything else in the "test" part: same alpha
-    rng = np.random.default_rng(5)
-    X_other = X.copy()
-    X_other[200:] = rng.normal(size=(100, 40)) * 100
-    assert clone(probe).fit(X_other[:200], y[:200]).alpha_ == chosen
+    # The LOO scores are those of the rows passed to fit: brute-force leave-one-out on them, refitting
+    # without each row in turn (the alpha is chosen from them, ties to the largest).
+    X, y = planted(n=90, d=30, strength=1.0)
+    X = X + 0.01  # any offset; standardize=False keeps the brute force simple
+    alphas = (0.01, 1.0, 100.0, 1e4)
+    probe = RidgeProbe(alphas=alphas, standardize=False).fit(X[:60], y[:60])
+    brute = [
+        sum(
+            RidgeProbe(alpha=a, standardize=False).fit(np.delete(X[:60], i, 0), np.delete(y[:60], i)).predict(
+                X[i : i + 1]
+            )[0]
+            == y[i]
+            for i in range(60)
+        )
+        for a in alphas
+    ]
+    np.testing.assert_array_equal(np.rint(probe.cv_scores_ * 60), brute)
+    best = [a for a, b in zip(alphas, brute, strict=True) if b == max(brute)]
+    assert probe.alpha_ == max(best)
+
+
+def test_ridge_ties_go_to_the_largest_alpha():
+    # a separable problem: every alpha up to 100 classifies all LOO predictions correctly
+    X, y = planted(n=200, d=10, n_classes=2, strength=8.0)
+    alphas = (0.01, 0.1, 1.0, 10.0, 100.0)
+    probe = RidgeProbe(alphas=alphas).fit(X, y)
+    assert probe.cv_scores_.tolist() == [1.0] * 5 and probe.alpha_ == 100.0
+    assert RidgeProbe(alphas=alphas[::-1]).fit(X, y).alpha_ == 100.0  # the order of the grid is irrelevant
+
+
+def test_ridge_loo_prediction_on_the_boundary_counts_as_an_error():
+    # two identical points with opposite labels: the LOO prediction of each is exactly undecided by
+    # symmetry (float noise would pick a side at random); it must count as an error, every time
+    X = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [-1.0, -0.1]])
+    y = np.array([0, 1, 0, 0, 1, 1])
+    probe = RidgeProbe(alphas=(1.0,), standardize=False, fit_intercept=False).fit(X, y)
+    assert probe.cv_scores_[0] == pytest.approx(4 / 6)
+
+
+_THREADS_SCRIPT = """
+import hashlib, sys, tempfile
+import numpy as np, pandas as pd
+from threadpoolctl import threadpool_limits
+from probekit.analyses.probes import DEFAULT_ALPHAS, RidgeProbe, probe_layers
+from probekit.data.schema import Sentence
+from probekit.report import write_tables
+
+class Capture:
+    def __init__(self, sentences, streams):
+        self.index = pd.MultiIndex.from_tuples([(s.id, i, w) for s in sentences for i, w in enumerate(s.words)])
+        self._streams, self.stream_layers = streams, sorted(streams)
+    def stream(self, layer):
+        return self._streams[layer]
+
+out = []
+with threadpool_limits(int(sys.argv[1])):
+    for seed in range(12):  # bank-like: n < d, float32, many tied alphas
+        rng = np.random.default_rng(seed)
+        n, d = 140, 384
+        y = rng.integers(0, 2, n)
+        X = (rng.normal(size=(n, d)) + 2.0 * y[:, None] * (rng.random(d) < 0.05)).astype(np.float32) * 10 + 3
+        probe = RidgeProbe(alphas=DEFAULT_ALPHAS).fit(X, y)
+        out.append((probe.alpha_, probe.cv_scores_.tolist()))
+    rng = np.random.default_rng(0)
+    sense = rng.integers(0, 2, 120)
+    sentences = [Sentence(id=f"s{k}", words=("the", "bank", "x"), labels={"sense": [None, str(c), None]})
+                 for k, c in enumerate(sense)]
+    streams = {layer: (rng.normal(size=(360, 384)) + layer * np.repeat(sense, 3)[:, None]).astype(np.float32)
+               for layer in (0, 1)}
+    frame = probe_layers("m", sentences, "sense", capture=Capture(sentences, streams), seeds=(0, 1), n_boot=50)
+    folder = tempfile.mkdtemp()
+    write_tables({"probes": frame}, folder)
+    out.append(hashlib.sha256(open(folder + "/probes.csv", "rb").read()).hexdigest())
+print(out)
+"""
+
+
+def test_ridge_alpha_and_probe_table_are_the_same_at_1_and_2_threads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    outputs = [
+        subprocess.run(
+            [sys.executable, str(script), str(k)], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        for k in (1, 2)
+    ]
+    assert outputs[0] == outputs[1] and outputs[0].count("[") > 12
 
 
 def test_probes_work_with_clone_pipeline_and_cross_val_score():
