@@ -279,7 +279,8 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
 
     Features are standardised so the penalty ``1/C`` means the same at every layer. With ``Cs`` given, C
     is chosen by stratified k-fold CV *within the training data passed to fit* (mean accuracies within
-    1e-9 tie; ties go to the smallest C, the strongest penalty), then the model is refitted on all of it (``docs/methods/probes.md``). Unlike `RidgeProbe` it
+    1e-9 tie; ties go to the smallest C, the strongest penalty), then the model is refitted on all of it
+    (``docs/methods/probes.md``). Unlike `RidgeProbe` it
     gives probabilities (``predict_proba``), which MDL needs. ``LinearProbe`` is the same class under its
     old name.
 
