@@ -29,7 +29,14 @@ from probekit.data.dataset import holdout_mask
 from probekit.errors import ProbekitError
 from probekit.stats import bootstrap_ci
 
-__all__ = ["PROBE_FAMILIES", "analyze_probes", "probe_layers", "probe_with_baselines", "resolve_probe_family"]
+__all__ = [
+    "PROBE_FAMILIES",
+    "UNIT_COLUMNS",
+    "analyze_probes",
+    "probe_layers",
+    "probe_with_baselines",
+    "resolve_probe_family",
+]
 
 #: The probe families `probe_layers` builds from a name (``probe="ridge"`` or ``probe="logistic"``).
 PROBE_FAMILIES: tuple[str, ...] = ("ridge", "logistic")
@@ -189,11 +196,11 @@ def probe_layers(
         for layer in layer_list:
             X = features(np.asarray(capture.stream(layer)), rows)
             for (split_name, seed), (dev, test) in parts.items():
-                units = inst.sentence_ids if split_name == "random" else inst.types
+                unit_ids = inst.sentence_ids if split_name == "random" else inst.types  # [n]
                 rec, per_unit = _probe_once(
                     X,
                     inst,
-                    units,
+                    unit_ids,
                     dev,
                     test,
                     controls.get(seed),
@@ -219,8 +226,8 @@ def probe_layers(
     frame = pd.DataFrame.from_records(records, columns=columns)
     if not return_units:
         return frame
-    units = pd.concat(unit_frames, ignore_index=True) if unit_frames else pd.DataFrame()
-    return frame, units.reindex(columns=UNIT_COLUMNS)
+    unit_table = pd.concat(unit_frames, ignore_index=True) if unit_frames else pd.DataFrame()
+    return frame, unit_table.reindex(columns=UNIT_COLUMNS)
 
 
 def _split_masks(
