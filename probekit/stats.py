@@ -5,6 +5,8 @@ answer), and raises `ProbekitError` for inputs that cannot give a meaningful ans
 
 - `bootstrap_ci` — percentile bootstrap confidence interval; with ``groups`` it is a *cluster* bootstrap
   that resamples whole groups (e.g. sentences), because the words of one sentence are not independent.
+- `mean_of_means_bootstrap_ci` — the CI of a mean over several samples (e.g. seeds) of each sample's
+  mean, every sample cluster-resampled on its own.
 - `cluster_bootstrap_ci` — the cluster bootstrap of the mean of many columns at once (e.g. one per
   attention head), from the same draws as `bootstrap_ci`; `cluster_sums` — per-group column sums.
 - `permutation_test` — p-value for a difference in means between two samples.
@@ -78,6 +80,56 @@ def bootstrap_ci(
     codes = _bootstrap_units(values, groups, n_boot, ci, where="bootstrap_ci")
     replicates = _bootstrap_replicates(values, codes, statistic, n_boot, seed)
     low, high = _percentile_interval(replicates, ci)
+    return float(low), float(high)
+
+
+def mean_of_means_bootstrap_ci(
+    values: Sequence[Sequence[float] | np.ndarray],
+    groups: Sequence[Sequence | np.ndarray | None],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile cluster-bootstrap CI of ``mean_k mean(values[k])``: the mean over S samples (e.g. the
+    test sets of S seeds) of each sample's mean.
+
+    Each replicate resamples every sample on its own, whole groups with replacement (the cluster
+    bootstrap of `bootstrap_ci`; instances when its ``groups[k]`` is None), takes each resample's mean
+    and averages the S means; the interval is the percentile interval of the replicates. Sample k is
+    drawn exactly as ``bootstrap_ci(values[k], groups[k], n_boot=n_boot, ci=ci, seed=seed + k)`` draws,
+    so for S = 1 the two functions agree. The interval covers the sampling of the items within each
+    sample, with the samples themselves (their splits, their fitted probes) held fixed (Davison &
+    Hinkley 1997, §3.8, for the stratified cluster bootstrap).
+
+    Parameters
+    ----------
+    values : S 1-D arrays (e.g. 0/1 correctness per test instance of each seed).
+    groups : S arrays of group ids (same lengths as ``values``) or None.
+    n_boot, ci, seed : as in `bootstrap_ci`.
+
+    Returns
+    -------
+    (low, high) : floats.
+
+    Examples
+    --------
+    >>> from probekit.stats import mean_of_means_bootstrap_ci
+    >>> low, high = mean_of_means_bootstrap_ci([[1, 1, 0, 1], [0, 1, 1, 1]], [[0, 0, 1, 1], None], n_boot=200)
+    >>> bool(0 <= low <= 0.75 <= high <= 1)
+    True
+    """
+    where = "mean_of_means_bootstrap_ci"
+    if len(values) == 0 or len(values) != len(groups):
+        raise ProbekitError(
+            f"need one groups entry per sample and at least one sample, got {len(values)} and {len(groups)}",
+            where=where,
+        )
+    arrays = [_as_1d_float(v, "values", where=where) for v in values]
+    codes = [_bootstrap_units(v, g, n_boot, ci, where=where) for v, g in zip(arrays, groups, strict=True)]
+    total = np.zeros(n_boot)  # [n_boot] sum over samples of each replicate's mean
+    for k, (v, c) in enumerate(zip(arrays, codes, strict=True)):
+        total += _bootstrap_replicates(v, c, np.mean, n_boot, seed + k)
+    low, high = _percentile_interval(total / len(arrays), ci)
     return float(low), float(high)
 
 

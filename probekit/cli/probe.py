@@ -109,26 +109,9 @@ def run(args) -> int:
 
 
 def _summary_markdown(summary, model_name: str, args, markdown_table) -> str:
-    columns = [
-        c
-        for c in [
-            "task",
-            "split",
-            "n_seeds",
-            "best_layer",
-            "accuracy",
-            "ci_low",
-            "ci_high",
-            "first_layer_within",
-            "layer0_accuracy",
-            "control_accuracy",
-            "selectivity",
-            "majority_accuracy",
-            "random_init_accuracy",
-            "gain_over_random_init",
-        ]
-        if c in summary
-    ]
+    from probekit.report.schema import PROBES_SUMMARY
+
+    columns = [c for c in (*PROBES_SUMMARY.columns[2:], *PROBES_SUMMARY.optional) if c in summary]
     return "\n".join(
         [
             f"# Probes: {model_name} on {args.data}",

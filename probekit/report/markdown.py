@@ -77,15 +77,16 @@ def probe_sentence(r) -> str:
     Returns
     -------
     str
-        Best layer with its CI, the first layer within one point of it and the baselines.
+        Best layer (chosen on the dev halves) with its test accuracy and CI, the first layer within one
+        point of it and the baselines.
 
     Examples
     --------
     >>> row = pd.DataFrame([dict(task="upos", data="svo", split="random", n_seeds=1, best_layer=2,
-    ...     accuracy=0.9, ci_low=0.85, ci_high=0.95, first_layer_within=1, layer0_accuracy=0.5,
-    ...     control_accuracy=0.6, selectivity=0.3, majority_accuracy=0.4)])
+    ...     dev_accuracy=0.91, accuracy=0.9, ci_low=0.85, ci_high=0.95, first_layer_within=1,
+    ...     layer0_accuracy=0.5, control_accuracy=0.6, selectivity=0.3, majority_accuracy=0.4)])
     >>> probe_sentence(next(row.itertuples()))
-    'upos probe on svo (random split, 1 seed(s)): best layer 2 at 0.900 [0.850, 0.950], within 1 point of that from layer 1; layer 0 (embeddings) 0.500, control task 0.600 (selectivity +0.300), majority 0.400'
+    'upos probe on svo (random split, 1 seed(s)): best layer 2 (chosen on dev, 0.910) at 0.900 [0.850, 0.950] on test, within 1 point of that on dev from layer 1; layer 0 (embeddings) 0.500, control task 0.600 (selectivity +0.300), majority 0.400'
     """  # noqa: E501
     baselines = [] if pd.isna(r.layer0_accuracy) else [f"layer 0 (embeddings) {r.layer0_accuracy:.3f}"]
     baselines.append(
@@ -94,11 +95,13 @@ def probe_sentence(r) -> str:
         else "no control task (undefined for a single word type, or not run)"
     )
     baselines.append(f"majority {r.majority_accuracy:.3f}")
+    dev = getattr(r, "dev_accuracy", float("nan"))
+    chosen, on = (f" (chosen on dev, {dev:.3f})", " on test") if not pd.isna(dev) else ("", "")
     text = (
         f"{r.task} probe on {r.data} ({r.split} split, {int(r.n_seeds)} seed(s)): "
-        f"best layer {int(r.best_layer)} "
-        f"at {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], within 1 point of that from layer "
-        f"{int(r.first_layer_within)}; " + ", ".join(baselines)
+        f"best layer {int(r.best_layer)}{chosen} "
+        f"at {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]{on}, within 1 point of that"
+        f"{' on dev' if on else ''} from layer {int(r.first_layer_within)}; " + ", ".join(baselines)
     )
     if not pd.isna(getattr(r, "random_init_accuracy", float("nan"))):
         text += (

@@ -143,6 +143,9 @@ HEAD_VERDICTS = TableSchema(
     writer="the heads stage (HeadAnalysis.write in probekit.analyses.heads)",
 )
 
+#: ``best_layer`` and ``first_layer_within`` are chosen on the dev halves (``dev_accuracy``, optional so
+#: tables written before the dev/test halves still read); ``accuracy``, its CI and the baselines are on
+#: the test halves (`probekit.analyses.probes.probe_summary`)
 PROBES_SUMMARY = TableSchema(
     "probes_summary.csv",
     "probes",
@@ -162,7 +165,7 @@ PROBES_SUMMARY = TableSchema(
         "selectivity",
         "majority_accuracy",
     ),
-    optional=("random_init_accuracy", "random_init_best_layer"),
+    optional=("dev_accuracy", "random_init_accuracy", "random_init_best_layer"),
     writer="the probes stage or `probekit probe` (probekit.analyses.probes.probe_summary)",
 )
 

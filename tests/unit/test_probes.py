@@ -209,14 +209,100 @@ def test_ridge_probe_on_float32_matches_float64():
 
 
 def test_alpha_selection_sees_only_training_data():
-    X, y = planted(n=300, d=40, strength=1.0)
-    probe = RidgeProbe(alphas=(0.01, 1.0, 100.0, 1e4))
-    chosen = clone(probe).fit(X[:200], y[:200]).alpha_
-    # same training rows, anything else in the "test" part: same alpha
-    rng = np.random.default_rng(5)
-    X_other = X.copy()
-    X_other[200:] = rng.normal(size=(100, 40)) * 100
-    assert clone(probe).fit(X_other[:200], y[:200]).alpha_ == chosen
+    # The LOO scores are those of the rows passed to fit: brute-force leave-one-out on them, refitting
+    # without each row in turn (the alpha is chosen from them, ties to the largest).
+    X, y = planted(n=90, d=30, strength=1.0)
+    X = X + 0.01  # any offset; standardize=False keeps the brute force simple
+    alphas = (0.01, 1.0, 100.0, 1e4)
+    probe = RidgeProbe(alphas=alphas, standardize=False).fit(X[:60], y[:60])
+    brute = [
+        sum(
+            RidgeProbe(alpha=a, standardize=False)
+            .fit(np.delete(X[:60], i, 0), np.delete(y[:60], i))
+            .predict(X[i : i + 1])[0]
+            == y[i]
+            for i in range(60)
+        )
+        for a in alphas
+    ]
+    np.testing.assert_array_equal(np.rint(probe.cv_scores_ * 60), brute)
+    best = [a for a, b in zip(alphas, brute, strict=True) if b == max(brute)]
+    assert probe.alpha_ == max(best)
+
+
+def test_ridge_ties_go_to_the_largest_alpha():
+    # a separable problem: every alpha up to 100 classifies all LOO predictions correctly
+    X, y = planted(n=200, d=10, n_classes=2, strength=8.0)
+    alphas = (0.01, 0.1, 1.0, 10.0, 100.0)
+    probe = RidgeProbe(alphas=alphas).fit(X, y)
+    assert probe.cv_scores_.tolist() == [1.0] * 5 and probe.alpha_ == 100.0
+    assert RidgeProbe(alphas=alphas[::-1]).fit(X, y).alpha_ == 100.0  # the order of the grid is irrelevant
+
+
+def test_ridge_loo_prediction_on_the_boundary_counts_as_an_error():
+    # two identical points with opposite labels: the LOO prediction of each is exactly undecided by
+    # symmetry (float noise would pick a side at random); it must count as an error, every time
+    X = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [-1.0, -0.1]])
+    y = np.array([0, 1, 0, 0, 1, 1])
+    probe = RidgeProbe(alphas=(1.0,), standardize=False, fit_intercept=False).fit(X, y)
+    assert probe.cv_scores_[0] == pytest.approx(4 / 6)
+
+
+_THREADS_SCRIPT = """
+import hashlib, sys, tempfile
+import numpy as np, pandas as pd
+from threadpoolctl import threadpool_limits
+from probekit.analyses.probes import DEFAULT_ALPHAS, RidgeProbe, probe_layers
+from probekit.data.schema import Sentence
+from probekit.report import write_tables
+
+class Capture:
+    def __init__(self, sentences, streams):
+        rows = [(s.id, i, w) for s in sentences for i, w in enumerate(s.words)]
+        self.index = pd.MultiIndex.from_tuples(rows)
+        self._streams, self.stream_layers = streams, sorted(streams)
+    def stream(self, layer):
+        return self._streams[layer]
+
+out = []
+with threadpool_limits(int(sys.argv[1])):
+    for seed in range(12):  # bank-like: n < d, float32, many tied alphas
+        rng = np.random.default_rng(seed)
+        n, d = 140, 384
+        y = rng.integers(0, 2, n)
+        X = (rng.normal(size=(n, d)) + 2.0 * y[:, None] * (rng.random(d) < 0.05)).astype(np.float32) * 10 + 3
+        probe = RidgeProbe(alphas=DEFAULT_ALPHAS).fit(X, y)
+        out.append((probe.alpha_, probe.cv_scores_.tolist()))
+    rng = np.random.default_rng(0)
+    sense = rng.integers(0, 2, 120)
+    sentences = [Sentence(id=f"s{k}", words=("the", "bank", "x"), labels={"sense": [None, str(c), None]})
+                 for k, c in enumerate(sense)]
+    streams = {layer: (rng.normal(size=(360, 384)) + layer * np.repeat(sense, 3)[:, None]).astype(np.float32)
+               for layer in (0, 1)}
+    capture = Capture(sentences, streams)
+    frame = probe_layers("m", sentences, "sense", capture=capture, seeds=(0, 1), n_boot=50)
+    folder = tempfile.mkdtemp()
+    write_tables({"probes": frame}, folder)
+    out.append(hashlib.sha256(open(folder + "/probes.csv", "rb").read()).hexdigest())
+print(out)
+"""
+
+
+def test_ridge_alpha_and_probe_table_are_the_same_at_1_and_2_threads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    outputs = [
+        subprocess.run(
+            [sys.executable, str(script), str(k)], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        for k in (1, 2)
+    ]
+    assert outputs[0] == outputs[1] and outputs[0].count("[") > 12
 
 
 def test_probes_work_with_clone_pipeline_and_cross_val_score():
@@ -324,7 +410,9 @@ COLUMNS = [
     "seed",
     "split",
     "n_train",
+    "n_dev",
     "n_test",
+    "dev_accuracy",
     "accuracy",
     "ci_low",
     "ci_high",
@@ -341,7 +429,8 @@ def test_probe_layers_frame(sentences, capture):
     assert set(frame["layer"]) == {0, 1} and set(frame["seed"]) == {0, 1}
     assert (frame["model"] == "fake-model").all() and (frame["task"] == "upos").all()
     n_words = sum(len(s) for s in sentences)
-    assert ((frame["n_train"] + frame["n_test"]) == n_words).all()
+    assert ((frame["n_train"] + frame["n_dev"] + frame["n_test"]) == n_words).all()
+    assert (frame["n_dev"] > 0).all() and (frame["n_test"] >= frame["n_dev"]).all()
     np.testing.assert_allclose(frame["selectivity"], frame["accuracy"] - frame["control_accuracy"])
     assert ((frame["ci_low"] <= frame["accuracy"]) & (frame["accuracy"] <= frame["ci_high"])).all()
     by_layer = frame.groupby("layer")["accuracy"].mean()
@@ -365,10 +454,11 @@ def test_probe_layers_tasks(sentences, capture):
     assert list(frame["task"]) == ["number", "role", "relation:nsubj"]
     assert (frame["n_classes"] == 2).all()
     n_nouns = sum(p == "NOUN" for s in sentences for p in s.upos)
-    assert frame.set_index("task").loc["number", ["n_train", "n_test"]].sum() == n_nouns
+    assert frame.set_index("task").loc["number", ["n_train", "n_dev", "n_test"]].sum() == n_nouns
     # one subject and one object per sentence; one nsubj arc + one sampled negative per sentence
-    assert frame.set_index("task").loc["role", ["n_train", "n_test"]].sum() == 2 * len(sentences)
-    assert frame.set_index("task").loc["relation:nsubj", ["n_train", "n_test"]].sum() == 2 * len(sentences)
+    sides = ["n_train", "n_dev", "n_test"]
+    assert frame.set_index("task").loc["role", sides].sum() == 2 * len(sentences)
+    assert frame.set_index("task").loc["relation:nsubj", sides].sum() == 2 * len(sentences)
 
 
 def test_probe_layers_with_the_logistic_probe(sentences, capture):
@@ -440,12 +530,14 @@ def test_splits_hold_out_sentences_or_word_types(sentences, split):
         split=split,
         control=False,
     )
-    (kind_fit, train), (kind_predict, test) = _Recorder.calls
-    assert (kind_fit, kind_predict) == ("fit", "predict")
+    (kind_fit, train), (kind_test, test), (kind_dev, dev) = _Recorder.calls
+    assert (kind_fit, kind_test, kind_dev) == ("fit", "predict", "predict")
     column = 0 if split == "random" else 1  # sentence index, or word type
     assert not set(train[:, column]) & set(test[:, column])
+    assert not set(train[:, column]) & set(dev[:, column]) and not set(dev[:, column]) & set(test[:, column])
     n = sum(len(s) for s in sentences)
-    assert len(test) == pytest.approx(0.3 * n, abs=0.1 * n)
+    assert len(test) + len(dev) == pytest.approx(0.3 * n, abs=0.1 * n)
+    assert len(test) == pytest.approx(len(dev), abs=0.1 * n)
 
 
 def test_probes_and_dataset_split_share_one_split_function(sentences, monkeypatch):
@@ -480,10 +572,10 @@ def test_probes_and_dataset_split_share_one_split_function(sentences, monkeypatc
             split=split,
             control=False,
         )
-        ((where, order, size, mask),) = calls
-        assert (order, size) == ("permutation", "instances") and "upos" in where
+        (where, order, size, held), (_, order2, size2, half) = calls  # held-out side, then its halves
+        assert (order, size) == (order2, size2) == ("permutation", "instances") and "upos" in where
         test_rows = _Recorder.calls[1][1]
-        expected = _id_capture(sentences).stream(0)[mask]
+        expected = _id_capture(sentences).stream(0)[held][half]
         np.testing.assert_array_equal(test_rows, expected)
         assert not set(_Recorder.calls[0][1][:, column]) & set(test_rows[:, column])
 
@@ -625,6 +717,102 @@ def test_probe_summary_reads_the_layer_curve(sentences, capture):
     assert r.layer0_accuracy == pytest.approx(trained[0]) and r.first_layer_within == 1
     assert r.random_init_accuracy < 0.45 and r.gain_over_random_init > 0.4  # the random twin sees noise only
     assert r.accuracy_min <= r.accuracy <= r.accuracy_max
+
+
+def _halves(units, seed, test_size=0.3):
+    """The dev and test halves of probe_layers' held-out side, computed here by hand."""
+    from probekit.data.dataset import holdout_mask
+
+    held = holdout_mask(units, test_size, seed, order="permutation", size="instances")
+    half = holdout_mask(units[held], 0.5, seed, order="permutation", size="instances")
+    test = np.zeros(len(units), dtype=bool)
+    test[np.flatnonzero(held)[half]] = True
+    return held & ~test, test
+
+
+@pytest.mark.parametrize("split", ["random", "lexical"])
+def test_probe_row_interval_resamples_the_split_unit(sentences, capture, split):
+    # by hand: refit the probe on the train side, score the test half, cluster-bootstrap by the unit the
+    # split holds out (word types for lexical, sentences for random)
+    from probekit.stats import bootstrap_ci
+
+    probe = RidgeProbe(alpha=10.0)
+    frame, units = probe_layers(
+        "m", sentences, "upos", layers=[0], capture=capture, seeds=(2,), split=split, probe=probe,
+        control=False, n_boot=200, return_units=True,
+    )  # fmt: skip
+    inst = task_instances(sentences, "upos", "toy")
+    sids, types = inst.sentence_ids, inst.types
+    dev, test = _halves(sids if split == "random" else types, seed=2)
+    X = capture.stream(0)
+    fitted = clone(probe).fit(X[~(dev | test)], inst.labels[~(dev | test)])
+    correct = (fitted.predict(X[test]) == inst.labels[test]).astype(float)
+    row = frame.iloc[0]
+    assert row.n_test == test.sum() and row.n_dev == dev.sum()
+    assert row.accuracy == pytest.approx(correct.mean())
+    assert row.dev_accuracy == pytest.approx(np.mean(fitted.predict(X[dev]) == inst.labels[dev]))
+    unit = types[test] if split == "lexical" else sids[test]
+    other = sids[test] if split == "lexical" else types[test]
+    expected = bootstrap_ci(correct, unit, n_boot=200, seed=2)
+    assert (row.ci_low, row.ci_high) == pytest.approx(expected)
+    assert (row.ci_low, row.ci_high) != pytest.approx(bootstrap_ci(correct, other, n_boot=200, seed=2))
+    by_unit = pd.Series(correct).groupby(unit).agg(["size", "sum"])
+    np.testing.assert_array_equal(units.n, by_unit["size"].loc[units.unit].to_numpy())
+    np.testing.assert_array_equal(units.correct, by_unit["sum"].loc[units.unit].to_numpy())
+
+
+def test_probe_summary_chooses_the_layer_on_dev_and_reports_test():
+    base = {"model": "m", "data": "d", "task": "upos", "split": "random", "probe": "ridge"}
+    rows = [  # (layer, seed, dev, test): dev prefers layer 1, test would prefer layer 2
+        (0, 0, 0.50, 0.52), (1, 0, 0.90, 0.80), (2, 0, 0.85, 0.95),
+        (0, 1, 0.50, 0.48), (1, 1, 0.88, 0.82), (2, 1, 0.86, 0.93),
+    ]  # fmt: skip
+    frame = pd.DataFrame(
+        [dict(base, layer=la, seed=se, dev_accuracy=d, accuracy=t) for la, se, d, t in rows]
+    ).assign(control_accuracy=0.3, selectivity=0.1, majority_accuracy=0.2)
+    r = probe_summary(frame, within=0.03).iloc[0]
+    assert r.best_layer == 1 and r.dev_accuracy == pytest.approx(0.89) and r.accuracy == pytest.approx(0.81)
+    assert (r.accuracy_min, r.accuracy_max) == (0.80, 0.82) and r.layer0_accuracy == pytest.approx(0.50)
+    assert r.first_layer_within == 1  # layer 2's mean dev accuracy 0.855 is not within 0.03 of 0.89
+    assert np.isnan(r.ci_low)  # no per-unit table: no interval
+
+
+def test_probe_summary_interval_equals_a_hand_computed_two_seed_bootstrap():
+    # seed 0: units a (2 items, 2 correct), b (1, 0); seed 1: units c (1, 1), d (2, 1), e (1, 0); best
+    # layer 1. Each replicate resamples each seed's units on its own and averages the two accuracies.
+    key = {"model": "m", "data": "d", "task": "upos", "split": "random", "probe": "ridge"}
+    frame = pd.DataFrame(
+        [dict(key, layer=la, seed=se, dev_accuracy=0.5 + 0.1 * la, accuracy=acc) for la, se, acc in
+         [(0, 0, 0.5), (1, 0, 2 / 3), (0, 1, 0.5), (1, 1, 0.5)]]
+    ).assign(control_accuracy=np.nan, selectivity=np.nan, majority_accuracy=0.5)  # fmt: skip
+    units = pd.DataFrame(
+        [dict(key, layer=1, seed=0, unit=u, n=n, correct=c) for u, n, c in [("a", 2, 2), ("b", 1, 0)]]
+        + [dict(key, layer=1, seed=1, unit=u, n=n, correct=c)
+           for u, n, c in [("c", 1, 1), ("d", 2, 1), ("e", 1, 0)]]
+        + [dict(key, layer=0, seed=0, unit="a", n=3, correct=0)]  # another layer: not used
+    )  # fmt: skip
+    n_boot = 40
+    reps = np.zeros(n_boot)
+    for k, (n, c) in enumerate([([2, 1], [2, 0]), ([1, 2, 1], [1, 1, 0])]):
+        draws = np.random.default_rng(k).integers(0, len(n), size=(n_boot, len(n)))  # seed k of the bootstrap
+        reps += np.asarray(c)[draws].sum(axis=1) / np.asarray(n)[draws].sum(axis=1)
+    expected = np.quantile(reps / 2, [0.05, 0.95])
+    r = probe_summary(frame, units=units, n_boot=n_boot, ci=0.9).iloc[0]
+    assert r.best_layer == 1 and r.accuracy == pytest.approx((2 / 3 + 0.5) / 2)
+    assert (r.ci_low, r.ci_high) == pytest.approx(tuple(expected))
+    assert r.ci_low < r.ci_high
+
+
+def test_analyze_probes_summary_has_a_test_interval(sentences, capture):
+    from probekit.analyses.probes import analyze_probes
+
+    result = analyze_probes(
+        "m", sentences, "upos", capture=capture, seeds=(0, 1), split=["random", "lexical"], n_boot=100,
+        random_model=False,
+    )  # fmt: skip
+    s = result.summary
+    assert ((s.ci_low <= s.accuracy) & (s.accuracy <= s.ci_high) & (s.ci_low < s.ci_high)).all()
+    assert set(result.units.split) == {"random", "lexical"}
 
 
 def test_probe_summary_does_not_depend_on_row_order_and_keeps_probes_apart():

@@ -66,8 +66,11 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
 
     The model of `sklearn.linear_model.RidgeClassifier` on standardised features. With ``alphas`` the
     penalty is chosen by exact leave-one-out *accuracy* on the training data, for all alphas from one
-    eigendecomposition (Golub, Heath & Wahba 1979; Rifkin & Lippert 2007); ties go to the largest alpha.
-    The derivation and the float32 notes are in ``docs/methods/probes.md``. Ridge scores are not
+    decomposition (Golub, Heath & Wahba 1979; Rifkin & Lippert 2007). The selection runs in float64 in a
+    cancellation-free form and compares integer counts of correct LOO predictions (a prediction within
+    1e-9 of the decision boundary counts as an error); among tied alphas the **largest** wins (the
+    strongest regularisation), so the same data give the same ``alpha_`` at any thread count. The
+    derivation is in ``docs/methods/probes.md``. Ridge scores are not
     probabilities (no ``predict_proba``): use `LogisticProbe` where they are needed (e.g. MDL).
 
     Parameters
@@ -88,7 +91,7 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
     coef_ : (1 or K, n_features).
     intercept_ : (1 or K,).
     alpha_ : the penalty used.
-    cv_scores_ : LOO accuracy per entry of ``alphas`` (None without ``alphas``).
+    cv_scores_ : LOO accuracy per entry of ``alphas``, an exact fraction correct/n (None without ``alphas``).
     n_features_in_ : number of features.
 
     Examples
@@ -111,11 +114,14 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit on ``X`` (n_samples, n_features) and labels ``y``; returns self.
 
-        The heavy products run in the input's precision (float32 captures stay float32; see
-        ``docs/methods/probes.md``); pass float64 for bit-for-bit agreement with `RidgeClassifier`.
+        With ``alphas`` the decomposition and the LOO selection run in float64; a single fixed ``alpha``
+        with n >= d is a Cholesky solve in the input's precision for the Gram matrix. Pass float64 for
+        agreement with `RidgeClassifier` to rounding.
         """
         grid = self._alpha_grid()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        if grid is not None or X.shape[0] < X.shape[1]:
+            X = X.astype(np.float64)  # centred in float64, so the constant is exactly outside X's span
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         _check_n_classes(self.classes_, "RidgeProbe.fit")
@@ -149,19 +155,17 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
             gram = (Xs.T @ Xs).astype(np.float64)  # [d, d]
             gram[np.diag_indices_from(gram)] += alpha
             W = scipy.linalg.solve(gram, XtY, assume_a="pos", overwrite_a=True, check_finite=False)
+        elif grid is None:
+            alpha, self.cv_scores_ = float(self.alpha), None
+            s, V, _ = _spectrum(Xs)
+            W = V @ ((V.T @ XtY) / (s + alpha)[:, None])  # [d, K] in standardised space
         else:
-            s, V, P = _spectrum(Xs, need_projection=grid is not None)
-            B = V.T @ XtY  # [rank, K]
-            if grid is None:
-                alpha, self.cv_scores_ = float(self.alpha), None
-            else:
-                self.cv_scores_ = _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, self.fit_intercept)
-                # Tie-break: among the alphas with the best LOO accuracy, the largest (simplest probe).
-                # Which alphas tie can hinge on a few LOO predictions at the decision boundary, i.e. on
-                # floating-point rounding (known issue; kept as is so outputs stay identical).
-                best = np.flatnonzero(self.cv_scores_ == self.cv_scores_.max())
-                alpha = float(max(grid[i] for i in best))
-            W = V @ (B / (s + alpha)[:, None])  # [d, K] in standardised space
+            # LOO selection runs in float64 whatever the input precision (docs/methods/probes.md)
+            s, V, U = _spectrum(Xs)
+            correct = _loo_correct(U, s, Y, Yc, y_idx, grid, self.fit_intercept)  # [A] int
+            self.cv_scores_ = correct / n
+            alpha = _choose_penalty(grid, correct, prefer="largest")
+            W = V @ ((V.T @ XtY) / (s + alpha)[:, None])  # [d, K] in standardised space
 
         self.alpha_ = alpha
         self.coef_ = (W / x_scale[:, None]).T
@@ -185,46 +189,84 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         return _penalty_grid(self.alpha, self.alphas, "alpha", "alphas", "RidgeProbe", "(0.1, 1, 10, 100)")
 
 
-def _spectrum(Xs: np.ndarray, need_projection: bool):
-    """Eigen-spectrum of XᵀX: ``s`` (eigenvalues), ``V`` (eigenvectors, columns), ``P = X V`` (or None).
+#: Singular values below this fraction of the largest are treated as zero (their directions join the
+#: orthogonal complement of the column space; with alpha > 0 they barely change the fit).
+_RANK_RTOL = 1e-10
+#: Mean CV accuracies within this of the best tie (`LogisticProbe`).
+_SCORE_TOL = 1e-9
+#: LOO predictions whose margin (top score minus runner-up, or |score| for two classes, on the ±1
+#: target scale) is at most this are ties and count as errors, so a prediction on the decision boundary
+#: does not flip with floating-point rounding.
+_MARGIN_TOL = 1e-9
 
-    For n >= d the d×d Gram matrix is formed in X's precision (numpy runs ``Xᵀ @ X`` as a symmetric
-    rank-k update, half the flops of a general product) and decomposed in float64 with ``eigh`` (cheapest when
-    n >> d); ``P`` is computed in X's precision. Otherwise a thin SVD of X gives the same quantities
-    restricted to the row space. ``s`` and ``V`` are float64.
+
+def _spectrum(Xs: np.ndarray):
+    """``s`` (eigenvalues of XᵀX, the squared singular values above `_RANK_RTOL`), ``V  # [d, r]`` and
+    ``U  # [n, r]`` (X = U diag(sqrt(s)) Vᵀ), all float64 from a float64 ``Xs  # [n, d]``.
+
+    For n >= d the Gram matrix XᵀX is decomposed with ``eigh`` (cheaper when n >> d) and ``U = X V /
+    sqrt(s)``; for n < d a thin SVD of X gives them directly.
     """
     n, d = Xs.shape
     if n >= d:
-        gram = Xs.T @ Xs  # [d, d]; numpy runs ``a.T @ a`` as one BLAS syrk
-        s, V = scipy.linalg.eigh(gram.astype(np.float64), overwrite_a=True, check_finite=False)
-        s = np.clip(s, 0.0, None)
-        P = Xs @ V.astype(Xs.dtype) if need_projection else None  # [n, d]
+        s, V = scipy.linalg.eigh(Xs.T @ Xs, check_finite=False)  # ascending
+        s, V = s[::-1], V[:, ::-1]
+        keep = s > (_RANK_RTOL**2) * max(float(s[0]), 0.0)
+        s, V = s[keep], V[:, keep]
+        U = (Xs @ V) / np.sqrt(s)
     else:
-        U, sv, Vt = scipy.linalg.svd(Xs, full_matrices=False, check_finite=False)
-        s, V, P = sv.astype(np.float64) ** 2, Vt.T.astype(np.float64), U * sv
-    return s, V, P
+        U, sv, Vt = scipy.linalg.svd(Xs, full_matrices=False, check_finite=False, lapack_driver="gesvd")
+        keep = sv > _RANK_RTOL * float(sv[0])
+        U, s, V = U[:, keep], sv[keep] ** 2, Vt[keep].T
+    if not keep.any():  # X is constant: no direction at all
+        return np.zeros(0), np.zeros((d, 0)), np.zeros((n, 0))
+    return s, V, U
 
 
-def _loo_accuracy(P, s, B, Y, Yc, y_idx, grid, fit_intercept) -> np.ndarray:
-    """Exact leave-one-out accuracy of the ridge classifier for every alpha in ``grid``.
+def _loo_correct(U, s, Y, Yc, y_idx, grid, fit_intercept) -> np.ndarray:
+    """Number of training instances the exact leave-one-out ridge fit classifies correctly, per alpha.
 
-    ``Y`` are the ±1 targets, ``Yc`` the same centred; the full-data prediction is ``Y - Yc + F`` and the
-    LOO prediction is ``Y - (Yc - F) / (1 - h)``. The fitted values of all alphas come from one matrix
-    product ``P @ [B/(s+α_1) | … | B/(s+α_A)]`` in P's precision; the residual algebra is float64.
+    With X = U diag(sqrt(s)) Vᵀ (centred when ``fit_intercept``) the hat diagonal is
+    ``h_i = [1/n] + Σ_j U_ij² s_j/(s_j+α)``. Both ``1 - h_i`` and the residual are computed without
+    subtracting nearly equal numbers: ``1 - h_i = q_i + Σ_j U_ij² α/(s_j+α)`` and ``r = R⊥ + U diag(α/(s+α))
+    Uᵀ Yc``, where ``q_i = 1 - [1/n] - Σ_j U_ij²`` and ``R⊥ = Yc - U Uᵀ Yc`` are the leverage and the residual
+    of the orthogonal complement of the column space (and the constant), exactly zero when that complement
+    is empty (n <= rank + 1 with an intercept). LOO prediction: ``Y - r / (1 - h)``. A prediction whose
+    margin is at most `_MARGIN_TOL` counts as an error. Everything is float64.
     """
-    n, K, A = P.shape[0], B.shape[1], len(grid)
-    inv = 1.0 / (s[:, None] + grid[None, :])  # [rank, A]
-    hat = np.einsum("nr,nr,ra->na", P, P, inv.astype(P.dtype), optimize=True).astype(np.float64)  # [n, A]
-    if fit_intercept:
-        hat += 1.0 / n
-    coefs = (B[:, None, :] * inv[:, :, None]).reshape(B.shape[0], A * K)  # [rank, A*K]
-    fitted = (P @ coefs.astype(P.dtype)).reshape(n, A, K)  # [n, A, K]
-    scores = np.empty(A)
-    for a in range(A):
-        loo = Y - (Yc - fitted[:, a]) / np.clip(1.0 - hat[:, a], 1e-12, None)[:, None]
-        pred = (loo[:, 0] > 0).astype(int) if K == 1 else loo.argmax(axis=1)
-        scores[a] = np.mean(pred == y_idx)
-    return scores
+    n, r = U.shape
+    K = Y.shape[1]
+    complement = n - r - (1 if fit_intercept else 0)  # dimension of the complement
+    UtY = U.T @ Yc  # [r, K]
+    if complement > 0:
+        q = np.clip(1.0 - (1.0 / n if fit_intercept else 0.0) - np.square(U).sum(axis=1), 0.0, None)  # [n]
+        R_perp = Yc - U @ UtY  # [n, K]
+    else:
+        q, R_perp = np.zeros(n), np.zeros_like(Yc)
+    correct = np.empty(len(grid), dtype=np.int64)
+    U2 = np.square(U)  # [n, r]
+    for a, alpha in enumerate(grid):
+        shrink = alpha / (s + alpha)  # [r]
+        one_minus_h = q + U2 @ shrink  # [n]
+        resid = R_perp + U @ (UtY * shrink[:, None])  # [n, K]
+        loo = Y - resid / np.clip(one_minus_h, 1e-300, None)[:, None]  # [n, K]
+        if K == 1:
+            pred = (loo[:, 0] > 0).astype(int)
+            decided = np.abs(loo[:, 0]) > _MARGIN_TOL
+        else:
+            top2 = -np.sort(-loo, axis=1)[:, :2]
+            pred = loo.argmax(axis=1)
+            decided = top2[:, 0] - top2[:, 1] > _MARGIN_TOL
+        correct[a] = int(np.count_nonzero((pred == y_idx) & decided))
+    return correct
+
+
+def _choose_penalty(grid: np.ndarray, correct: np.ndarray, prefer: str) -> float:
+    """The penalty with the most correct predictions (integer counts, so no rounding can break a tie);
+    among tied ones the strongest regularisation: the largest ``alpha`` (``prefer="largest"``) or the
+    smallest ``C`` (``prefer="smallest"``)."""
+    tied = grid[correct == correct.max()]
+    return float(tied.max() if prefer == "largest" else tied.min())
 
 
 # ==================================================================================================
@@ -236,8 +278,9 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     """Multinomial logistic-regression probe (L2 penalty), wrapping `sklearn.linear_model.LogisticRegression`.
 
     Features are standardised so the penalty ``1/C`` means the same at every layer. With ``Cs`` given, C
-    is chosen by stratified k-fold CV *within the training data passed to fit* (ties go to the smallest
-    C), then the model is refitted on all of it (``docs/methods/probes.md``). Unlike `RidgeProbe` it
+    is chosen by stratified k-fold CV *within the training data passed to fit* (mean accuracies within
+    1e-9 tie; ties go to the smallest C, the strongest penalty), then the model is refitted on all of it
+    (``docs/methods/probes.md``). Unlike `RidgeProbe` it
     gives probabilities (``predict_proba``), which MDL needs. ``LinearProbe`` is the same class under its
     old name.
 
@@ -293,8 +336,9 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
             self.C_, self.cv_scores_ = float(self.C), None
         else:
             self.cv_scores_ = self._inner_cv(X, y, grid)
-            best = np.flatnonzero(self.cv_scores_ == self.cv_scores_.max())
-            self.C_ = float(min(grid[i] for i in best))
+            # mean fold accuracies: ties within 1e-9 (rounding) go to the smallest C (strongest penalty)
+            tied = grid[self.cv_scores_ >= np.nanmax(self.cv_scores_) - _SCORE_TOL]
+            self.C_ = float(tied.min())
         self.model_ = self._pipeline(self.C_).fit(X, y)
         scaler, logreg = self.model_[0], self.model_[-1]
         mean = scaler.mean_ if self.standardize else np.zeros(X.shape[1])

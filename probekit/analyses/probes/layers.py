@@ -29,7 +29,14 @@ from probekit.data.dataset import holdout_mask
 from probekit.errors import ProbekitError
 from probekit.stats import bootstrap_ci
 
-__all__ = ["PROBE_FAMILIES", "analyze_probes", "probe_layers", "probe_with_baselines", "resolve_probe_family"]
+__all__ = [
+    "PROBE_FAMILIES",
+    "UNIT_COLUMNS",
+    "analyze_probes",
+    "probe_layers",
+    "probe_with_baselines",
+    "resolve_probe_family",
+]
 
 #: The probe families `probe_layers` builds from a name (``probe="ridge"`` or ``probe="logistic"``).
 PROBE_FAMILIES: tuple[str, ...] = ("ridge", "logistic")
@@ -45,8 +52,10 @@ _COLUMNS = [
     "split",
     "probe",
     "n_train",
+    "n_dev",
     "n_test",
     "n_classes",
+    "dev_accuracy",
     "accuracy",
     "ci_low",
     "ci_high",
@@ -57,6 +66,8 @@ _COLUMNS = [
     "majority_accuracy",
     "regularization",
 ]
+#: the per-unit table (`probe_layers` with ``return_units=True``): test-half items and correct ones per unit
+UNIT_COLUMNS = ["model", "data", "task", "layer", "seed", "split", "probe", "unit", "n", "correct"]
 _MDL_COLUMNS = [
     "mdl_online_codelength",
     "mdl_uniform_codelength",
@@ -81,14 +92,17 @@ def probe_layers(
     capture=None,
     n_boot: int = 1000,
     ci: float = 0.95,
-) -> pd.DataFrame:
+    return_units: bool = False,
+):
     """Train and evaluate a probe on each residual-stream layer; one row per (layer, task, split, seed).
 
-    For every task and seed the instances are split into train and test (``split``), a probe is fitted
-    on the train side (its regularisation chosen by inner CV on the train side only: LOO for the default
-    ridge probe) and scored on the test side, next to its baselines: the majority class, the Hewitt &
-    Liang (2019) control task and, with ``mdl``, the Voita & Titov (2020) online code. Splits, tasks and
-    intervals are described in ``docs/methods/probes.md``.
+    For every task and seed the instances are split into train and held-out (``split``), and the
+    held-out units into a *dev* and a *test* half (by the same unit, `holdout_mask` with the seed). A
+    probe is fitted on the train side (its regularisation chosen by inner CV on the train side only: LOO
+    for the default ridge probe) and scored on the dev half (``dev_accuracy``, what `probe_summary`
+    chooses layers on) and on the test half (everything else), next to its baselines: the majority
+    class, the Hewitt & Liang (2019) control task and, with ``mdl``, the Voita & Titov (2020) online
+    code. Splits, tasks and intervals are described in ``docs/methods/probes.md``.
 
     Parameters
     ----------
@@ -116,16 +130,20 @@ def probe_layers(
     capture : an existing capture (``.index``, ``.stream(layer)``, ``.stream_layers``), e.g. from
         `probekit.activations.capture.capture` or built from arrays. If None, the residual streams of
         ``layers`` are captured once (``resid_pre``/``resid_post`` of the blocks needed, no attention).
-    n_boot, ci : bootstrap replicates and level of the cluster-bootstrap confidence intervals
-        (test sentences resampled).
+    n_boot, ci : bootstrap replicates and level of the cluster-bootstrap confidence intervals (the
+        split's unit resampled: test sentences for ``"random"``, test word types for ``"lexical"``).
+    return_units : also return the per-unit table `probe_summary` needs for its interval.
 
     Returns
     -------
-    DataFrame with columns ``model, data, task, layer, seed, split, probe, n_train, n_test, n_classes,
-    accuracy, ci_low, ci_high, control_accuracy, selectivity, selectivity_ci_low, selectivity_ci_high,
-    majority_accuracy, regularization`` (+ ``mdl_online_codelength, mdl_uniform_codelength,
-    mdl_compression, control_mdl_compression`` when ``mdl``). ``regularization`` is the chosen
-    ``alpha_`` or ``C_``.
+    DataFrame with columns ``model, data, task, layer, seed, split, probe, n_train, n_dev, n_test,
+    n_classes, dev_accuracy, accuracy, ci_low, ci_high, control_accuracy, selectivity,
+    selectivity_ci_low, selectivity_ci_high, majority_accuracy, regularization`` (+
+    ``mdl_online_codelength, mdl_uniform_codelength, mdl_compression, control_mdl_compression`` when
+    ``mdl``). ``n_dev``/``dev_accuracy`` are the dev half; ``n_test``, ``accuracy``, its interval and the
+    baselines the test half; ``regularization`` is the chosen ``alpha_`` or ``C_``. With
+    ``return_units`` a pair ``(frame, units)``: ``units`` has the columns `UNIT_COLUMNS`, one row per
+    (layer, seed, split, test-half unit) with its number of items ``n`` and of correct predictions.
 
     Examples
     --------
@@ -156,12 +174,12 @@ def probe_layers(
     layer_list = resolve_layers(layers, capture)
     mdl_factory = (lambda: clone(mdl_probe)) if mdl_probe is not None else LogisticProbe
 
-    records = []
+    records, unit_frames = [], []
     for t, inst in instances.items():
         where = f"task {t!r} on {data_name}"
         inst, rows = align_instances(inst, capture, where)
         _check_task_size(inst, where)
-        test_masks = _split_masks(inst, splits, seeds, test_size, where)  # (split, seed) -> bool [n]
+        parts = _split_masks(inst, splits, seeds, test_size, where)  # (split, seed) -> (dev, test) [n]
         controls = (
             {seed: control_labels(inst.types, inst.labels, seed=seed) for seed in seeds} if control else {}
         )
@@ -177,10 +195,13 @@ def probe_layers(
             controls = {}
         for layer in layer_list:
             X = features(np.asarray(capture.stream(layer)), rows)
-            for (split_name, seed), test in test_masks.items():
-                rec = _probe_once(
+            for (split_name, seed), (dev, test) in parts.items():
+                unit_ids = inst.sentence_ids if split_name == "random" else inst.types  # [n]
+                rec, per_unit = _probe_once(
                     X,
                     inst,
+                    unit_ids,
+                    dev,
                     test,
                     controls.get(seed),
                     template,
@@ -189,35 +210,55 @@ def probe_layers(
                     ci=ci,
                     mdl_factory=mdl_factory if mdl else None,
                 )
-                records.append(
-                    {
-                        "model": model_name,
-                        "data": data_name,
-                        "task": t,
-                        "layer": int(layer),
-                        "seed": int(seed),
-                        "split": split_name,
-                        "probe": probe_name,
-                        **rec,
-                    }
-                )
+                key = {
+                    "model": model_name,
+                    "data": data_name,
+                    "task": t,
+                    "layer": int(layer),
+                    "seed": int(seed),
+                    "split": split_name,
+                    "probe": probe_name,
+                }
+                records.append({**key, **rec})
+                if return_units:
+                    unit_frames.append(per_unit.assign(**key))
     columns = _COLUMNS + (_MDL_COLUMNS if mdl else [])
-    return pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    if not return_units:
+        return frame
+    unit_table = pd.concat(unit_frames, ignore_index=True) if unit_frames else pd.DataFrame()
+    return frame, unit_table.reindex(columns=UNIT_COLUMNS)
 
 
 def _split_masks(
     inst: TaskInstances, splits: list[str], seeds: list[int], test_size: float, where: str
-) -> dict[tuple[str, int], np.ndarray]:
-    """The test side of every (split, seed): held-out sentences ("random") or word types ("lexical"),
-    by `holdout_mask`; a training side with a single class is an error, unseen test labels a warning."""
-    test_masks = {}  # (split, seed) -> bool [n_instances]
+) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """The dev and test halves of the held-out side of every (split, seed): held-out sentences
+    ("random") or word types ("lexical") by `holdout_mask`, then the held-out units halved the same way
+    (at least half of the held-out instances, in whole units, go to test). A training side with a single
+    class is an error, unseen held-out labels a warning."""
+    parts = {}  # (split, seed) -> (dev, test), bool [n_instances] each
     for split_name in splits:
         units, what = (inst.sentence_ids, "sentence") if split_name == "random" else (inst.types, "word type")
         for seed in seeds:
-            test_masks[split_name, seed] = holdout_mask(
+            held = holdout_mask(
                 units, test_size, seed, order="permutation", size="instances", what=what, where=where
             )
-    for (split_name, seed), test in test_masks.items():
+            if len(np.unique(units[held])) < 2:
+                raise ProbekitError(
+                    f"the held-out side of {split_name} split seed {seed} has a single {what}, which "
+                    "cannot be halved into dev and test",
+                    where=where,
+                    fix="use more data or a larger test_size",
+                )
+            half = holdout_mask(
+                units[held], 0.5, seed, order="permutation", size="instances", what=what, where=where
+            )
+            test = np.zeros(len(units), dtype=bool)
+            test[np.flatnonzero(held)[half]] = True
+            parts[split_name, seed] = (held & ~test, test)
+    for (split_name, seed), (dev, test) in parts.items():
+        test = dev | test  # the whole held-out side
         seen = np.unique(inst.labels[~test])
         if len(seen) < 2:
             raise ProbekitError(
@@ -232,23 +273,39 @@ def _split_masks(
                 f"training (all their instances went to the test side); they count as errors",
                 stacklevel=3,
             )
-    return test_masks
+    return parts
 
 
 def _probe_once(
-    X, inst: TaskInstances, test: np.ndarray, control_y, template, seed: int, *, n_boot, ci, mdl_factory
-) -> dict:
-    """Fit and score one probe (and its control) on one split of one layer."""
-    train = ~test
+    X,
+    inst: TaskInstances,
+    units: np.ndarray,
+    dev: np.ndarray,
+    test: np.ndarray,
+    control_y,
+    template,
+    seed: int,
+    *,
+    n_boot,
+    ci,
+    mdl_factory,
+) -> tuple[dict, pd.DataFrame]:
+    """Fit and score one probe (and its control) on one split of one layer: the row's numbers and the
+    per-unit counts of the test half (``unit, n, correct``). Intervals resample ``units`` (the split's
+    unit: sentence or word type)."""
+    train = ~(dev | test)
     y_train, y_test = inst.labels[train], inst.labels[test]
-    groups = inst.sentence_ids[test]
+    groups = units[test]
     fitted = clone(template).fit(X[train], y_train)
     correct = (fitted.predict(X[test]) == y_test).astype(float)
+    dev_correct = fitted.predict(X[dev]) == inst.labels[dev]
     classes, counts = np.unique(y_train, return_counts=True)
     rec = {
         "n_train": int(train.sum()),
+        "n_dev": int(dev.sum()),
         "n_test": int(test.sum()),
         "n_classes": len(np.unique(inst.labels)),
+        "dev_accuracy": float(dev_correct.mean()),
         "accuracy": float(correct.mean()),
         "majority_accuracy": float(np.mean(y_test == classes[counts.argmax()])),
         "regularization": float(getattr(fitted, "alpha_", getattr(fitted, "C_", np.nan))),
@@ -283,7 +340,13 @@ def _probe_once(
             rec["control_mdl_compression"] = mdl_online_codelength(
                 X[train], control_y[train], mdl_factory, seed=seed
             )["compression"]
-    return rec
+    per_unit = (
+        pd.DataFrame({"unit": groups.astype(str), "n": 1, "correct": correct.astype(int)})
+        .groupby("unit", sort=True)
+        .sum()
+        .reset_index()
+    )
+    return rec, per_unit
 
 
 def _same_capacity(template, fitted):
@@ -382,8 +445,9 @@ def probe_with_baselines(
     random_model=None,
     capture=None,
     random_capture=None,
+    return_units: bool = False,
     **kwargs,
-) -> pd.DataFrame:
+):
     """`probe_layers` on a trained model and on its random-init twin, in one frame with ``model_kind``.
 
     The random-init model (Belinkov 2022, §4) has the same architecture with untrained weights: what a
@@ -398,12 +462,13 @@ def probe_with_baselines(
         (loaded with `probekit.models.load_model`); False leaves the random-init rows out (e.g. when
         ``model`` is itself a random-init model).
     capture, random_capture : captures of the two models that already exist (else captured here).
+    return_units : also return the per-unit tables (`probe_layers`), with ``model_kind`` too.
     **kwargs : passed to `probe_layers`.
 
     Returns
     -------
     DataFrame: the `probe_layers` columns after a first column ``model_kind`` ("trained" or
-    "random-init").
+    "random-init"); with ``return_units`` a pair ``(frame, units)``.
 
     Examples
     --------
@@ -414,10 +479,7 @@ def probe_with_baselines(
     >>> frame[["model_kind", "model"]].values.tolist()
     [['trained', 'tiny-bert'], ['random-init', 'random:tiny-bert']]
     """
-    if random_model is False:
-        frame = probe_layers(model, dataset, task, layers, capture=capture, **kwargs)
-        frame.insert(0, "model_kind", "trained")
-        return frame
+    runs = [("trained", model, capture)]
     if random_model is None:
         name = model if isinstance(model, str) else getattr(model, "name", None)
         if name is None:
@@ -427,12 +489,17 @@ def probe_with_baselines(
                 fix="pass random_model=load_model('random:<name>')",
             )
         random_model = f"random:{name}"
-    frames = []
-    for kind, m, cap in (("trained", model, capture), ("random-init", random_model, random_capture)):
-        frame = probe_layers(m, dataset, task, layers, capture=cap, **kwargs)
+    if random_model is not False:
+        runs.append(("random-init", random_model, random_capture))
+    frames, unit_frames = [], []
+    for kind, m, cap in runs:
+        frame, units = probe_layers(m, dataset, task, layers, capture=cap, return_units=True, **kwargs)
         frame.insert(0, "model_kind", kind)
+        units.insert(0, "model_kind", kind)
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+        unit_frames.append(units)
+    frame = pd.concat(frames, ignore_index=True)
+    return (frame, pd.concat(unit_frames, ignore_index=True)) if return_units else frame
 
 
 def analyze_probes(
@@ -472,7 +539,9 @@ def analyze_probes(
     >>> result.summary[["task", "split", "n_seeds"]].values.tolist()
     [['upos', 'random', 1]]
     """
-    frame = probe_with_baselines(model, dataset, task, layers, **kwargs)
+    frame, units = probe_with_baselines(model, dataset, task, layers, return_units=True, **kwargs)
     if data_label is not None:
         frame["data"] = data_label
-    return ProbeResult.from_frame(frame, title=title, within=within)
+        units["data"] = data_label
+    boot = {k: kwargs[k] for k in ("n_boot", "ci") if k in kwargs}
+    return ProbeResult.from_frame(frame, title=title, within=within, units=units, **boot)
