@@ -118,11 +118,13 @@ def _summary_markdown(summary, model_name: str, args, markdown_table) -> str:
             "",
             f"Probe: {args.probe}; seeds {args.seeds}; test size {args.test_size}; layers "
             f"{' '.join(args.layers)}.",
-            "Each number is a mean over seeds at the best layer (chosen on these test accuracies, so "
-            "slightly optimistic); `ci_low`/`ci_high` average the seeds' cluster-bootstrap 95% intervals "
-            "(test sentences resampled); `first_layer_within` is the shallowest layer within 1 point of the "
-            "best; selectivity = accuracy − control-task accuracy (Hewitt & Liang 2019). Every layer and "
-            "seed is in probes.csv; the curves are in probe_curves.png.",
+            "Each seed's held-out part is halved (by sentence, or by word type for the lexical split): "
+            "the best layer and `first_layer_within` (the shallowest layer within 1 point of the best) "
+            "are chosen on the dev halves (`dev_accuracy`), and every other number is a mean over seeds "
+            "on the test halves; `ci_low`/`ci_high` are a cluster-bootstrap 95% interval of that "
+            "seed-mean test accuracy (sentences or word types resampled within each seed); selectivity = "
+            "accuracy − control-task accuracy (Hewitt & Liang 2019). Every layer and seed is in "
+            "probes.csv; the curves are in probe_curves.png.",
             "",
             markdown_table(summary[columns]),
             "",
