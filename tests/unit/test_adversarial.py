@@ -303,7 +303,55 @@ def test_a_model_file_instead_of_a_folder(tmp_path, monkeypatch, capsys):
     assert _snapshot(tmp_path) == {"m.gguf"}
 
 
-@pytest.mark.skipif(ROOT, reason="root ignores file permissions")
+def _without_permission_override() -> None:
+    """In the child: drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the bounding set
+    (prctl PR_CAPBSET_DROP = 24), so a root process obeys file permissions after exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@pytest.mark.skipif(not ROOT, reason="the in-process variant below runs for other users")
+@pytest.mark.parametrize("target", ["out", "cache"])
+def test_an_unwritable_folder_is_refused_as_root_without_override(target, tmp_path):
+    """Root ignores file permissions (CI runs as root), so as root the command runs in a subprocess
+    whose capability to override them is dropped."""
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    env = {**os.environ, "PROBEKIT_CACHE": str(locked / "cache" if target == "cache" else tmp_path / "c")}
+    out = "locked/o" if target == "out" else "o"
+    code = "import sys; from probekit.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["capture", "--model", "tiny-bert", "--data", "seed:explored", "--out", out]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *argv],
+            cwd=tmp_path,
+            env=env,
+            preexec_fn=_without_permission_override,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.SubprocessError as exc:  # no CAP_SETPCAP in this container
+        pytest.skip(f"cannot drop the permission override here: {exc}")
+    finally:
+        locked.chmod(0o700)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = [line for line in lines if line.startswith("probekit capture: error: ")]
+    assert len(message) == 1 and "is not writable" in message[0], proc.stderr
+    assert _snapshot(tmp_path) == {"locked"}
+
+
+@pytest.mark.skipif(ROOT, reason="root ignores file permissions: the subprocess variant above runs instead")
 @pytest.mark.parametrize("target", ["out", "cache"])
 def test_an_unwritable_folder_is_refused_before_the_model_loads(target, tmp_path, monkeypatch, capsys):
     locked = tmp_path / "locked"
