@@ -320,8 +320,13 @@ def test_signflip_p_matches_scipy_permutation_test():
     diff = rng.integers(-1, 2, size=(36, 3)).astype(float) + np.array([0.0, 0.3, 0.6])  # [36, 3]
     d = np.stack([diff[codes == s].sum(0) for s in range(9)])  # [9, 3] cluster sums
     ref = scipy.stats.permutation_test(
-        (d,), lambda x, axis: x.sum(axis), permutation_type="samples", vectorized=True,
-        alternative="greater", axis=0, n_resamples=10_000,
+        (d,),
+        lambda x, axis: x.sum(axis),
+        permutation_type="samples",
+        vectorized=True,
+        alternative="greater",
+        axis=0,
+        n_resamples=10_000,
     )
     np.testing.assert_allclose(signflip_p(diff, codes), ref.pvalue, rtol=1e-12)  # both exact (2**9)
 

@@ -49,7 +49,9 @@ HEAD_COLUMNS = [
 ]
 
 
-def signflip_p(diff: np.ndarray, codes: np.ndarray, n_flips: int = SIGNFLIP_FLIPS, seed: int = 0) -> np.ndarray:
+def signflip_p(
+    diff: np.ndarray, codes: np.ndarray, n_flips: int = SIGNFLIP_FLIPS, seed: int = 0
+) -> np.ndarray:
     """One-sided p-values (mean diff > 0) of a clustered paired sign-flip test, per column of ``diff``.
 
     The statistic is T = sum_s d_s, with d_s the sum of ``diff`` over cluster (sentence) s; under the
