@@ -10,7 +10,7 @@ The benchmarks live in the repository's ``benchmarks/bench_<name>.py`` and use t
   `torch_profile_top`;
 - `probekit.bench.memory`: `RssSampler`, `sampling`, `mark_baseline`, `measure_in_subprocess`,
   `measure_in_process`;
-- `probekit.bench.runner`: `run_benchmark`, `run_all`, `render_only`, `load_module`;
+- `probekit.bench.runner`: `run_benchmark`, `run_all`, `render_only`, `load_module`, `check_rows`;
 - `probekit.bench.render`: `summarize`, `render_report`;
 - ``python -m probekit.bench child SPEC_JSON`` (`probekit.bench.__main__`): the fresh process of
   `measure_in_subprocess`.
@@ -38,7 +38,15 @@ from probekit.bench.memory import (
     sampling,
 )
 from probekit.bench.render import meta_from_report, render_report, summarize
-from probekit.bench.runner import default_benchmarks_dir, load_module, render_only, run_all, run_benchmark
+from probekit.bench.runner import (
+    POSITIVE_COLUMNS,
+    check_rows,
+    default_benchmarks_dir,
+    load_module,
+    render_only,
+    run_all,
+    run_benchmark,
+)
 from probekit.bench.timing import (
     cprofile_top,
     interleaved,
@@ -51,10 +59,12 @@ __all__ = [
     "BENCHMARKS",
     "COLUMNS",
     "EWT_DEV",
+    "POSITIVE_COLUMNS",
     "TITLES",
     "BenchContext",
     "RssSampler",
     "bench_sentences",
+    "check_rows",
     "cprofile_top",
     "current_rss_mb",
     "default_benchmarks_dir",

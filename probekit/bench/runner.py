@@ -25,7 +25,18 @@ from probekit.bench.context import BENCHMARKS, COLUMNS, BenchContext, machine_in
 from probekit.bench.render import meta_from_report, render_report
 from probekit.errors import ProbekitError
 
-__all__ = ["default_benchmarks_dir", "load_module", "render_only", "run_all", "run_benchmark"]
+__all__ = [
+    "POSITIVE_COLUMNS",
+    "check_rows",
+    "default_benchmarks_dir",
+    "load_module",
+    "render_only",
+    "run_all",
+    "run_benchmark",
+]
+
+#: columns whose values, where given, must be finite and > 0 (``seconds`` must be given in some row)
+POSITIVE_COLUMNS: tuple[str, ...] = ("seconds", "tokens_per_s", "peak_rss_mb")
 
 
 def default_benchmarks_dir() -> Path:
@@ -68,6 +79,31 @@ def load_module(path: Path):
     return mod
 
 
+def check_rows(frame: pd.DataFrame) -> str | None:
+    """What is wrong with a benchmark's rows, or None: each of `POSITIVE_COLUMNS` must be numeric, and
+    finite and > 0 wherever it is given (NaN = not measured), and at least one row must give ``seconds``.
+
+    Examples
+    --------
+    >>> check_rows(pd.DataFrame({"seconds": [1.0, np.nan], "peak_rss_mb": [np.nan, 20.0]})) is None
+    True
+    >>> check_rows(pd.DataFrame({"seconds": [1.0, -2.0, np.inf]}))
+    'seconds is not finite and > 0 in 2 of 3 row(s)'
+    >>> check_rows(pd.DataFrame({"variant": ["x"]}))
+    'no row gives seconds'
+    """
+    for col in POSITIVE_COLUMNS:
+        if col not in frame:
+            continue
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = (values.isna() & frame[col].notna()) | (values.notna() & ~(np.isfinite(values) & (values > 0)))
+        if bad.any():
+            return f"{col} is not finite and > 0 in {int(bad.sum())} of {len(frame)} row(s)"
+    if "seconds" not in frame or pd.to_numeric(frame["seconds"], errors="coerce").notna().sum() == 0:
+        return "no row gives seconds"
+    return None
+
+
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(columns=list(COLUMNS))
 
@@ -83,7 +119,8 @@ def run_benchmark(
 ) -> tuple[pd.DataFrame, str, pd.DataFrame | None]:
     """Run ``folder/bench_<name>.py``: its ``run(quick, ctx)`` (or ``run(quick)``).
 
-    A missing or failing module gives no rows and a note saying so (the other benchmarks still run).
+    A missing or failing module gives no rows and a note saying so (the other benchmarks still run); so
+    do rows that fail `check_rows` (a timing that is NaN in every row, negative, zero or infinite).
 
     Parameters
     ----------
@@ -116,6 +153,9 @@ def run_benchmark(
         frame = run(ctx.quick, ctx) if len(params) >= 2 else run(ctx.quick)
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"run() returned {type(frame).__name__}, not a DataFrame")
+        problem = check_rows(frame)
+        if problem:
+            raise ValueError(f"run() returned invalid rows: {problem}")
     except Exception as err:  # a broken benchmark must not take the others down
         ctx.say(f"{name}: failed: {err!r}")
         tb = traceback.format_exc(limit=6)

@@ -3,8 +3,27 @@
 Each rule ``verdict_cN(run_dir)`` reads the tables the stages wrote (through `probekit.report.read_table`
 and the columns of `probekit.report.schema`) and returns one row per model: claim, model, verdict,
 evidence, tables. `judge_claims` applies every rule; `build_report` writes ``verdicts.csv`` and
-``REPORT.md`` (`probekit.report.write_report`). The rules and their thresholds are described in
-``docs/methods/report.md``.
+``REPORT.md`` (`probekit.report.write_report`), and ``c4_rule.csv`` (`c4_rule_table`). The rules and
+their thresholds are described in ``docs/methods/report.md``.
+
+The C4 rule (fixed before the numbers were looked at; ``docs/methods/report.md``, "C4 rule"). For one
+model, the *family* is every (relation, data set, direction) with relation in `C4_RELATIONS`, a word-pair
+direction, and a dev-selected head with at least `MIN_N` test instances. A member passes when
+
+1. *scoring half (dev)*: its head is the top head on dev and beats the permutation null of the best of
+   all heads, ``p_perm`` (``dev_p_maxT`` of that head) < `C4_ALPHA`;
+2. *held-out half (test)*: the same head (same layer.head) beats the fixed-offset baseline on test, by
+   the exact clustered sign-flip test ``p_offset``, Holm-adjusted over the whole family
+   (``p_family`` <= `C4_ALPHA`: family-wise error controlled over relations x data x directions);
+3. its test accuracy is >= `SPECIALIST_MARGIN` above the offset baseline (Voita et al. 2019);
+4. it is not positional: not a Voita-positional head with >= `MOSTLY_AT_OFFSET` of the relation at its
+   offset (the heads stage's rule);
+5. on a trained model, its test CI lower bound exceeds the random-init model's best head.
+
+A relation passes when any of its members does. The same rule, 1-4, is applied to the random-init model
+(``random:<model>``), with its own family; the share of that family it passes is the rule's
+false-positive rate, reported next to the verdict. The old rule ("old rule": any member with a
+``specialist found`` verdict of the heads stage, one uncorrected test per member) is kept as a column.
 
 This module reads files only: it imports nothing of the experiment runner (config, stages), so
 ``probekit report`` rebuilds a report without running anything, and ``report`` never imports it.
@@ -16,9 +35,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from probekit.report.markdown import probe_sentence, probe_summaries, read_manifest, write_report
+from probekit.analyses.heads.rules import ALPHA, MIN_N, MOSTLY_AT_OFFSET, SPECIALIST_MARGIN
+from probekit.report.markdown import (
+    c4_rule_markdown,
+    probe_sentence,
+    probe_summaries,
+    read_manifest,
+    write_report,
+)
 from probekit.report.schema import (
     BANK_CUE_SUMMARY,
     BANK_SUMMARY,
@@ -31,6 +58,7 @@ from probekit.report.schema import (
     SPECIALISTS_VS_RANDOM,
 )
 from probekit.report.tables import check_columns, stage_folders, stage_tables, write_table
+from probekit.stats import holm
 
 CLAIMS = {
     "C1": "An attention weight is softmax(q·k/√d_k); each head has its own W_Q, W_K, W_V.",
@@ -50,6 +78,41 @@ C4_RELATIONS = {
     "obj": "verb-object",
 }
 POSITIONAL = ("prev_word", "next_word", "self", "first_word")
+
+#: the C4 rule's family-wise level (Holm) and the level of its dev-half permutation null
+C4_ALPHA = ALPHA
+#: the C4 rule's table, in the run folder
+C4_RULE_FILE = "c4_rule.csv"
+#: its columns: per (model, relation, data, direction), the old and new rule, and the random-init model
+C4_RULE_COLUMNS = [
+    "model",
+    "relation",
+    "data",
+    "direction",
+    "n",
+    "layer",
+    "head",
+    "accuracy",
+    "offset_accuracy",
+    "delta",
+    "p_perm",
+    "p_offset",
+    "p_family",
+    "positional",
+    "old_rule",
+    "new_rule",
+    "random_layer",
+    "random_head",
+    "random_delta",
+    "random_p_family",
+    "random_old_rule",
+    "random_new_rule",
+    "family_size",
+    "random_family_size",
+    "random_fpr",
+    "random_fpr_old",
+]
+_C4_NEEDS = ("n", "delta", "p_offset", "p_perm", "random_accuracy", "head_positional", "share_at_top_offset")
 
 
 def _rel(run_dir: Path, path: Path) -> str:
@@ -279,7 +342,9 @@ def _heads_evidence(
             n_spec = int(rnd.verdict.str.startswith("specialist").sum())
             bits.append(f"random-init model: {n_spec} specialist(s)")
         parts.append(
-            f"on {data}: " + "; ".join(bits) + f" ([summary]({_rel(run_dir, folder / 'summary.md')}))"
+            f"on {data} (heads-stage verdicts, one uncorrected test each): "
+            + "; ".join(bits)
+            + f" ([summary]({_rel(run_dir, folder / 'summary.md')}))"
         )
     return found, parts
 
@@ -309,9 +374,131 @@ def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | Non
     return parts, ok
 
 
+def _apply_c4_rule(members: pd.DataFrame, against_random: bool) -> pd.DataFrame:
+    """``members`` (one model's family, heads verdict rows) with ``testable, p_family, positional,
+    new_rule`` added (the module docstring's rule; conditions 1-4, and 5 when ``against_random``)."""
+    m = members.reset_index(drop=True).copy()
+    testable = (m.layer.notna() & (m.n >= MIN_N) & m.p_offset.notna()).to_numpy()
+    p_family = np.full(len(m), np.nan)
+    p_family[testable] = holm(m.p_offset.to_numpy(dtype=np.float64)[testable])
+    positional = (m.head_positional.astype("boolean").fillna(False).to_numpy(dtype=bool)) & (
+        m.share_at_top_offset.to_numpy(dtype=np.float64) >= MOSTLY_AT_OFFSET
+    )
+    random_ok = (
+        m.random_accuracy.isna() | (m.ci_low > m.random_accuracy)
+        if against_random
+        else pd.Series(True, index=m.index)
+    ).to_numpy(dtype=bool)
+    with np.errstate(invalid="ignore"):
+        new = (
+            testable
+            & (p_family <= C4_ALPHA)
+            & (m.p_perm.to_numpy(dtype=np.float64) < C4_ALPHA)
+            & (m.delta.to_numpy(dtype=np.float64) >= SPECIALIST_MARGIN - 1e-12)
+            & ~positional
+            & random_ok
+        )
+    m["testable"], m["p_family"], m["positional"], m["new_rule"] = testable, p_family, positional, new
+    m["old_rule"] = m.verdict.astype(str).str.startswith("specialist").to_numpy() & testable
+    return m
+
+
+def c4_rule_table(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The C4 rule, before and after: one row per (model, relation, data, direction) of the family.
+
+    Reads every ``heads/*/verdicts.csv`` of the run; the rule is the module docstring's (and
+    ``docs/methods/report.md``, "C4 rule"). Members without a testable head (no visible instances, an
+    empty split side, n < `MIN_N`) are listed with both rules False and are not in the family.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `C4_RULE_COLUMNS`: the dev-selected head and its numbers, ``p_family`` (Holm over the model's
+        family), ``positional`` (excluded as positional), ``old_rule`` / ``new_rule``, the random-init
+        model's member (``random_*``), the family sizes and the rule's false-positive rate on the
+        random-init model (``random_fpr``: share of its family the new rule passes; ``random_fpr_old``:
+        the old rule). Empty when the heads tables predate ``p_offset`` (rerun the heads stage).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> c4_rule_table(tempfile.mkdtemp()).columns.tolist() == C4_RULE_COLUMNS
+    True
+    """
+    run_dir = Path(run_dir)
+    frames = []
+    for _folder, (table,) in stage_tables(run_dir, HEAD_VERDICTS):
+        if HEAD_VERDICTS.missing(table.columns, _C4_NEEDS):
+            return pd.DataFrame(columns=C4_RULE_COLUMNS)
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=C4_RULE_COLUMNS)
+    allv = pd.concat(frames, ignore_index=True)
+    allv = allv[allv.relation.isin(list(C4_RELATIONS)) & ~allv.direction.isin(["positional"])]
+    keys = ["relation", "data", "direction"]
+    rel_order = {r: i for i, r in enumerate(C4_RELATIONS)}
+    out = []
+    for model in sorted(m for m in set(allv.model) if not str(m).startswith("random:")):
+        own = _apply_c4_rule(allv[allv.model == model], against_random=True)
+        rnd = _apply_c4_rule(allv[allv.model == f"random:{model}"], against_random=False)
+        r = rnd[[*keys, "layer", "head", "delta", "p_family", "old_rule", "new_rule"]].rename(
+            columns={c: f"random_{c}" for c in ("layer", "head", "delta", "p_family", "old_rule", "new_rule")}
+        )
+        t = own.merge(r, on=keys, how="left")
+        for c in ("random_old_rule", "random_new_rule"):
+            t[c] = t[c].astype("boolean").fillna(False).astype(bool)
+        n_rnd = int(rnd.testable.sum())
+        t["family_size"] = int(own.testable.sum())
+        t["random_family_size"] = n_rnd
+        t["random_fpr"] = rnd.new_rule.sum() / n_rnd if n_rnd else np.nan
+        t["random_fpr_old"] = rnd.old_rule.sum() / n_rnd if n_rnd else np.nan
+        t["_order"] = t.relation.map(rel_order)
+        out.append(t.sort_values(["_order", "data", "direction"], kind="stable"))
+    table = pd.concat(out, ignore_index=True).reindex(columns=C4_RULE_COLUMNS)
+    for c in ("layer", "head", "random_layer", "random_head"):
+        table[c] = table[c].astype("Int64")
+    return table
+
+
+def _c4_rule_evidence(rule: pd.DataFrame) -> tuple[dict[str, bool], str]:
+    """One model's rows of `c4_rule_table`: which relations pass the rule, and the sentence saying so."""
+
+    def members(rows: pd.DataFrame, prefix: str = "") -> str:
+        return ", ".join(
+            f"{r.relation} ({r.data} {r.direction} {getattr(r, prefix + 'layer')}."
+            f"{getattr(r, prefix + 'head')}, p_family {getattr(r, prefix + 'p_family'):.2g})"
+            for r in rows.itertuples()
+        )
+
+    has = {r: bool(rule[rule.relation == r].new_rule.any()) for r in C4_RELATIONS}
+    new, old = rule[rule.new_rule], rule[rule.old_rule]
+    size, rsize = int(rule.family_size.iloc[0]), int(rule.random_family_size.iloc[0])
+    rnew = rule[rule.random_new_rule]
+    text = (
+        f"C4 rule (written down before the numbers; Holm over this model's {size} relation × data × "
+        "direction tests of the dev-selected head against the fixed-offset baseline on the held-out test "
+        f"half, exact sign-flip p; dev maxT p < {C4_ALPHA}; >= {SPECIALIST_MARGIN:.2f} above the offset; "
+        "not positional; CI above the random-init model's best head): "
+        + (f"passes {members(new)}" if len(new) else "no member passes")
+        + f"; the old rule (any member with an uncorrected 'specialist found') passed {len(old)}: "
+        + (", ".join(dict.fromkeys(old.relation)) if len(old) else "none")
+        + f"; on the random-init model the same rule passes {int(rule.random_new_rule.sum())} of {rsize} "
+        f"tests (false-positive rate {rule.random_fpr.iloc[0]:.2f}; old rule "
+        f"{rule.random_fpr_old.iloc[0]:.2f})" + (f": {members(rnew, 'random_')}" if len(rnew) else "")
+    )
+    return has, text
+
+
 def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
-    """C4 (one head per relation, another for positions) from ``heads/*/verdicts.csv``, with the
-    ablation evidence of ``ablate/*/specialists_vs_random.csv`` and ``specialists.csv``.
+    """C4 (one head per relation, another for positions) from ``heads/*/verdicts.csv`` by the C4 rule
+    (`c4_rule_table`; the module docstring), with the ablation evidence of
+    ``ablate/*/specialists_vs_random.csv`` and ``specialists.csv``. "supported" needs nsubj and amod to
+    pass the rule, a positional head, and the ablation to hurt more than random heads.
 
     Parameters
     ----------
@@ -337,15 +524,26 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
         _rel(run_dir, d / HEAD_VERDICTS.file)
         for d in stage_folders(run_dir, HEAD_VERDICTS.stage)  # type: ignore[arg-type]  # a stage table: stage is set
     )
+    rule = c4_rule_table(run_dir)
     rows = []
     for model in sorted(models):
         found, parts = _heads_evidence(run_dir, heads, model)
-        has = {
-            r: any(spec.get(r, "").startswith("specialist") for spec in found.values()) for r in C4_RELATIONS
-        }
         positional = any(
             spec.get(r, "").startswith("only positional") for spec in found.values() for r in POSITIONAL
         )
+        mine = rule[rule.model == model]
+        if mine.empty:  # heads tables written before p_offset: only the old rule can be applied
+            has = {
+                r: any(spec.get(r, "").startswith("specialist") for spec in found.values())
+                for r in C4_RELATIONS
+            }
+            parts.append(
+                "the C4 rule needs p_offset in heads/*/verdicts.csv, which these tables predate (rerun the "
+                "heads stage); this verdict uses the old rule (any data set x direction, uncorrected)"
+            )
+        else:
+            has, text = _c4_rule_evidence(mine)
+            parts.append(text + f" ([table]({C4_RULE_FILE}))")
         causal_parts, causal_ok = _ablation_evidence(run_dir, model)
         parts += causal_parts
         if has["nsubj"] and has["amod"] and positional and causal_ok:
@@ -354,14 +552,20 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
             verdict = "partly supported"
             missing = [C4_RELATIONS[r] for r in ("nsubj", "amod") if not has[r]]
             if missing:
-                parts.append("no specialist for " + " or ".join(missing) + " beat its fixed-offset baseline")
+                parts.append(
+                    "no specialist for " + " or ".join(missing) + " passes the C4 rule"
+                    if not mine.empty
+                    else "no specialist for " + " or ".join(missing) + " beat its fixed-offset baseline"
+                )
             if causal_ok is False:
                 parts.append(
                     "ablating the top heads did not hurt agreement more than layer-matched random heads"
                 )
         else:
             verdict = "not supported"
-        rows.append(_row("C4", model, verdict, "; ".join(parts), tables))
+        rows.append(
+            _row("C4", model, verdict, "; ".join(parts), tables + (f", {C4_RULE_FILE}" if len(mine) else ""))
+        )
     return rows
 
 
@@ -450,17 +654,23 @@ class ClaimVerdicts:
     rows
         One row per (claim, model): ``claim, model, verdict, evidence, tables``
         (`probekit.report.schema.CLAIM_VERDICTS`); empty for a run without claim analyses.
+    c4_rule
+        `c4_rule_table` of the run (``None`` or empty: no heads tables with ``p_offset``).
     """
 
     rows: pd.DataFrame
+    c4_rule: pd.DataFrame | None = None
 
     def write(self, run_dir: str | os.PathLike) -> list[Path]:
-        """Write ``verdicts.csv`` and ``REPORT.md`` into the run folder; return their paths."""
+        """Write ``verdicts.csv``, ``c4_rule.csv`` (when there is a C4 rule table) and ``REPORT.md`` into
+        the run folder; return their paths (REPORT.md last)."""
         run_dir = Path(run_dir)
-        return [
-            write_table(self.rows, run_dir / CLAIM_VERDICTS.file),
-            write_report(run_dir, self.rows, CLAIMS, VERDICTS),
-        ]
+        written = [write_table(self.rows, run_dir / CLAIM_VERDICTS.file)]
+        details = {}
+        if self.c4_rule is not None and not self.c4_rule.empty:
+            written.append(write_table(self.c4_rule, run_dir / C4_RULE_FILE))
+            details["C4"] = c4_rule_markdown(self.c4_rule, C4_RULE_FILE)
+        return [*written, write_report(run_dir, self.rows, CLAIMS, VERDICTS, details=details)]
 
 
 def judge_claims(run_dir: str | os.PathLike) -> ClaimVerdicts:
@@ -483,7 +693,7 @@ def judge_claims(run_dir: str | os.PathLike) -> ClaimVerdicts:
     ['claim', 'model', 'verdict', 'evidence', 'tables']
     """
     rows = [r for fn in VERDICT_FUNCTIONS for r in fn(run_dir)]
-    return ClaimVerdicts(pd.DataFrame(rows, columns=list(CLAIM_VERDICTS.columns)))
+    return ClaimVerdicts(pd.DataFrame(rows, columns=list(CLAIM_VERDICTS.columns)), c4_rule_table(run_dir))
 
 
 def build_report(run_dir: str | os.PathLike) -> Path:

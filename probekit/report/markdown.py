@@ -113,8 +113,100 @@ def probe_sentence(r) -> str:
     return text
 
 
+def c4_rule_markdown(table: pd.DataFrame, link: str = "c4_rule.csv") -> str:
+    """The C4 rule before and after, as Markdown: per (model, relation) whether the old and the new rule
+    pass, on the model and on its random-init twin, with the new rule's false-positive rate there; then
+    every member of the family (``c4_rule.csv``, `probekit.experiment.verdicts.c4_rule_table`).
+
+    Parameters
+    ----------
+    table
+        The C4 rule table (columns of `probekit.experiment.verdicts.C4_RULE_COLUMNS`).
+    link
+        Its run-relative path.
+
+    Returns
+    -------
+    str
+        Markdown.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame([dict(model="m", relation="nsubj", data="d", direction="head_to_dep", n=100,
+    ...     layer=1, head=2, accuracy=0.9, offset_accuracy=0.5, delta=0.4, p_perm=0.01, p_offset=1e-4,
+    ...     p_family=2e-4, positional=False, old_rule=True, new_rule=True, random_layer=0, random_head=1,
+    ...     random_delta=0.2, random_p_family=0.5, random_old_rule=True, random_new_rule=False,
+    ...     family_size=2, random_family_size=2, random_fpr=0.0, random_fpr_old=0.5)])
+    >>> print(c4_rule_markdown(t).splitlines()[4])
+    | m | nsubj | True | True | True | False | 0 of 2 (0.00) | 1 of 2 (0.50) |
+    """
+    if table.empty:
+        return ""
+    rel = (
+        table.groupby(["model", "relation"], sort=False)
+        .agg(
+            old_rule=("old_rule", "any"),
+            new_rule=("new_rule", "any"),
+            random_old_rule=("random_old_rule", "any"),
+            random_new_rule=("random_new_rule", "any"),
+        )
+        .reset_index()
+    )
+    per_model = table.drop_duplicates("model").set_index("model")
+    rel["random_fpr (new rule)"] = [
+        f"{round(per_model.random_fpr[m] * per_model.random_family_size[m])} of "
+        f"{int(per_model.random_family_size[m])} ({per_model.random_fpr[m]:.2f})"
+        for m in rel.model
+    ]
+    rel["random_fpr (old rule)"] = [
+        f"{round(per_model.random_fpr_old[m] * per_model.random_family_size[m])} of "
+        f"{int(per_model.random_family_size[m])} ({per_model.random_fpr_old[m]:.2f})"
+        for m in rel.model
+    ]
+    members = table[
+        [
+            "model",
+            "relation",
+            "data",
+            "direction",
+            "n",
+            "layer",
+            "head",
+            "delta",
+            "p_perm",
+            "p_offset",
+            "p_family",
+            "positional",
+            "old_rule",
+            "new_rule",
+            "random_layer",
+            "random_head",
+            "random_p_family",
+            "random_old_rule",
+            "random_new_rule",
+        ]
+    ]
+    lines = [
+        f"**The C4 rule, before and after** ([{link}]({link}); the rule: `docs/methods/report.md`, "
+        '"C4 rule"). A relation passes when any of its data set x direction members does; the '
+        "false-positive rate is the share of the random-init model's family the rule passes.",
+        "",
+        markdown_table(rel),
+        "",
+        "Every member (head = the dev-selected layer.head; p_family = Holm over the model's family):",
+        "",
+        markdown_table(members),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_report(
-    run_dir: str | os.PathLike, verdicts: pd.DataFrame, claims: Mapping[str, str], labels: Sequence[str]
+    run_dir: str | os.PathLike,
+    verdicts: pd.DataFrame,
+    claims: Mapping[str, str],
+    labels: Sequence[str],
+    details: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``REPORT.md`` of a run folder: the verdict table, each claim's evidence, the probe
     summaries, the plots and every table.
@@ -130,6 +222,8 @@ def write_report(
         Claim id -> claim text, in report order.
     labels
         The possible verdicts, listed in the report's introduction.
+    details
+        Claim id -> Markdown appended to that claim's section (e.g. `c4_rule_markdown`).
 
     Returns
     -------
@@ -181,6 +275,8 @@ def write_report(
                 + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())  # type: ignore[union-attr, arg-type, str-bytes-safe]  # tables: a str column
             ]
         lines.append("")
+        if details and details.get(claim):
+            lines += [details[claim], ""]
     probe_rows = list(probe_summaries(run_dir))
     if probe_rows:
         lines += [

@@ -140,6 +140,16 @@ HEAD_VERDICTS = TableSchema(
         "also_passes",
         "relation_verdict",
     ),
+    # the C4 rule (probekit.experiment.verdicts.c4_rule_table); tables written before it lack p_offset
+    optional=(
+        "n",
+        "delta",
+        "p_offset",
+        "p_perm",
+        "random_accuracy",
+        "head_positional",
+        "share_at_top_offset",
+    ),
     writer="the heads stage (HeadAnalysis.write in probekit.analyses.heads)",
 )
 

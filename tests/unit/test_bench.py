@@ -129,6 +129,88 @@ def test_cli_exits_non_zero_when_a_benchmark_fails(tmp_path, capsys):
     assert "boom" in (out / "benchmarks.md").read_text()
 
 
+def _fake_benchmarks(folder, broken: str | None = None, rows: str = "") -> None:
+    """One module per benchmark name, each returning two rows with timings (``broken`` returns ``rows``)."""
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(bench.BENCHMARKS):
+        body = (
+            rows
+            if name == broken
+            else (
+                f"{{'variant': ['a', 'b'], 'model': 'tiny', 'n_tokens': [10, 20], "
+                f"'seconds': [{i + 1}.5, 0.25], 'tokens_per_s': [4.0, 80.0], "
+                "'peak_rss_mb': [100.0, float('nan')]}"
+            )
+        )
+        (folder / f"bench_{name}.py").write_text(
+            f"import pandas as pd\ndef run(quick):\n    return pd.DataFrame({body})\n"
+        )
+
+
+def _section_tables(md: str) -> dict[str, list[list[str]]]:
+    """The first Markdown table of each ``## `` section, as rows of cells (header row first)."""
+    out = {}
+    for section in re.split(r"\n(?=## )", md):
+        rows = [line for line in section.splitlines() if line.startswith("| ")]
+        rows = [r for r in rows if not set(r) <= set("|-: ")]
+        out[section.splitlines()[0]] = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    return out
+
+
+def test_every_section_reports_finite_positive_numbers(tmp_path):
+    from probekit.cli import main
+
+    folder = tmp_path / "benchmarks"
+    _fake_benchmarks(folder)
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--out", str(out), "--benchmarks-dir", str(folder)]) == 0
+    frame = pd.read_csv(out / "benchmarks.csv")
+    assert list(frame.columns[: len(bench.COLUMNS)]) == list(bench.COLUMNS)
+    assert list(dict.fromkeys(frame.benchmark)) == list(bench.BENCHMARKS)
+    for name, sub in frame.groupby("benchmark"):
+        assert len(sub) == 2, name
+        assert np.isfinite(sub.seconds).all() and (sub.seconds > 0).all(), name
+        assert bench.check_rows(sub) is None, name
+    assert frame.threads.eq(1).all()
+    tables = _section_tables((out / "benchmarks.md").read_text())
+    for name in bench.BENCHMARKS:
+        (heading,) = [h for h in tables if h == f"## {bench.TITLES[name]}"]
+        header, *rows = tables[heading]
+        assert rows, heading  # a table with the benchmark's rows, not a "Not available" note
+        times = [header.index(c) for c in ("median_s", "min_s", "max_s")]
+        assert all(np.isfinite(float(r[c])) and float(r[c]) > 0 for r in rows for c in times), heading
+
+
+@pytest.mark.parametrize(
+    "rows, problem",
+    [
+        ("{'variant': ['x'], 'seconds': [float('nan')]}", "no row gives seconds"),
+        ("{'variant': ['x', 'y'], 'seconds': [1.0, -1.0]}", "seconds is not finite and > 0 in 1 of 2"),
+        ("{'variant': ['x'], 'seconds': [0.0]}", "seconds is not finite and > 0"),
+        (
+            "{'variant': ['x'], 'seconds': [1.0], 'tokens_per_s': [float('inf')]}",
+            "tokens_per_s is not finite",
+        ),
+        ("{'variant': ['x'], 'seconds': ['fast']}", "seconds is not finite"),
+        ("{'variant': ['x']}", "no row gives seconds"),
+        ("{'variant': []}", "no row gives seconds"),
+    ],
+)
+def test_a_benchmark_with_invalid_numbers_fails_the_command(tmp_path, capsys, rows, problem):
+    from probekit.cli import main
+
+    folder = tmp_path / "benchmarks"
+    _fake_benchmarks(folder, broken="probes", rows=rows)
+    out = tmp_path / "out"
+    code = main(["bench", "--quick", "--out", str(out), "--benchmarks-dir", str(folder)])
+    assert code == 1
+    assert "1 benchmark(s) failed: probes" in capsys.readouterr().err
+    frame = pd.read_csv(out / "benchmarks.csv")
+    assert "probes" not in set(frame.benchmark) and len(frame) == 2 * (len(bench.BENCHMARKS) - 1)
+    md = (out / "benchmarks.md").read_text()
+    assert problem in md and "Not available" in md
+
+
 def test_e2e_skips_without_manifest(tmp_path):
     ctx = bench.BenchContext(quick=True, out=tmp_path, manifest=tmp_path / "nope.json")
     frame, note, _ = bench.run_benchmark("e2e", ctx, bench.default_benchmarks_dir())
@@ -233,6 +315,8 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     for col in bench.COLUMNS:
         assert col in frame.columns
     assert {"capture", "memory", "probes", "e2e"} <= set(frame.benchmark)
+    for name, sub in frame.groupby("benchmark"):  # every row: finite, positive timings where given
+        assert bench.check_rows(sub) is None, (name, bench.check_rows(sub))
     assert frame["threads"].dropna().eq(1).all()
 
     cap = frame[frame.benchmark == "capture"]

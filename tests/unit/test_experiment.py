@@ -6,6 +6,7 @@ import filecmp
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -236,3 +237,27 @@ def test_shipped_configs_validate():
         if path.name.endswith(".sweep.yaml"):
             continue
         load_config(path)
+
+
+def test_a_run_with_heads_writes_the_c4_rule_table(tmp_path):
+    """The verdict stage writes c4_rule.csv (old rule, new rule, random-init false-positive rate) and
+    REPORT.md shows it; C4's verdict row names the table."""
+    cfg = dict(
+        BASE,
+        models=["tiny-bert"],
+        data={"svo": "template:svo_adj?n=40", "agr": "template:agreement_sentences?n=40"},
+        analyses={"heads": {"data": ["svo", "agr"], "n_boot": 100, "n_perm": 10}},
+    )
+    out = run_experiment(_write(tmp_path, cfg), out=tmp_path / "run", progress=False)
+    table = pd.read_csv(out / "c4_rule.csv")
+    assert set(table.model) == {"tiny-bert"} and len(set(table.data)) == 2  # both data sets
+    assert set(table.relation) <= {"nsubj", "amod", "det", "obj"}
+    tested = table[table.p_family.notna()]
+    assert len(tested) == table.family_size.iloc[0] > 0
+    assert (tested.p_offset > 0).all() and (tested.p_family >= tested.p_offset).all()
+    assert table.random_fpr.between(0, 1).all() and table.random_family_size.iloc[0] > 0
+    assert not (table.new_rule & ~(table.p_family <= 0.05)).any()  # no pass without Holm
+    report = (out / "REPORT.md").read_text()
+    assert "**The C4 rule, before and after**" in report
+    (c4,) = [line for line in (out / "verdicts.csv").read_text().splitlines() if line.startswith("C4,")]
+    assert "c4_rule.csv" in c4 and "false-positive rate" in c4

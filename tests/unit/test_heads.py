@@ -135,7 +135,8 @@ def test_planted_dep_to_head_head_is_found(encoder_result):
     for rel in LABELS:
         assert v.loc[(rel, "dep_to_head"), "verdict"] == "specialist found (0.0)"
         assert v.loc[(rel, "dep_to_head"), "p_perm"] == pytest.approx(1 / 51)
-        assert v.loc[(rel, "dep_to_head"), "p_holm"] < 1e-3
+        # Monte Carlo floor 1/(9_999 + 1), times Holm's 6 heads x 8 word-pair families: still < ALPHA / 2
+        assert v.loc[(rel, "dep_to_head"), "p_holm"] == pytest.approx(48 / 10_000)
         assert v.loc[rel].relation_verdict.iloc[0].startswith("specialist found (0.0")
     # the same head also "passes" the other relations' dep_to_head: it is not relation-specific
     assert "obj/dep_to_head" in v.loc[("nsubj", "dep_to_head"), "also_passes"]
@@ -296,9 +297,49 @@ def test_cluster_bootstrap_matches_stats_bootstrap_ci():
 def test_signflip_p():
     codes = np.repeat(np.arange(20), 3)
     better = np.ones((60, 1))
-    assert signflip_p(better, codes)[0] < 1e-5
+    # 20 clusters: 2**20 > 9_999 + 1, so Monte Carlo; every draw but the identity is below T = 60
+    assert signflip_p(better, codes)[0] == pytest.approx(1 / 10_000)
     assert signflip_p(np.zeros((60, 1)), codes)[0] == 1.0
-    assert signflip_p(-better, codes)[0] > 0.99
+    assert signflip_p(-better, codes)[0] == 1.0
+
+
+def test_signflip_p_exact_by_hand():
+    # clusters (sentences) 0, 1, 2 with d_s = 2, 1, -1 (column 0) and 0, 1, 1 (column 1); T = 2 and 2
+    diff = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]])
+    codes = np.array([0, 0, 1, 2])
+    # column 0: the 8 sign patterns give T* = +-2 +-1 +-1 = 4, 2, 2, 0, 0, -2, -2, -4: 3 of 8 are >= 2.
+    # column 1: cluster 0 is 0 there; T* over the 8 patterns = 2, 0, 0, -2 (each twice): 2 of 8 are >= 2.
+    np.testing.assert_allclose(signflip_p(diff, codes), [3 / 8, 2 / 8])
+
+
+def test_signflip_p_matches_scipy_permutation_test():
+    import scipy.stats
+
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(9), 4)
+    diff = rng.integers(-1, 2, size=(36, 3)).astype(float) + np.array([0.0, 0.3, 0.6])  # [36, 3]
+    d = np.stack([diff[codes == s].sum(0) for s in range(9)])  # [9, 3] cluster sums
+    ref = scipy.stats.permutation_test(
+        (d,),
+        lambda x, axis: x.sum(axis),
+        permutation_type="samples",
+        vectorized=True,
+        alternative="greater",
+        axis=0,
+        n_resamples=10_000,
+    )
+    np.testing.assert_allclose(signflip_p(diff, codes), ref.pvalue, rtol=1e-12)  # both exact (2**9)
+
+
+def test_signflip_p_monte_carlo_is_seeded_and_never_zero():
+    rng = np.random.default_rng(0)
+    codes = np.repeat(np.arange(40), 2)
+    diff = rng.normal(0.2, 1.0, size=(80, 4))
+    a = signflip_p(diff, codes, n_flips=999, seed=1)
+    np.testing.assert_array_equal(a, signflip_p(diff, codes, n_flips=999, seed=1))
+    assert (a >= 1 / 1000).all() and (a <= 1).all()
+    huge = signflip_p(np.full((80, 1), 5.0), codes, n_flips=999)
+    assert huge[0] == pytest.approx(1 / 1000)  # the old normal approximation gave ~1e-30 here
 
 
 def test_verdict_rules():

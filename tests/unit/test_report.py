@@ -169,8 +169,10 @@ def test_report_never_imports_experiment():
 
 
 def test_verdicts_read_files_only():
+    # besides the readers: Holm (probekit.stats) and the heads stage's thresholds, which the C4 rule reuses
     imported = _probekit_imports(Path(verdicts.__file__))
-    assert imported and all(m.startswith(("probekit.report", "probekit.errors")) for m in imported), imported
+    allowed = ("probekit.report", "probekit.errors", "probekit.stats", "probekit.analyses.heads.rules")
+    assert imported and all(m.startswith(allowed) for m in imported), imported
 
 
 @pytest.mark.parametrize(
@@ -186,3 +188,126 @@ def test_verdicts_read_files_only():
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _member(relation, data, direction, p_offset, p_perm=0.01, delta=0.3, n=100, verdict="none", **kw):
+    row = {
+        "model": "m",
+        "data": data,
+        "relation": relation,
+        "direction": direction,
+        "layer": 1,
+        "head": 2,
+        "n": n,
+        "accuracy": 0.5 + delta,
+        "ci_low": 0.6,
+        "ci_high": 0.9,
+        "offset_accuracy": 0.5,
+        "delta": delta,
+        "random_accuracy": 0.3,
+        "p_offset": p_offset,
+        "p_perm": p_perm,
+        "head_positional": False,
+        "share_at_top_offset": 0.2,
+        "verdict": verdict,
+        "also_passes": "",
+        "relation_verdict": "",
+    }
+    return {**row, **kw}
+
+
+def _c4_run(tmp_path, **changes) -> Path:
+    """A run with one heads folder: model m (4 members in the family, 1 untestable) and random:m."""
+    m = [
+        _member("nsubj", "d1", "head_to_dep", 0.001, verdict="specialist found (1.2)"),
+        _member("nsubj", "d2", "dep_to_head", 0.03, verdict="specialist found (1.2)"),  # Holm: 2 x 0.03
+        _member("amod", "d1", "head_to_dep", 0.04, p_perm=0.2),  # dev half not significant
+        _member(
+            "det",
+            "d1",
+            "head_to_dep",
+            0.0005,
+            head_positional=True,
+            share_at_top_offset=0.8,
+            verdict="only positional (1.2)",
+        ),
+        _member("obj", "d1", "head_to_dep", 0.0001, n=10, verdict="n/a (n=10 < 30 test instances)"),
+    ]
+    r = [
+        _member(
+            "nsubj",
+            "d1",
+            "head_to_dep",
+            0.001,
+            delta=0.2,
+            model="random:m",
+            random_accuracy=None,
+            verdict="specialist found (0.1)",
+        ),
+        *[
+            _member(
+                x["relation"],
+                x["data"],
+                x["direction"],
+                0.5,
+                n=x["n"],
+                model="random:m",
+                random_accuracy=None,
+            )
+            for x in m[1:]
+        ],
+    ]
+    rows = m + r
+    for i, change in changes.items():
+        rows[int(i[1:])].update(change)
+    write_table(pd.DataFrame(rows), tmp_path / "heads" / "m__d" / "verdicts.csv")
+    return tmp_path
+
+
+def test_c4_rule_by_hand(tmp_path):
+    t = verdicts.c4_rule_table(_c4_run(tmp_path)).set_index(["relation", "data", "direction"])
+    assert list(t.index.get_level_values(0)) == ["nsubj", "nsubj", "amod", "det", "obj"]
+    # Holm over the 4 testable members, p = 0.0005, 0.001, 0.03, 0.04 -> 0.002, 0.003, 0.06, 0.06
+    assert t.p_family.tolist()[:4] == pytest.approx([0.003, 0.06, 0.06, 0.002])
+    assert pd.isna(t.p_family.iloc[4])  # n = 10: not in the family
+    assert t.new_rule.tolist() == [True, False, False, False, False]  # Holm, dev null, positional, n
+    assert t.old_rule.tolist() == [True, True, False, False, False]
+    assert t.positional.tolist() == [False, False, False, True, False]
+    assert (t.family_size == 4).all() and (t.random_family_size == 4).all()
+    # random-init: its nsubj member passes the same rule (p 0.001 x 4 = 0.004): 1 of 4
+    assert t.random_new_rule.tolist() == [True, False, False, False, False]
+    assert t.random_fpr.iloc[0] == 0.25 and t.random_fpr_old.iloc[0] == 0.25
+    (row,) = verdicts.verdict_c4(tmp_path)
+    assert row["verdict"] == "partly supported"
+    assert "no specialist for adjective-noun passes the C4 rule" in row["evidence"]
+    assert "the same rule passes 1 of 4 tests (false-positive rate 0.25" in row["evidence"]
+    assert row["tables"].endswith("c4_rule.csv")
+
+
+def test_c4_rule_needs_the_head_to_beat_the_random_init_model(tmp_path):
+    # condition 5: the trained member's CI low (0.6) must exceed the random-init model's best head
+    t = verdicts.c4_rule_table(_c4_run(tmp_path, r0={"random_accuracy": 0.7}))
+    assert not t.new_rule.any()
+    (row,) = verdicts.verdict_c4(tmp_path)
+    assert row["verdict"] == "not supported"
+
+
+def test_c4_rule_table_is_written_with_the_report(tmp_path):
+    run = _c4_run(tmp_path)
+    build_report(run)
+    table = pd.read_csv(run / "c4_rule.csv")
+    assert list(table.columns) == verdicts.C4_RULE_COLUMNS and len(table) == 5
+    report = (run / "REPORT.md").read_text()
+    assert "**The C4 rule, before and after**" in report
+    assert "| m | nsubj | True | True | True | True | 1 of 4 (0.25) | 1 of 4 (0.25) |" in report
+
+
+def test_c4_falls_back_to_the_old_rule_on_tables_without_p_offset(tmp_path):
+    run = _c4_run(tmp_path)
+    path = run / "heads" / "m__d" / "verdicts.csv"
+    write_table(pd.read_csv(path).drop(columns="p_offset"), path)
+    assert verdicts.c4_rule_table(run).empty
+    (row,) = verdicts.verdict_c4(run)
+    assert "these tables predate (rerun the heads stage)" in row["evidence"]
+    build_report(run)
+    assert not (run / "c4_rule.csv").exists()

@@ -42,6 +42,7 @@ VERDICT_COLUMNS = [
     "delta",
     "random_accuracy",
     "passes_rule",
+    "p_offset",
     "p_holm",
     "p_perm",
     "head_positional",
@@ -100,8 +101,8 @@ def verdicts(
     >>> row = {"model": "m", "data": "d", "relation": "amod", "direction": "head_to_dep", "layer": 3,
     ...        "head": 1, "n": 200, "n_dev": 200, "dev_accuracy": 0.8, "accuracy": 0.8, "ci_low": 0.7,
     ...        "ci_high": 0.9, "attention_mass": 0.5, "best_on_dev": True, "offset": -1,
-    ...        "offset_accuracy": 0.6, "delta": 0.2, "p_holm": 0.001, "head_positional": False,
-    ...        "head_top_offset": -1, "share_at_top_offset": 0.6}
+    ...        "offset_accuracy": 0.6, "delta": 0.2, "p_offset": 1e-4, "p_holm": 0.001,
+    ...        "head_positional": False, "head_top_offset": -1, "share_at_top_offset": 0.6}
     >>> verdicts(pd.DataFrame([row])).verdict.iloc[0]
     'specialist found (3.1)'
     """
@@ -180,6 +181,7 @@ def verdicts(
                 "delta": b.delta,
                 "random_accuracy": r_acc,
                 "passes_rule": bool(passes),
+                "p_offset": getattr(b, "p_offset", np.nan),
                 "p_holm": b.p_holm,
                 "p_perm": fam.get("p_perm", np.nan),
                 "head_positional": bool(b.head_positional),

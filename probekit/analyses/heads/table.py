@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from probekit.analyses.heads.collect import POSITIONAL_DIRECTION, Scored
 from probekit.analyses.heads.positional import positional_frame
+from probekit.analyses.heads.rules import ALPHA
 from probekit.stats import cluster_bootstrap_ci, cluster_sums, empirical_p, holm
+
+#: Monte Carlo sign patterns of `signflip_p` when exact enumeration is too large (p >= 1/(n+1))
+SIGNFLIP_FLIPS = 9_999
 
 HEAD_COLUMNS = [
     "model",
@@ -46,16 +49,33 @@ HEAD_COLUMNS = [
 ]
 
 
-def signflip_p(diff: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def signflip_p(
+    diff: np.ndarray, codes: np.ndarray, n_flips: int = SIGNFLIP_FLIPS, seed: int = 0
+) -> np.ndarray:
     """One-sided p-values (mean diff > 0) of a clustered paired sign-flip test, per column of ``diff``.
 
-    Normal approximation of the randomisation distribution: z = sum d_s / sqrt(sum d_s^2), with d_s the
-    sum of ``diff`` over cluster s; 1 where every d_s is 0.
+    The statistic is T = sum_s d_s, with d_s the sum of ``diff`` over cluster (sentence) s; under the
+    null hypothesis each d_s is symmetric about 0, so every sign pattern of the d_s is equally likely
+    (a randomisation test; Fisher 1935, Good 2005). The clusters with d_s = 0 in every column cannot
+    change T and are left out. With S_nz remaining clusters:
+
+    - exact when ``2**S_nz <= n_flips + 1``: every sign pattern is enumerated and
+      p = #{patterns with T* >= T} / 2**S_nz (the identity is one of them, so p >= 2**-S_nz);
+    - otherwise Monte Carlo: ``n_flips`` random sign patterns drawn with ``seed``, shared by all columns,
+      and p = (b + 1) / (n_flips + 1) with b = #{T* >= T} (Phipson & Smyth 2010), so p is never 0 and
+      never below ``1 / (n_flips + 1)``.
+
+    Ties within 1e-9 count as extreme. A column whose d_s are all 0 gets p = 1. The randomisation
+    distribution is computed as one matrix product per chunk of patterns (``[flips, S] @ [S, K]``);
+    `scipy.stats.permutation_test` (``permutation_type="samples"``) gives the same exact p-values
+    (tests/unit/test_heads.py checks it) but is ~100x slower on a full head table.
 
     Parameters
     ----------
     diff : ``[m, K]`` paired differences (e.g. head correct - baseline correct).
     codes : ``[m]`` the cluster (sentence) of each row.
+    n_flips : Monte Carlo sign patterns (and the enumeration limit).
+    seed : seed of the Monte Carlo patterns.
 
     Returns
     -------
@@ -66,16 +86,36 @@ def signflip_p(diff: np.ndarray, codes: np.ndarray) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> codes = np.repeat(np.arange(20), 3)
-    >>> signflip_p(np.ones((60, 1)), codes) < 1e-5, signflip_p(np.zeros((60, 1)), codes)
-    (array([ True]), array([1.]))
+    >>> signflip_p(np.ones((60, 1)), codes), signflip_p(np.zeros((60, 1)), codes)   # 1/(9999+1); 1
+    (array([0.0001]), array([1.]))
+    >>> signflip_p(np.array([[1.0], [1.0], [-1.0]]), np.arange(3))   # exact: 4 of 8 patterns have T* >= 1
+    array([0.5])
     """
+    diff = np.asarray(diff, dtype=np.float64)
+    diff = diff.reshape(len(diff), -1)
+    if diff.shape[0] == 0:
+        return np.ones(diff.shape[1])
     _, c = np.unique(codes, return_inverse=True)
-    d = cluster_sums(np.asarray(diff, dtype=np.float64), c.ravel(), int(c.max()) + 1)
-    num, den = d.sum(0), np.sqrt((d**2).sum(0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(den > 0, num / den, 0.0)
-    p = scipy.stats.norm.sf(z)
-    return np.where(den > 0, p, 1.0)
+    d = cluster_sums(diff, c.ravel(), int(c.max()) + 1)  # [S, K]
+    d = d[np.any(d != 0, axis=1)]  # [S_nz, K]
+    s_nz = d.shape[0]
+    observed = d.sum(0)  # [K]
+    tol = 1e-9 * np.maximum(1.0, np.abs(observed))
+    exact = s_nz <= 62 and 2**s_nz <= n_flips + 1
+    total = 2**s_nz if exact else n_flips
+    rng = np.random.default_rng(seed)
+    extreme = np.zeros(d.shape[1], dtype=np.int64)
+    chunk = max(1, 2**20 // max(1, s_nz))
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        if exact:  # pattern i: bit j of i set = cluster j flipped
+            bits = (np.arange(start, stop)[:, None] >> np.arange(s_nz)[None, :]) & 1
+            signs = 1.0 - 2.0 * bits  # [stop-start, S_nz]
+        else:
+            signs = rng.choice([-1.0, 1.0], size=(stop - start, s_nz))
+        extreme += np.count_nonzero(signs @ d >= observed - tol, axis=0)
+    p = extreme / total if exact else (extreme + 1) / (n_flips + 1)
+    return np.where(np.any(d != 0, axis=0), p, 1.0)
 
 
 def _n_candidates(inst: pd.DataFrame, n_words: np.ndarray, causal: bool) -> np.ndarray:
@@ -111,6 +151,9 @@ def head_table(model_name, data_spec, sc: Scored, inst, fam_keys, n_boot, n_perm
     pos = positional_frame(model_name, sc)
     top_offset = pos.top_offset.to_numpy()
     frames, fams = [], []
+    # enough sign patterns that Holm over every word-pair head of the table can reach ALPHA / 2
+    n_tests = lh * sum(d != POSITIONAL_DIRECTION for _, d in fam_keys)
+    n_flips_wp = max(SIGNFLIP_FLIPS, int(np.ceil(2 * n_tests / ALPHA)) - 1)
     rel_arr, dir_arr = inst.relation.to_numpy(), inst.direction.to_numpy()
     for rel, direction in fam_keys:
         rows_all = np.flatnonzero((rel_arr == rel) & (dir_arr == direction))
@@ -147,7 +190,8 @@ def head_table(model_name, data_spec, sc: Scored, inst, fam_keys, n_boot, n_perm
         groups_test = inst.sentence_idx.to_numpy()[test_rows]
         low, high = cluster_bootstrap_ci(corr_test, groups_test, n_boot=n_boot, seed=seed)
         off_corr = (off_test == k).astype(float)
-        p_off = signflip_p(corr_test - off_corr[:, None], groups_test)
+        n_flips = SIGNFLIP_FLIPS if direction == POSITIONAL_DIRECTION else n_flips_wp
+        p_off = signflip_p(corr_test - off_corr[:, None], groups_test, n_flips=n_flips, seed=seed)
         null = _null_max(sc.pred[dev_rows], inst.iloc[dev_rows], sc.n_words, sc.causal, n_perm, seed).max(1)
         best = int(np.lexsort((np.arange(lh), -mass_dev, -acc_dev))[0])
         p_maxT = np.array([empirical_p(a, null) for a in acc_dev])
