@@ -460,16 +460,10 @@ def specialists_markdown(
             f"On the {metric}: specialists hurt more than random heads for "
             f"{', '.join(yes) if yes else 'no criterion'}; not for {', '.join(no) if no else 'any other'}."
         )
-        sets = {
-            c: set(
-                zip(
-                    specialists[specialists.criterion == c].layer,
-                    specialists[specialists.criterion == c].head,
-                    strict=True,
-                )
-            )
-            for c in criteria
-        }
+        sets = {}
+        for c in criteria:
+            own = specialists[specialists["criterion"] == c]
+            sets[c] = set(zip(own["layer"], own["head"], strict=True))
         for i, a in enumerate(criteria):
             for b in criteria[i + 1 :]:
                 shared = sorted(sets[a] & sets[b])
