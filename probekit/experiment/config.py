@@ -108,6 +108,9 @@ class AblateOptions(_Strict):
     n_draws: int = Field(20, ge=2, description="random layer-matched head sets")
     method: Literal["zero", "mean", "resample"] = Field("mean", description="ablation method")
     max_pairs: int | None = Field(200, ge=1, description="first N pairs")
+    metric: list[Literal["accuracy", "margin", "logprob_diff"]] | None = Field(
+        None, description="pair metrics (None = all three; margin alone runs several times faster)"
+    )
     n_boot: int = Field(1000, ge=100, description="bootstrap replicates of the difference CI")
     commentary: str | None = Field(
         None, description="hand-written note for the stage's summary.md (no digits: numbers come from tables)"

@@ -211,6 +211,7 @@ def ablate(run: Run, opts) -> None:
                 n_draws=opts.n_draws,
                 seed=run.cfg.seed,
                 method=opts.method,
+                metric=opts.metric,
                 n_boot=opts.n_boot,
             )
             summary = result.summary.copy()
