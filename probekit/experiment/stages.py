@@ -201,7 +201,7 @@ def ablate(run: Run, opts) -> None:
             family = scored[(scored.relation == opts.relation) & (scored.direction == opts.direction)]
             chosen = [select_heads(family, c, opts.top_k) for c in opts.select]
             heads = {
-                c: [(int(r.layer), int(r.head)) for r in t.itertuples()]
+                c: [(int(layer), int(head)) for layer, head in zip(t["layer"], t["head"], strict=True)]
                 for c, t in zip(opts.select, chosen, strict=True)
             }
             result = specialists_vs_random(

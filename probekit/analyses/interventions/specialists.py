@@ -220,7 +220,7 @@ def check_disjoint(selection, evaluation, *, where: str = "specialists") -> None
     def norm(text: str) -> str:
         return " ".join(str(text).split())
 
-    evaluated = set()
+    evaluated: set[str] = set()
     for item in getattr(evaluation, "items", evaluation):
         if hasattr(item, "good"):
             evaluated.update((norm(item.good), norm(item.bad)))
