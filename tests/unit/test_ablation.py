@@ -845,3 +845,19 @@ def test_attention_criterion_is_the_raw_attention_along_the_arcs(tiny_llama, sen
     assert table.attention.is_monotonic_decreasing and table["rank"].tolist()[:2] == [1, 2]
     top = A.select_heads(scored, "heads_score", top_k=2)
     assert top.accuracy.is_monotonic_decreasing and list(top.criterion) == ["heads_score"] * 2
+
+
+def test_summary_prose_quotes_the_table_and_marks_the_commentary(tiny_llama, pairs):
+    heads = {"a": [(0, 1)], "b": [(0, 1), (1, 2)]}
+    result = A.specialists_vs_random(tiny_llama, pairs, heads, n_draws=3, metric="margin", n_boot=20)
+    text = A.specialists_markdown(result.summary, result.specialists, commentary="Both pick head one.")
+    for r in result.summary.itertuples():
+        assert (
+            f"{r.specialists_delta:+.3f}" in text and f"[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]" in text
+        )
+    assert "a and b share 1 of their heads (0.1)." in text
+    assert text.endswith(
+        "## Commentary (hand-written, number-free; the numbers are above)\n\nBoth pick head one.\n"
+    )
+    with pytest.raises(ProbekitError, match="digits"):
+        A.specialists_markdown(result.summary, result.specialists, commentary="head 0.1 matters")
