@@ -14,8 +14,9 @@ Schemes (`SCHEMES`):
 - ``blimp:PATH`` — a BLiMP ``.jsonl`` file, or a directory whose ``*.jsonl`` files are read in name
   order (`probekit.data.blimp`).
 - ``template:NAME[?key=value&key=value]`` — a generated dataset (`probekit.data.templates`): ``svo_adj``,
-  ``agreement``, ``agreement_sentences``, ``bank_sense``. The one parameter is ``n`` (how many items,
-  default 200), e.g. ``template:agreement?n=600``. The seed is `load_dataset`'s ``seed``.
+  ``agreement``, ``agreement_sentences``, ``bank_sense``. Parameters: ``n`` (how many items, default
+  200), e.g. ``template:agreement?n=600``, and ``seed``, which overrides `load_dataset`'s ``seed`` for
+  this spec (``template:agreement_sentences?n=200&seed=1``: other sentences than seed 0's).
 - ``text:PATH`` — a UTF-8 English text file, sentence-split and parsed by spaCy with labels mapped to
   UD (`probekit.data.parse`; needs ``pip install 'probekit-mi[parse]'``). For text in memory use
   `parse_text`.
@@ -74,12 +75,12 @@ __all__ = [
 SCHEMES: dict[str, str] = {
     "ud": "path to a CoNLL-U file",
     "blimp": "path to a BLiMP .jsonl file or a directory of them",
-    "template": f"template name ({', '.join(TEMPLATES)}), optionally ?n=N",
+    "template": f"template name ({', '.join(TEMPLATES)}), optionally ?n=N&seed=S",
     "text": "path to an English text file (parsed with spaCy)",
     "seed": "bank, explored or all",
 }
 
-_TEMPLATE_PARAMS = ("n",)
+_TEMPLATE_PARAMS = ("n", "seed")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, int]]:
@@ -112,9 +113,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, int]]:
                     where=f"spec {spec!r}",
                     fix=f"known keys: {list(_TEMPLATE_PARAMS)}, e.g. template:{argument}?n=500",
                 )
-            if not value.isdigit() or int(value) < 1:
+            if not value.isdigit() or (key == "n" and int(value) < 1):
                 raise ProbekitError(
-                    f"{key}={value!r} is not a positive integer",
+                    f"{key}={value!r} is not a {'positive' if key == 'n' else 'non-negative'} integer",
                     where=f"spec {spec!r}",
                     fix=f"e.g. template:{argument}?{key}=500",
                 )
@@ -173,7 +174,7 @@ def load_dataset(spec: str, *, max_sentences: int | None = None, seed: int = 0) 
     elif scheme == "blimp":
         items = load_blimp(argument, max_pairs=max_sentences)
     elif scheme == "template":
-        items = generate_template(argument, n=params.get("n", DEFAULT_N), seed=seed)
+        items = generate_template(argument, n=params.get("n", DEFAULT_N), seed=params.get("seed", seed))
     elif scheme == "text":
         items = load_text(argument)
     else:

@@ -91,15 +91,45 @@ class AblateOptions(_Strict):
     """Causal test of C4: ablate the top-k heads for a relation vs layer-matched random heads."""
 
     data: str = Field(..., description="minimal-pair data to measure the effect on")
-    heads_data: str = Field(..., description="sentence data to pick the top-k heads on")
+    heads_data: str = Field(
+        ..., description="sentence data to pick the top-k heads on (must not share a sentence with data)"
+    )
     relation: str = Field("nsubj", description="relation whose heads are ablated")
     direction: Literal["dep_to_head", "head_to_dep"] = Field(
         "head_to_dep", description="direction to rank heads by"
+    )
+    select: list[Literal["attention", "heads_score"]] = Field(
+        ["heads_score"],
+        min_length=1,
+        description="selection criteria, each tested against the same random draws and pairs: "
+        "attention (raw attention along the arcs), heads_score (the head-scoring test-half ranking)",
     )
     top_k: int = Field(3, ge=1, description="number of heads")
     n_draws: int = Field(20, ge=2, description="random layer-matched head sets")
     method: Literal["zero", "mean", "resample"] = Field("mean", description="ablation method")
     max_pairs: int | None = Field(200, ge=1, description="first N pairs")
+    metric: list[Literal["accuracy", "margin", "logprob_diff"]] | None = Field(
+        None, description="pair metrics (None = all three; margin alone runs several times faster)"
+    )
+    n_boot: int = Field(1000, ge=100, description="bootstrap replicates of the difference CI")
+    commentary: str | None = Field(
+        None, description="hand-written note for the stage's summary.md (no digits: numbers come from tables)"
+    )
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _one_or_more_criteria(cls, value):
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"a selection criterion is repeated in {value}")
+        return value
+
+    @field_validator("commentary")
+    @classmethod
+    def _no_numbers_in_commentary(cls, value):
+        if value is not None and any(ch.isdigit() for ch in value):
+            raise ValueError("the commentary must not contain digits: numbers are quoted from the tables")
+        return value
 
 
 class Analyses(_Strict):

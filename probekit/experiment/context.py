@@ -81,13 +81,24 @@ class Run:
         return name_or_spec
 
     def dataset(self, name_or_spec: str, max_items: int | None = None):
-        """Load (or reuse) a dataset by data name or spec, seeded with the config's seed."""
+        """Load (or reuse) a dataset by data name or spec, seeded with the config's seed.
+
+        An ``optional_data`` name whose path does not exist raises `ProbekitError` (check
+        ``run.spec(name) is None`` first, as the stages do, to skip it)."""
         from probekit.data import load_dataset
+        from probekit.errors import ProbekitError
 
         spec = self.spec(name_or_spec)
+        if spec is None:
+            raise ProbekitError(
+                f"optional data {name_or_spec!r} is not available: its path "
+                f"{self.cfg.optional_data[name_or_spec]!r} does not exist",
+                where="Run.dataset",
+                fix="create the path, or skip the analysis when run.spec(name) is None",
+            )
         key = (spec, max_items)
         if key not in self._data:
-            self._data[key] = load_dataset(spec, max_sentences=max_items, seed=self.cfg.seed)  # type: ignore[arg-type]  # None: an absent optional data name (see report)
+            self._data[key] = load_dataset(spec, max_sentences=max_items, seed=self.cfg.seed)
         return self._data[key]
 
     def model(self, name: str):

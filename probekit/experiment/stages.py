@@ -165,11 +165,14 @@ def _first_per_paradigm(dataset, n: int | None):
 
 
 def ablate(run: Run, opts) -> None:
-    """C4, causally: ablate the top-k heads for a relation vs layer-matched random head sets."""
+    """C4, causally: ablate the top-k heads for a relation, picked by each selection criterion, vs
+    layer-matched random head sets (the same draws and pairs for every criterion)."""
     from dataclasses import replace
 
+    import pandas as pd
+
     from probekit.analyses.heads.score import score_heads
-    from probekit.analyses.interventions import specialists_vs_random
+    from probekit.analyses.interventions import check_disjoint, select_heads, specialists_vs_random
 
     if run.spec(opts.data) is None or run.spec(opts.heads_data) is None:
         run.skipped.append(f"ablate: data {opts.data!r} or {opts.heads_data!r} is not available")
@@ -180,11 +183,13 @@ def ablate(run: Run, opts) -> None:
 
         def work(folder: Path, name=name):
             model = run.model(name)
-            # the specialists: the top-k heads by dev-split accuracy for the relation
-            # (probekit.analyses.heads.score)
+            selection = run.dataset(opts.heads_data)
+            pairs = run.dataset(opts.data, opts.max_pairs)
+            check_disjoint(selection, pairs, where=f"analyses.ablate: heads_data {opts.heads_data!r}")
+            # one head-scoring pass (probekit.analyses.heads.score) serves every criterion
             scored = score_heads(
                 model,
-                run.dataset(opts.heads_data),
+                selection,
                 relations=[opts.relation],
                 directions=(opts.direction,),
                 seed=run.cfg.seed,
@@ -193,33 +198,41 @@ def ablate(run: Run, opts) -> None:
                 batch_size=run.cfg.batch_size,
                 progress=run.progress,
             )
-            ranked = scored[(scored.relation == opts.relation) & (scored.direction == opts.direction)]
-            ranked = ranked.sort_values(
-                ["dev_accuracy", "dev_attention_mass", "layer", "head"], ascending=[False, False, True, True]
-            ).head(opts.top_k)
-            heads = [(int(r.layer), int(r.head)) for r in ranked.itertuples()]
+            family = scored[(scored.relation == opts.relation) & (scored.direction == opts.direction)]
+            chosen = [select_heads(family, c, opts.top_k) for c in opts.select]
+            heads = {
+                c: [(int(layer), int(head)) for layer, head in zip(t["layer"], t["head"], strict=True)]
+                for c, t in zip(opts.select, chosen, strict=True)
+            }
             result = specialists_vs_random(
                 model,
-                run.dataset(opts.data, opts.max_pairs),
+                pairs,
                 heads,
                 n_draws=opts.n_draws,
                 seed=run.cfg.seed,
                 method=opts.method,
+                metric=opts.metric,
+                n_boot=opts.n_boot,
             )
             summary = result.summary.copy()
             summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
             summary.insert(1, "data", display_spec(run.spec(opts.data)))  # type: ignore[arg-type]  # a required data name
+            summary.insert(2, "heads_data", display_spec(run.spec(opts.heads_data)))  # type: ignore[arg-type]  # a required data name
             columns = [
+                "criterion",
+                "rank",
                 "relation",
                 "direction",
                 "layer",
                 "head",
-                "dev_accuracy",
+                "attention",
                 "accuracy",
+                "dev_accuracy",
                 "offset_accuracy",
             ]
-            result = replace(result, summary=summary, specialists=ranked[columns].reset_index(drop=True))
-            result.write(folder, title=f"{name}: ablate {heads}")
+            specialists = pd.concat([t[columns] for t in chosen], ignore_index=True)
+            result = replace(result, summary=summary, specialists=specialists, commentary=opts.commentary)
+            result.write(folder, title=f"{name}: ablate the top-{opts.top_k} {opts.relation} heads")
 
         run.stage("ablate", name, opts.data, opts.model_dump(), work)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -384,6 +385,45 @@ def test_mean_ablation_fit_is_the_mean_over_the_reference(tiny_llama, pairs):
     )
 
 
+@pytest.mark.parametrize("sweep", ["fast", "naive"])
+def test_mean_ablation_matches_a_plain_transformer_lens_hook(tiny_llama, pairs, sweep):
+    """Independent of probekit's interventions: the mean of hook_z over the pairs' real tokens from
+    run_with_cache, one sequence at a time, written by a plain hook on hook_z."""
+    layer, head = 1, 2
+    name = f"blocks.{layer}.attn.hook_z"
+    seqs = [
+        ids
+        for p in pairs
+        for ids in (encode_pair(tiny_llama, p).good_ids, encode_pair(tiny_llama, p).bad_ids)
+    ]
+    with torch.inference_mode():
+        zs = [
+            tiny_llama.bridge.run_with_cache(torch.tensor([ids]), names_filter=name)[1][name][0]
+            for ids in seqs
+        ]
+    mean = torch.cat([z[1:, head] for z in zs]).double().mean(0).float()  # [d_head], the sink excluded
+
+    def write_mean(z, hook):
+        z = z.clone()
+        z[:, 1:, head, :] = mean  # position 0 (the sink) keeps its own value, the same in every sequence
+        return z
+
+    with torch.inference_mode(), tiny_llama.bridge.hooks(fwd_hooks=[(name, write_mean)]):
+        by_hand = pair_scores(tiny_llama, pairs)
+    ours = A.ablate_head_sets(tiny_llama, pairs, [[(layer, head)]], method="mean", sweep=sweep)
+    assert np.allclose(ours.ablated["logprob_diff"][0], by_hand["logprob_diff"], atol=1e-4)
+    assert np.allclose(ours.ablated["margin"][0], by_hand["margin"], atol=1e-4)
+    clean = pair_scores(tiny_llama, pairs)
+    assert np.abs(by_hand["logprob_diff"] - clean["logprob_diff"]).max() > 1e-3  # the ablation matters
+
+
+def test_mean_ablation_without_reference_sequences_is_an_error(tiny_llama):
+    with pytest.raises(ProbekitError, match="reference sequences"):
+        MeanAblation.from_sequences(tiny_llama, [], [1])
+    with pytest.raises(ProbekitError, match="besides the sink"):
+        MeanAblation.from_sequences(tiny_llama, [(tiny_llama.sink_token_id,)], [1])
+
+
 def test_resample_ablation_gives_the_donors_values():
     stored = {0: _z(1, 5, 3, 2, seed=1), 1: _z(1, 2, 3, 2, seed=2)}  # donor -> [layer, pos, head, d_head]
     calls = []
@@ -508,15 +548,15 @@ def test_ablation_result_writes_the_table_and_one_heatmap(tiny_llama, pairs, tmp
 
 def test_specialists_result_writes_the_stage_files(tiny_llama, pairs, tmp_path):
     result = A.specialists_vs_random(tiny_llama, pairs, [(0, 1)], n_draws=3, metric="margin", n_boot=10)
-    assert result.specialists.to_dict("list") == {"layer": [0], "head": [1]}
+    assert result.specialists.to_dict("list") == {"criterion": ["given"], "layer": [0], "head": [1]}
     paths = result.write(tmp_path)
     names = {
         f"{t}.{ext}"
         for t in ("specialists", "specialists_vs_random", "random_draws")
         for ext in ("csv", "md", "tex")
     }
-    assert {p.name for p in paths} == names | {"specialists_vs_random.png"}
-    assert {p.name for p in tmp_path.iterdir()} == names | {"specialists_vs_random.png"}
+    assert {p.name for p in paths} == names | {"specialists_vs_random.png", "summary.md"}
+    assert {p.name for p in tmp_path.iterdir()} == names | {"specialists_vs_random.png", "summary.md"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -708,3 +748,116 @@ def test_cli_errors_propagate(tmp_path, capsys):
     assert main(["score", "--model", "tiny-llama", "--data", f"blimp:{bad}", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "one_prefix_prefix" in err and f"{bad}:1" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# specialists vs random: statistics by hand, criteria, disjoint selection data
+
+
+def test_difference_ci_by_hand():
+    # no item noise: each replicate is the specialists (0) minus one random set (-1 or +1)
+    assert A.difference_ci(np.zeros(3), np.array([[-1.0] * 3, [1.0] * 3]), n_boot=2000) == (-1.0, 1.0)
+    # one random set, two items [0, 1]: a resample's mean is 0, 0.5 or 1 (p = 1/4, 1/2, 1/4)
+    assert A.difference_ci(np.array([0.0, 1.0]), np.zeros((1, 2)), n_boot=4000) == (0.0, 1.0)
+    # both: mean in {0, .5, 1} minus a set in {-1, +1}: support -1 .. 2, each end with p = 1/8 > 2.5%;
+    # a CI over items of "specialists - mean of the sets" (the sets' spread ignored) would be (0, 1)
+    d_rand = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    assert A.difference_ci(np.array([0.0, 1.0]), d_rand, n_boot=4000) == (-1.0, 2.0)
+    assert A.difference_ci(np.array([0.0, 1.0]), d_rand, n_boot=500, seed=3) == A.difference_ci(
+        np.array([0.0, 1.0]), d_rand, n_boot=500, seed=3
+    )
+    with pytest.raises(ProbekitError, match="d_rand"):
+        A.difference_ci(np.zeros(3), np.zeros((2, 4)))
+
+
+def test_specialists_p_value_and_ci_by_hand(tiny_llama, pairs):
+    heads = {"a": [(0, 1), (1, 2)], "b": [(1, 0)]}
+    result = A.specialists_vs_random(tiny_llama, pairs, heads, n_draws=6, seed=0, metric="margin", n_boot=300)
+    draws = A.coupled_random_sets(tiny_llama, list(heads.values()), 6, seed=0)
+    for (name, spec), sets in zip(heads.items(), draws, strict=True):
+        row = result.summary[result.summary.criterion == name].iloc[0]
+        assert row.heads == A.head_label(spec)
+        tab = result.draws[result.draws.criterion == name]
+        assert tab.heads.tolist() == [A.head_label(d) for d in sets]  # the coupled draws, in order
+        per_item = A.ablate_head_sets(tiny_llama, pairs, [spec, *sets], metric="margin")
+        d = per_item.ablated["margin"] - per_item.clean["margin"][None]  # [1 + draws, item]
+        spec_delta, rand = d[0].mean(), d[1:].mean(1)
+        assert row.specialists_delta == pytest.approx(spec_delta, abs=1e-6)
+        assert np.allclose(tab.delta, rand, atol=1e-6)
+        # p = (1 + #{draws at least as damaging}) / (1 + n_draws), counted by hand
+        hand_p = (1 + sum(r <= spec_delta + 1e-9 for r in rand)) / 7
+        assert row.p_value == pytest.approx(hand_p)
+        assert row.difference == pytest.approx(spec_delta - rand.mean(), abs=1e-6)
+        lo, hi = A.difference_ci(d[0], d[1:], n_boot=300, seed=0)
+        assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx((lo, hi), abs=1e-6)
+
+
+def test_coupled_random_sets_share_the_draws(tiny_llama):
+    a, b = A.coupled_random_sets(tiny_llama, [[(0, 1)], [(0, 2)]], n_draws=40, seed=0)
+    same = A.coupled_random_sets(tiny_llama, [[(0, 1)], [(0, 1)]], n_draws=40, seed=0)
+    assert same[0] == same[1] == a  # one shuffle per draw: identical sets get identical draws
+    for x, y in zip(a, b, strict=True):
+        # the same shuffle: the sets differ only where it puts the other set's specialist first
+        assert x == y or x == [(0, 2)] or y == [(0, 1)]
+    assert sum(x == y for x, y in zip(a, b, strict=True)) > 10
+    assert all((0, 1) not in d for d in a) and all((0, 2) not in d for d in b)
+    # each set alone is a uniform draw among its layer's other heads
+    many = A.coupled_random_sets(tiny_llama, [[(0, 1)], [(1, 0), (1, 1)]], n_draws=3000, seed=1)
+    counts = pd.Series([h for d in many[0] for _, h in d]).value_counts(normalize=True)
+    assert set(counts.index) == {0, 2, 3} and (counts - 1 / 3).abs().max() < 0.03
+    assert all(sorted(d) == d and {h for _, h in d} == {2, 3} for d in many[1])
+
+
+def test_head_selection_must_not_use_the_evaluated_sentences():
+    pairs = pk.load_dataset("template:agreement?n=30")
+    A.check_disjoint(pk.load_dataset("template:agreement_sentences?n=60&seed=1"), pairs)
+    with pytest.raises(ProbekitError, match=r"30 of the 60 head-selection sentences[\s\S]*seed=1"):
+        A.check_disjoint(pk.load_dataset("template:agreement_sentences?n=60"), pairs)
+    # a bad sentence counts too, and sentences can be the evaluated items
+    bad = pk.load_dataset("template:agreement_sentences?n=1").sentences[0]
+    with pytest.raises(ProbekitError, match="1 of the 1"):
+        A.check_disjoint([bad], [SimpleNamespace(good="Another sentence.", bad=bad.text.replace(" ", "  "))])
+    with pytest.raises(ProbekitError, match="1 of the 1"):
+        A.check_disjoint([bad], [bad])
+
+
+def test_attention_criterion_is_the_raw_attention_along_the_arcs(tiny_llama, sentences):
+    from probekit.analyses.heads import score_heads
+    from probekit.data.relations import relation_instances
+
+    scored = score_heads(
+        tiny_llama,
+        sentences,
+        relations=["nsubj"],
+        directions=("head_to_dep",),
+        n_boot=20,
+        n_perm=10,
+        progress=False,
+    )
+    table = A.select_heads(scored, "attention", top_k=tiny_llama.n_layers * tiny_llama.n_heads)
+    cap = pk.capture(tiny_llama, sentences, attention=True, resid=(), cache=False, progress=False)
+    inst = relation_instances(sentences, ["nsubj"], ["head_to_dep"])
+    inst = inst[(inst.tgt < inst.src)]  # visible to a causal model, never the word itself
+    by_hand = np.mean([cap.attention(r.sentence_idx)[:, :, r.src, r.tgt] for r in inst.itertuples()], axis=0)
+    got = np.zeros_like(by_hand)
+    got[table["layer"].to_numpy(), table["head"].to_numpy()] = table["attention"].to_numpy()
+    assert np.allclose(got, by_hand, atol=1e-6)
+    assert table.attention.is_monotonic_decreasing and table["rank"].tolist()[:2] == [1, 2]
+    top = A.select_heads(scored, "heads_score", top_k=2)
+    assert top.accuracy.is_monotonic_decreasing and list(top.criterion) == ["heads_score"] * 2
+
+
+def test_summary_prose_quotes_the_table_and_marks_the_commentary(tiny_llama, pairs):
+    heads = {"a": [(0, 1)], "b": [(0, 1), (1, 2)]}
+    result = A.specialists_vs_random(tiny_llama, pairs, heads, n_draws=3, metric="margin", n_boot=20)
+    text = A.specialists_markdown(result.summary, result.specialists, commentary="Both pick head one.")
+    for r in result.summary.itertuples():
+        assert (
+            f"{r.specialists_delta:+.3f}" in text and f"[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]" in text
+        )
+    assert "a and b share 1 of their heads (0.1)." in text
+    assert text.endswith(
+        "## Commentary (hand-written, number-free; the numbers are above)\n\nBoth pick head one.\n"
+    )
+    with pytest.raises(ProbekitError, match="digits"):
+        A.specialists_markdown(result.summary, result.specialists, commentary="head 0.1 matters")

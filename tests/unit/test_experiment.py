@@ -261,3 +261,80 @@ def test_a_run_with_heads_writes_the_c4_rule_table(tmp_path):
     assert "**The C4 rule, before and after**" in report
     (c4,) = [line for line in (out / "verdicts.csv").read_text().splitlines() if line.startswith("C4,")]
     assert "c4_rule.csv" in c4 and "false-positive rate" in c4
+
+
+# --------------------------------------------------------------------------------------------------
+# the ablate stage
+
+
+ABLATE = dict(
+    BASE,
+    models=["tiny-llama"],
+    data={
+        "agreement": "template:agreement?n=12",
+        "selection": "template:agreement_sentences?n=12&seed=1",
+    },
+    analyses={
+        "ablate": {
+            "data": "agreement",
+            "heads_data": "selection",
+            "select": ["attention", "heads_score"],
+            "top_k": 2,
+            "n_draws": 4,
+            "max_pairs": 8,
+            "n_boot": 100,
+        }
+    },
+)
+
+
+def _ablate_cfg(**options) -> dict:
+    return dict(ABLATE, analyses={"ablate": {**ABLATE["analyses"]["ablate"], **options}})
+
+
+def test_ablate_stage_tests_every_criterion_on_the_same_pairs(tmp_path, monkeypatch):
+    # tiny-llama's LM head is random, so the stage would skip it: let it through
+    monkeypatch.setattr(stages, "_scoreable", lambda run, name, analysis: True)
+    out = run_experiment(_write(tmp_path, _ablate_cfg()), out=tmp_path / "run", progress=False)
+    folder = out / "ablate" / "tiny-llama__agreement"
+    summary = pd.read_csv(folder / "specialists_vs_random.csv", dtype={"heads": str})
+    assert list(dict.fromkeys(summary.criterion)) == ["attention", "heads_score"]
+    assert set(summary.n_items) == {8} and set(summary.n_draws) == {4}
+    assert set(summary.heads_data) == {"template:agreement_sentences?n=12&seed=1"}
+    chosen = pd.read_csv(folder / "specialists.csv")
+    assert chosen.groupby("criterion").size().to_dict() == {"attention": 2, "heads_score": 2}
+    assert chosen[chosen.criterion == "attention"].attention.is_monotonic_decreasing
+    draws = pd.read_csv(folder / "random_draws.csv", dtype={"heads": str})
+    assert draws.groupby("criterion").draw.nunique().to_dict() == {"attention": 4, "heads_score": 4}
+    text = (folder / "summary.md").read_text()
+    assert "## Which criterion holds" in text
+    for r in summary[summary.metric == "margin"].itertuples():  # the prose quotes the table
+        assert f"p = {r.p_value:.3g}" in text and f"{r.specialists_delta:+.3f}" in text
+
+
+def test_ablate_stage_refuses_selection_on_the_evaluated_sentences(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "_scoreable", lambda run, name, analysis: True)
+    cfg = _ablate_cfg(heads_data="template:agreement_sentences?n=12")  # seed 0: the pairs' own sentences
+    with pytest.raises(pk.ProbekitError, match=r"head-selection sentences are also evaluated[\s\S]*seed=1"):
+        run_experiment(_write(tmp_path, cfg), out=tmp_path / "run", progress=False)
+
+
+def test_ablate_options_check_criteria_and_commentary(tmp_path):
+    cfg = _ablate_cfg(select="attention")
+    assert load_config(_write(tmp_path, cfg))[0].analyses.ablate.select == ["attention"]
+    with pytest.raises(pk.ProbekitError, match=r"analyses\.ablate\.select"):
+        load_config(_write(tmp_path, _ablate_cfg(select=["attention", "attention"])))
+    with pytest.raises(pk.ProbekitError, match=r"analyses\.ablate\.select"):
+        load_config(_write(tmp_path, _ablate_cfg(select=["raw"])))
+    with pytest.raises(pk.ProbekitError, match="commentary must not contain digits"):
+        load_config(_write(tmp_path, _ablate_cfg(commentary="the top 3 heads matter")))
+
+
+def test_an_absent_optional_data_name_is_a_clear_error(tmp_path):
+    from probekit.experiment.context import Run
+
+    cfg = load_config(_write(tmp_path, dict(BASE, optional_data={"ewt": "ud:missing/en.conllu"})))[0]
+    run = Run(cfg, tmp_path / "run", progress=False)
+    assert run.spec("ewt") is None
+    with pytest.raises(pk.ProbekitError, match=r"optional data 'ewt' is not available"):
+        run.dataset("ewt")

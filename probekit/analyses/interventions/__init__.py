@@ -3,7 +3,7 @@
 Attention is correlation, not use: a head "handles subject-verb agreement" only if removing it hurts
 what depends on it. Methods, metrics and the fast engine: ``docs/methods/interventions.md``.
 
-- `heads`: head specifications, labels, layer-matched random sets;
+- `heads`: head specifications, labels, layer-matched random sets (coupled across head sets);
 - `plan` / `layout`: what is run and measured, and how items become the rows of a forward;
 - `interventions`: where (`HeadSite`) and what (`ZeroAblation`, `MeanAblation`, `ResampleAblation`, `Patch`);
 - `engine`: the naive and fast sweeps (`run_sweep`, `EngineOptions`);
@@ -21,7 +21,13 @@ from probekit.analyses.interventions.ablate import (
 )
 from probekit.analyses.interventions.attribution import attribution_patch, compare_patching
 from probekit.analyses.interventions.engine import SWEEPS, EngineOptions, SweepResult, run_sweep
-from probekit.analyses.interventions.heads import Head, head_label, matched_random_sets, parse_heads
+from probekit.analyses.interventions.heads import (
+    Head,
+    coupled_random_sets,
+    head_label,
+    matched_random_sets,
+    parse_heads,
+)
 from probekit.analyses.interventions.interventions import (
     DonorActivations,
     HeadSite,
@@ -34,12 +40,21 @@ from probekit.analyses.interventions.interventions import (
 )
 from probekit.analyses.interventions.patching import PatchPairs, make_patch_pairs, patch_heads
 from probekit.analyses.interventions.plan import PAIR_METRICS, SENTENCE_METRICS, Plan, make_plan
-from probekit.analyses.interventions.specialists import SpecialistsResult, specialists_vs_random
+from probekit.analyses.interventions.specialists import (
+    SELECTION_CRITERIA,
+    SpecialistsResult,
+    check_disjoint,
+    difference_ci,
+    select_heads,
+    specialists_markdown,
+    specialists_vs_random,
+)
 
 __all__ = [
     "FRAME_COLUMNS",
     "METHODS",
     "PAIR_METRICS",
+    "SELECTION_CRITERIA",
     "SENTENCE_METRICS",
     "SWEEPS",
     "AblationResult",
@@ -62,7 +77,10 @@ __all__ = [
     "ablate_heads",
     "ablated",
     "attribution_patch",
+    "check_disjoint",
     "compare_patching",
+    "coupled_random_sets",
+    "difference_ci",
     "head_label",
     "make_patch_pairs",
     "make_plan",
@@ -70,5 +88,7 @@ __all__ = [
     "parse_heads",
     "patch_heads",
     "run_sweep",
+    "select_heads",
+    "specialists_markdown",
     "specialists_vs_random",
 ]

@@ -120,7 +120,8 @@ def matched_random_sets(model, heads: Sequence[Head], n_draws: int, seed: int = 
     """Random head sets matched by layer to ``heads``, never containing one of them.
 
     Each draw has as many heads in each layer as ``heads`` has there, drawn without replacement among
-    that layer's other heads (the control of `specialists_vs_random`).
+    that layer's other heads (the control of `specialists_vs_random`); `coupled_random_sets` with one
+    head set.
 
     Parameters
     ----------
@@ -142,19 +143,59 @@ def matched_random_sets(model, heads: Sequence[Head], n_draws: int, seed: int = 
     >>> [[layer for layer, _ in d] for d in draws]
     [[0, 1], [0, 1], [0, 1]]
     """
-    hs = parse_heads(model, heads)
-    per_layer = heads_by_layer(hs)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_draws):
-        draw = []
-        for layer, spec_heads in sorted(per_layer.items()):
-            pool = [h for h in range(model.n_heads) if h not in spec_heads]
-            if len(pool) < len(spec_heads):
+    return coupled_random_sets(model, [heads], n_draws, seed=seed)[0]
+
+
+def coupled_random_sets(model, head_sets: Sequence, n_draws: int, seed: int = 0) -> list[list[list[Head]]]:
+    """Layer-matched random sets for several head sets at once, from the *same* random draws.
+
+    Draw ``d`` shuffles the heads of every layer once (one `numpy.random.Generator.permutation` per
+    layer any set uses, layers in increasing order); head set ``s`` then takes, in each of its layers,
+    the first heads of that layer's shuffle that are not in ``s``, as many as ``s`` has there. For each
+    set alone this is a uniform draw without replacement among its layer's other heads (the first m of
+    a uniformly shuffled pool), so each set's control is `matched_random_sets`'s; across sets the draws
+    are shared wherever the sets allow it (identical for two sets with the same heads, the same heads
+    outside them for two sets in the same layers), so two selection criteria are compared with the
+    same random heads rather than with two independent samples of them.
+
+    Parameters
+    ----------
+    model : probekit.Model
+    head_sets : head specifications (`parse_heads`), e.g. one per selection criterion.
+    n_draws : random sets per head set.
+    seed : seeds the shuffles (`numpy.random.default_rng`).
+
+    Returns
+    -------
+    list of list of list of (layer, head)
+        ``[set][draw]``: a head list, layers in increasing order, heads sorted within a layer.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> model = pk.load_model("tiny-llama")
+    >>> a, b = coupled_random_sets(model, [[(0, 1)], [(0, 2)]], n_draws=4, seed=0)
+    >>> len(a), all(h != (0, 1) for d in a for h in d), all(h != (0, 2) for d in b for h in d)
+    (4, True, True)
+    """
+    per_set = [heads_by_layer(parse_heads(model, s)) for s in head_sets]
+    for per_layer in per_set:
+        for layer, spec_heads in per_layer.items():
+            pool = model.n_heads - len(set(spec_heads))
+            if pool < len(spec_heads):
                 raise ProbekitError(
-                    f"layer {layer} has {len(pool)} non-specialist heads, {len(spec_heads)} are needed",
+                    f"layer {layer} has {pool} non-specialist heads, {len(spec_heads)} are needed",
                     fix="pass fewer specialists per layer",
                 )
-            draw += [(layer, int(h)) for h in sorted(rng.choice(pool, size=len(spec_heads), replace=False))]
-        draws.append(draw)
-    return draws
+    layers = sorted({layer for per_layer in per_set for layer in per_layer})
+    rng = np.random.default_rng(seed)
+    out: list[list[list[Head]]] = [[] for _ in per_set]
+    for _ in range(n_draws):
+        shuffles = {layer: rng.permutation(model.n_heads) for layer in layers}
+        for s, per_layer in enumerate(per_set):
+            draw: list[Head] = []
+            for layer, spec_heads in sorted(per_layer.items()):
+                free = [int(h) for h in shuffles[layer] if int(h) not in spec_heads]
+                draw += [(layer, h) for h in sorted(free[: len(spec_heads)])]
+            out[s].append(draw)
+    return out

@@ -178,9 +178,25 @@ class MeanAblation(Intervention):
 
     @classmethod
     def from_sequences(cls, model, seqs: list[tuple[int, ...]], layers: Sequence[int], chunk: int = 256):
-        """Means over ``seqs``, accumulated in float64 ``chunk`` sequences at a time (bounded memory)."""
+        """Means over ``seqs``, accumulated in float64 ``chunk`` sequences at a time (bounded memory).
+
+        Raises `ProbekitError` when ``seqs`` or ``layers`` is empty, or when the sequences hold no token
+        besides the sink (there is nothing to average)."""
         layers = sorted(set(layers))
         skip_sink = 1 if model.is_causal else 0
+        if not seqs or not layers:
+            raise ProbekitError(
+                f"mean ablation needs reference sequences and layers, got {len(seqs)} sequences and "
+                f"{len(layers)} layers",
+                where="MeanAblation.from_sequences",
+                fix="pass a non-empty reference dataset and at least one head",
+            )
+        if all(len(s) <= skip_sink for s in seqs):
+            raise ProbekitError(
+                "the reference sequences hold no token besides the sink",
+                where="MeanAblation.from_sequences",
+                fix="use a reference dataset with words",
+            )
         tok = sink = None
         n_tok = 0
         for s in range(0, len(seqs), chunk):
