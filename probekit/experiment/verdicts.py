@@ -350,27 +350,37 @@ def _heads_evidence(
 
 
 def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | None]:
-    """Specialists vs layer-matched random heads (the ablate stage): does removing them hurt more?"""
+    """Specialists vs layer-matched random heads (the ablate stage): does removing them hurt more?
+
+    One sentence per selection criterion; the verdict rests on the head-scoring module's criterion
+    (``heads_score``, the heads the C4 rule judges) when the stage ran it, else on the first one."""
     parts, ok = [], None
     for folder, (summary, chosen) in stage_tables(run_dir, SPECIALISTS_VS_RANDOM, SPECIALISTS):
         if model not in set(summary.model):
             continue
-        heads = ", ".join(f"{r.layer}.{r.head}" for r in chosen.itertuples())
-        margin = summary[summary.metric == "margin"]
-        acc = summary[summary.metric == "accuracy"]
-        row = margin.iloc[0] if not margin.empty else summary.iloc[0]
-        ok = bool(row.p_value < 0.05 and row.specialists_delta < row.random_mean_delta)
-        text = (
-            f"ablating the top-{len(chosen)} {summary.relation.iloc[0]} heads ({heads}, "
-            f"{row.method} ablation) "
-            f"changes the agreement margin by {row.specialists_delta:+.3f} vs {row.random_mean_delta:+.3f} "
-            f"for layer-matched random heads (effect size {row.effect_size:.2f} SD, p = {row.p_value:.3g}, "
-            f"difference CI [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}])"
-        )
-        if not acc.empty:
-            a = acc.iloc[0]
-            text += f"; accuracy {a.specialists_delta:+.3f} vs {a.random_mean_delta:+.3f}"
-        parts.append(text + f" ([table]({_rel(run_dir, folder / SPECIALISTS_VS_RANDOM.file)}))")
+        if "criterion" not in summary:  # tables written before several criteria existed
+            summary, chosen = summary.assign(criterion="heads_score"), chosen.assign(criterion="heads_score")
+        criteria = list(dict.fromkeys(summary.criterion))
+        decisive = "heads_score" if "heads_score" in criteria else criteria[0]
+        for criterion in criteria:
+            rows, picked = summary[summary.criterion == criterion], chosen[chosen.criterion == criterion]
+            heads = ", ".join(f"{r.layer}.{r.head}" for r in picked.itertuples())
+            margin, acc = rows[rows.metric == "margin"], rows[rows.metric == "accuracy"]
+            row = margin.iloc[0] if not margin.empty else rows.iloc[0]
+            if criterion == decisive:
+                ok = bool(row.p_value < 0.05 and row.specialists_delta < row.random_mean_delta)
+            text = (
+                f"ablating the top-{len(picked)} {rows.relation.iloc[0]} heads chosen by {criterion} "
+                f"({heads}, {row.method} ablation) "
+                f"changes the agreement margin by {row.specialists_delta:+.3f} vs "
+                f"{row.random_mean_delta:+.3f} for layer-matched random heads (effect size "
+                f"{row.effect_size:.2f} SD, p = {row.p_value:.3g}, "
+                f"difference CI [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}])"
+            )
+            if not acc.empty:
+                a = acc.iloc[0]
+                text += f"; accuracy {a.specialists_delta:+.3f} vs {a.random_mean_delta:+.3f}"
+            parts.append(text + f" ([table]({_rel(run_dir, folder / SPECIALISTS_VS_RANDOM.file)}))")
     return parts, ok
 
 

@@ -311,3 +311,32 @@ def test_c4_falls_back_to_the_old_rule_on_tables_without_p_offset(tmp_path):
     assert "these tables predate (rerun the heads stage)" in row["evidence"]
     build_report(run)
     assert not (run / "c4_rule.csv").exists()
+
+
+def test_ablation_evidence_reports_every_criterion_and_decides_on_heads_score(tmp_path):
+    """An ablate stage run with two selection criteria: one sentence each, the verdict's causal
+    evidence from the head-scoring criterion, not from whichever row comes first."""
+    from probekit.experiment.verdicts import _ablation_evidence
+
+    folder = tmp_path / "ablate" / "m__agreement"
+    folder.mkdir(parents=True)
+    common = {"model": "m", "relation": "nsubj", "method": "mean", "effect_size": 1.0, "diff_ci_low": -0.1}
+    rows = [
+        dict(common, criterion="attention", metric="margin", specialists_delta=0.1, random_mean_delta=0.0,
+             p_value=0.7, diff_ci_high=0.2),
+        dict(common, criterion="heads_score", metric="margin", specialists_delta=-0.5,
+             random_mean_delta=0.0, p_value=0.01, diff_ci_high=-0.2),
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "specialists_vs_random.csv", index=False)
+    chosen = pd.DataFrame(
+        {"criterion": ["attention", "heads_score", "heads_score"], "layer": [1, 2, 3], "head": [0, 1, 2]}
+    )
+    chosen.to_csv(folder / "specialists.csv", index=False)
+    parts, ok = _ablation_evidence(tmp_path, "m")
+    assert ok is True
+    assert len(parts) == 2
+    assert "top-1 nsubj heads chosen by attention (1.0," in parts[0] and "p = 0.7" in parts[0]
+    assert "top-2 nsubj heads chosen by heads_score (2.1, 3.2," in parts[1]
+    flipped = pd.DataFrame(rows).assign(p_value=[0.01, 0.7])  # now only attention holds
+    flipped.to_csv(folder / "specialists_vs_random.csv", index=False)
+    assert _ablation_evidence(tmp_path, "m")[1] is False
