@@ -3,6 +3,7 @@
     probekit run experiments/seed_claims.yaml
     probekit run experiments/seed_claims.yaml --out runs/quick --set analyses.heads.max_sentences=50
     probekit report results/seed_claims
+    probekit report results/seed_claims --html
     probekit report runs/a runs/b --out runs/comparison.md
 
 Both print the files they wrote; the work is `probekit.experiment.run_experiment` and
@@ -38,6 +39,9 @@ def register(sub) -> None:
     )
     r.add_argument("runs", nargs="+", help="run folders")
     r.add_argument("--out", default=None, help="comparison Markdown file (several runs)")
+    r.add_argument(
+        "--html", action="store_true", help="also rebuild REPORT.html (the self-contained page) of each run"
+    )
     r.set_defaults(func=report)
 
 
@@ -53,8 +57,9 @@ def report(args) -> int:
     from pathlib import Path
 
     from probekit.errors import ProbekitError
-    from probekit.experiment.verdicts import build_report
+    from probekit.experiment.verdicts import CLAIMS, build_report
     from probekit.report import compare_runs
+    from probekit.report.html import write_html_report
     from probekit.report.outdir import check_writable
 
     if len(args.runs) > 1 or args.out:  # before any report is rebuilt
@@ -64,6 +69,8 @@ def report(args) -> int:
         check_writable(out.parent, what=f"the folder of --out {out}")
     for folder in args.runs:
         print(f"wrote {build_report(Path(folder))}")
+        if args.html:
+            print(f"wrote {write_html_report(Path(folder), CLAIMS)}")
     if len(args.runs) > 1 or args.out:
         out = Path(args.out or "comparison.md")
         compare_runs([Path(f) for f in args.runs], out)

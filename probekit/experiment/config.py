@@ -132,6 +132,14 @@ class AblateOptions(_Strict):
         return value
 
 
+class ExploreOptions(_Strict):
+    """The HTML report's attention explorer: word-level attention of every head on a few sentences."""
+
+    data: list[str] = Field(..., description="data names or specs whose first sentences the explorer shows")
+    n_sentences: int = Field(4, ge=1, le=50, description="sentences per dataset and model")
+    max_words: int = Field(20, ge=2, le=60, description="skip sentences longer than this many words")
+
+
 class Analyses(_Strict):
     """The analyses to run: one optional section per stage of `probekit.experiment.stages.STAGES`."""
 
@@ -141,6 +149,7 @@ class Analyses(_Strict):
     probes: list[ProbesOptions] | None = None
     score: ScoreOptions | None = None
     ablate: AblateOptions | None = None
+    explore: ExploreOptions | None = None
 
     @field_validator("probes")
     @classmethod

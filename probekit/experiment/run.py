@@ -1,5 +1,5 @@
-"""Running a config: every stage of `probekit.experiment.stages.STAGES`, then ``manifest.json`` and
-``REPORT.md`` (see ``docs/methods/experiments.md``)."""
+"""Running a config: every stage of `probekit.experiment.stages.STAGES`, then ``manifest.json``,
+``REPORT.md`` and ``REPORT.html`` (see ``docs/methods/experiments.md``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from probekit.activations.cache import default_cache_dir
 from probekit.experiment.config import ExperimentConfig, load_config
 from probekit.experiment.context import Run, display_spec
 from probekit.experiment.stages import STAGES
-from probekit.experiment.verdicts import build_report
+from probekit.experiment.verdicts import CLAIMS, build_report
 from probekit.report import provenance
+from probekit.report.html import write_html_report
 from probekit.report.outdir import check_writable
 from probekit.report.tables import atomic_write_text
 
@@ -62,7 +63,7 @@ def run_experiment(
     Returns
     -------
     Path
-        The run folder: one folder per stage, ``manifest.json`` and ``REPORT.md``.
+        The run folder: one folder per stage, ``manifest.json``, ``REPORT.md`` and ``REPORT.html``.
 
     Examples
     --------
@@ -72,7 +73,7 @@ def run_experiment(
     ...                        "analyses": {"check_attention": {}}})
     >>> folder = run_experiment(cfg, out=tempfile.mkdtemp(), progress=False)
     >>> sorted(p.name for p in folder.iterdir())
-    ['REPORT.md', 'check_attention', 'manifest.json', 'verdicts.csv']
+    ['REPORT.html', 'REPORT.md', 'check_attention', 'manifest.json', 'verdicts.csv']
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config, overrides)[0]
     out_dir = Path(out).resolve() if out else Path(cfg.out)
@@ -92,6 +93,7 @@ def run_experiment(
     run.timings["total"] = round(time.perf_counter() - total, 2)
     write_manifest(run)  # REPORT.md reads the skipped stages (and the title) from it
     build_report(out_dir)
+    write_html_report(out_dir, CLAIMS)  # REPORT.html, from the same files
     write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))  # + provenance
     return out_dir
 

@@ -237,6 +237,40 @@ def ablate(run: Run, opts) -> None:
         run.stage("ablate", name, opts.data, opts.model_dump(), work)
 
 
+def explore(run: Run, opts) -> None:
+    """The HTML report's attention explorer: every head's word-level attention (`probekit.capture`) on
+    the first ``n_sentences`` sentences of each dataset of at most ``max_words`` words, with their gold
+    arcs (`probekit.report.html.ExplorerSample`, uint8-quantised)."""
+    from probekit.activations.capture import capture
+    from probekit.report.html import ExplorerSample
+
+    for data_name, spec, name in _combinations(run, "explore", opts.data):
+
+        def work(folder: Path, name=name, data_name=data_name, spec=spec):
+            model = run.model(name)
+            sentences = [s for s in run.dataset(data_name).sentences if 2 <= len(s.words) <= opts.max_words]
+            sentences = sentences[: opts.n_sentences]
+            attention, sink = [], []  # each [layer, head, from_word, to_word] and [layer, head, from_word]
+            if sentences:
+                cap = capture(
+                    model, sentences, resid=(), batch_size=run.cfg.batch_size, cache=False, progress=False
+                )
+                attention = [cap.attention(i) for i in range(len(sentences))]
+                sink = [cap.special_mass(i) for i in range(len(sentences))]
+            ExplorerSample(
+                model=name,
+                data=display_spec(spec),
+                causal=bool(model.is_causal),
+                n_layers=int(model.n_layers),
+                n_heads=int(model.n_heads),
+                sentences=sentences,
+                attention=attention,
+                sink=sink,
+            ).write(folder)
+
+        run.stage("explore", name, data_name, opts.model_dump(), work)
+
+
 #: every stage, in the order `run_experiment` runs them; the keys are exactly the fields of
 #: `probekit.experiment.config.Analyses` (tests/unit/test_layout.py checks both)
 STAGES: dict[str, Callable[[Run, Any], None]] = {
@@ -246,4 +280,5 @@ STAGES: dict[str, Callable[[Run, Any], None]] = {
     "probes": probes,
     "score": score,
     "ablate": ablate,
+    "explore": explore,
 }
