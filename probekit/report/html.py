@@ -368,13 +368,14 @@ keys move between heads.</p>
 <label>best head for <select id="ex-best"></select></label>
 </div>
 <p id="ex-note"></p>
-<div class="ex-wrap"><div class="ex-main"><svg id="ex-svg" role="img" aria-labelledby="ex-desc"></svg>
-<p id="ex-desc" class="sr"></p><div id="ex-row" aria-live="polite"></div></div>
-<div class="ex-side"><h3>This head's scores</h3><table id="ex-scores"><thead><tr><th>data</th>
+<div class="ex-wrap"><div class="ex-main"><div class="ex-scroll"><svg id="ex-svg" role="img"
+aria-labelledby="ex-desc"></svg></div><p id="ex-desc" class="sr"></p>
+<div id="ex-row" aria-live="polite"></div>
+<h3>This head's scores</h3><table id="ex-scores"><thead><tr><th>data</th>
 <th>relation</th><th>direction</th><th>accuracy [CI]</th><th>offset</th><th>positional</th></tr></thead>
-<tbody></tbody></table></div></div>
-<h3>All heads on this sentence (layers × heads)</h3>
-<div id="ex-grid" role="grid" aria-label="layers by heads; arrow keys move, Enter selects"></div>
+<tbody></tbody></table></div>
+<div class="ex-side"><h3>All heads on this sentence</h3><p>layers × heads; click, or arrow keys</p>
+<div id="ex-grid" role="grid" aria-label="layers by heads; arrow keys move between heads"></div></div></div>
 </section>"""
 
 CSS = """
@@ -383,11 +384,11 @@ nav a{white-space:nowrap}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;font-size:13px}
 th[aria-sort]{cursor:pointer}th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 #heads-table tbody tr{cursor:pointer}#heads-table tbody tr:hover{background:#eef}
-.v-supported{color:#0072B2}.v-not-supported{color:#D55E00}.v-partly-supported{color:#6b5b00}
+.v-supported{color:#0072B2}.v-not-testable-in-this-model{color:#555}.v-not-supported{color:#D55E00}.v-partly-supported{color:#6b5b00}
 figure{display:inline-block;margin:.5em;max-width:48%;vertical-align:top}figure img{max-width:100%}
 figcaption{font-size:12px;color:#555}blockquote{margin:.5em 0;padding-left:1em;border-left:3px solid #ccc}
-.controls label{margin-right:1em;white-space:nowrap}.ex-wrap{display:flex;gap:1em;flex-wrap:wrap}
-.ex-main{flex:3;min-width:500px;overflow-x:auto}.ex-side{flex:1;min-width:280px}
+.controls label{margin-right:1em;white-space:nowrap}.ex-wrap{display:flex;gap:1.5em;align-items:flex-start}.ex-main{flex:1;min-width:0}
+.ex-scroll,#ex-row{overflow-x:auto}.ex-side{flex:none}
 #ex-svg text{font-size:14px}#ex-svg .word{cursor:pointer}#ex-svg .word:focus{outline:none}
 #ex-svg .word:focus rect,#ex-svg .word.on rect{stroke:#000;stroke-width:2}
 .key{padding:0 3px;border-radius:3px}.key.att{background:#cfe3f2}.key.gold{background:#f6dfb0}.key.sink{background:#ddd}
@@ -491,13 +492,14 @@ function exDraw(){
   $('ex-note').textContent=(x.causal?'Causal model: each word sees only itself and earlier words, so only those weights exist; gold arcs to later words are dashed (not visible from the dependent). ':'')+'Showing '+x.model+', layer '+S.layer+', head '+S.head+', sentence '+z.s.id+'.';
   const xs=[],ws=[];let pos=10;
   for(const w of z.s.words){const wd=Math.max(36,w.length*9+14);xs.push(pos+wd/2);ws.push(wd);pos+=wd+8;}
-  const maxSpan=xs.length>1?xs[xs.length-1]-xs[0]:1, top=Math.min(220,40+maxSpan*0.35), base=top+10, H0=base+40;
-  const width=pos+10, height=H0+90;svg.setAttribute('width',width);svg.setAttribute('height',height);svg.setAttribute('viewBox','0 0 '+width+' '+height);
+  const n=z.n, rows=S.word===null?[...Array(n).keys()]:[S.word], span=(i,j)=>Math.min(200,20+Math.abs(xs[i]-xs[j])*0.35);
+  let maxH=20;for(const i of rows)for(let j=0;j<n;j++)if(i!==j&&A(z,S.layer,S.head,i,j)>=0.05)maxH=Math.max(maxH,span(i,j));
+  const base=maxH+15, H0=base+40;
+  const width=pos+10, height=H0+120;svg.setAttribute('width',width);svg.setAttribute('height',height);svg.setAttribute('viewBox','0 0 '+width+' '+height);
   const gA=el('g',{'class':'att'},svg), gG=el('g',{'class':'gold'},svg), gW=el('g',{},svg);
-  const n=z.n, rows=S.word===null?[...Array(n).keys()]:[S.word];
   for(const i of rows)for(let j=0;j<n;j++){const w=A(z,S.layer,S.head,i,j);if(w<0.05)continue;
     if(i===j){el('circle',{'class':'att-arc',cx:xs[i],cy:base-8,r:(2+6*w).toFixed(1),fill:'none',stroke:'#0072B2','stroke-width':(0.5+6*w).toFixed(2),'stroke-opacity':0.75},gA);continue;}
-    const h=Math.min(top-10,20+Math.abs(xs[i]-xs[j])*0.35);
+    const h=span(i,j);
     el('path',{'class':'att-arc',d:'M'+xs[i].toFixed(1)+' '+base+' Q'+((xs[i]+xs[j])/2).toFixed(1)+' '+(base-2*h).toFixed(1)+' '+xs[j].toFixed(1)+' '+base,fill:'none',stroke:'#0072B2','stroke-width':(0.5+6*w).toFixed(2),'stroke-opacity':0.75},gA);
     el('circle',{cx:xs[j],cy:base,r:2.5,fill:'#0072B2'},gA);}
   const heads=z.s.heads||[], rels=z.s.deprels||[];
@@ -524,7 +526,8 @@ function exRow(){const x=cur(),z=sent(),box=$('ex-row');box.innerHTML='';
   const a=document.createElement('th');a.textContent='[sink]';r1.appendChild(a);const b=document.createElement('td');b.textContent=K(z,S.layer,S.head,i).toFixed(3);r2.appendChild(b);
   t.appendChild(r1);t.appendChild(r2);box.appendChild(t);}
 function exScores(){const tb=document.querySelector('#ex-scores tbody');tb.innerHTML='';
-  const rows=H.rows.filter(r=>r[C.model]===S.m&&r[C.layer]===S.layer&&r[C.head]===S.head);
+  const d=cur().data, rows=H.rows.filter(r=>r[C.model]===S.m&&r[C.layer]===S.layer&&r[C.head]===S.head);
+  rows.sort((a,b)=>(b[C.data]===d)-(a[C.data]===d));
   if(!rows.length){const tr=document.createElement('tr'),td=document.createElement('td');td.colSpan=6;td.textContent='no heads table for this model (add the heads stage)';tr.appendChild(td);tb.appendChild(tr);return;}
   for(const r of rows){const tr=document.createElement('tr');
     for(const v of [r[C.data],r[C.relation],r[C.direction],fmt(r[C.accuracy])+(r[C.ci_low]!==null?' ['+fmt(r[C.ci_low])+', '+fmt(r[C.ci_high])+']':''),fmt(r[C.offset_accuracy]),r[C.head_positional]?'yes':'']){const td=document.createElement('td');td.textContent=v===null?'':v;tr.appendChild(td);}
@@ -543,11 +546,15 @@ function exGridKey(e){const x=cur(),m={ArrowRight:[0,1],ArrowLeft:[0,-1],ArrowDo
 
 htInit();exInit();
 
-// #only=SECTION[&word=N]: show one section alone (the screenshots in docs/img are taken this way)
-const only=location.hash.match(/^#only=([\w-]+)(?:&word=(\d+))?/);
-if(only){document.querySelector('header').hidden=true;
-  document.querySelectorAll('main > section').forEach(s=>{if(s.id!==only[1])s.hidden=true;});
-  if(only[2]!==undefined&&X.length)exWord(Math.min(+only[2],sent().n-1));}
+// #only=SECTION[&model=M&data=I&sent=I&layer=L&head=H&word=W]: one section alone, in a given state
+// (the screenshots in docs/img are taken this way)
+const Q=new URLSearchParams(location.hash.slice(1));
+if(Q.has('only')){document.querySelector('header').hidden=true;
+  document.querySelectorAll('main > section').forEach(s=>{if(s.id!==Q.get('only'))s.hidden=true;});
+  if(X.length){if(Q.has('model')&&models.includes(Q.get('model')))S.m=Q.get('model');
+    S.d=Math.min(+(Q.get('data')||0),samples().length-1);S.s=Math.min(+(Q.get('sent')||0),cur().sentences.length-1);
+    S.layer=Math.min(+(Q.get('layer')||0),cur().n_layers-1);S.head=Math.min(+(Q.get('head')||0),cur().n_heads-1);
+    exControls();exDraw();if(Q.has('word'))exWord(Math.min(+Q.get('word'),sent().n-1));}}
 
 // #selftest: what tests/integration/test_html_report.py reads back with chromium --dump-dom
 if(location.hash==='#selftest'){
