@@ -153,16 +153,15 @@ def c4_rule_markdown(table: pd.DataFrame, link: str = "c4_rule.csv") -> str:
         .reset_index()
     )
     per_model = table.drop_duplicates("model").set_index("model")
-    rel["random_fpr (new rule)"] = [
-        f"{round(per_model.random_fpr[m] * per_model.random_family_size[m])} of "
-        f"{int(per_model.random_family_size[m])} ({per_model.random_fpr[m]:.2f})"
-        for m in rel.model
-    ]
-    rel["random_fpr (old rule)"] = [
-        f"{round(per_model.random_fpr_old[m] * per_model.random_family_size[m])} of "
-        f"{int(per_model.random_family_size[m])} ({per_model.random_fpr_old[m]:.2f})"
-        for m in rel.model
-    ]
+
+    def fpr(model: str, column: str) -> str:  # "k of n (rate)", or "not run" without a random-init model
+        rate, size = per_model[column][model], per_model.random_family_size[model]
+        if pd.isna(rate) or pd.isna(size):
+            return "not run"
+        return f"{round(rate * size)} of {int(size)} ({rate:.2f})"
+
+    rel["random_fpr (new rule)"] = [fpr(m, "random_fpr") for m in rel.model]
+    rel["random_fpr (old rule)"] = [fpr(m, "random_fpr_old") for m in rel.model]
     members = table[
         [
             "model",

@@ -340,3 +340,19 @@ def test_ablation_evidence_reports_every_criterion_and_decides_on_heads_score(tm
     flipped = pd.DataFrame(rows).assign(p_value=[0.01, 0.7])  # now only attention holds
     flipped.to_csv(folder / "specialists_vs_random.csv", index=False)
     assert _ablation_evidence(tmp_path, "m")[1] is False
+
+
+def test_c4_rule_markdown_without_a_random_init_model():
+    """heads.random_baseline: false leaves the random-init columns empty: the table says "not run"
+    (it used to raise ValueError converting NaN to int)."""
+    from probekit.report.markdown import c4_rule_markdown
+
+    nan = float("nan")
+    row = {"model": "m", "relation": "nsubj", "data": "d", "direction": "head_to_dep", "n": 100,
+           "layer": 1, "head": 2, "accuracy": 0.9, "offset_accuracy": 0.5, "delta": 0.4, "p_perm": 0.01,
+           "p_offset": 1e-4, "p_family": 2e-4, "positional": False, "old_rule": True, "new_rule": True,
+           "random_layer": nan, "random_head": nan, "random_delta": nan, "random_p_family": nan,
+           "random_old_rule": False, "random_new_rule": False, "family_size": 1,
+           "random_family_size": nan, "random_fpr": nan, "random_fpr_old": nan}  # fmt: skip
+    line = c4_rule_markdown(pd.DataFrame([row])).splitlines()[4]
+    assert line == "| m | nsubj | True | True | False | False | not run | not run |"
