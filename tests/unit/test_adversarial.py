@@ -257,7 +257,10 @@ def _snapshot(folder: Path) -> set[str]:
 
 
 def _check(capsys, rc: int, expected: str, command: str) -> str:
-    err = capsys.readouterr().err
+    return _check_stderr(capsys.readouterr().err, rc, expected, command)
+
+
+def _check_stderr(err: str, rc: int, expected: str, command: str) -> str:
     lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
     assert rc == 2, err
     assert "Traceback" not in err
@@ -343,11 +346,7 @@ def test_an_unwritable_folder_is_refused_as_root_without_override(target, tmp_pa
         pytest.skip(f"cannot drop the permission override here: {exc}")
     finally:
         locked.chmod(0o700)
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    message = [line for line in lines if line.startswith("probekit capture: error: ")]
-    assert len(message) == 1 and "is not writable" in message[0], proc.stderr
+    _check_stderr(proc.stderr, proc.returncode, "is not writable", "capture")
     assert _snapshot(tmp_path) == {"locked"}
 
 
