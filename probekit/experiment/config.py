@@ -190,8 +190,42 @@ class ExperimentConfig(_Strict):
     analyses: Analyses = Field(default_factory=Analyses, description="what to run")
 
     def config_hash(self) -> str:
-        """The first 16 hex digits of the SHA-256 of the config's JSON (recorded in ``manifest.json``)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """The first 16 hex digits of the SHA-256 of the config's JSON (recorded in ``manifest.json``).
+
+        Paths inside the repository (``out`` and the paths of ``ud:``/``blimp:``/``text:`` specs) are
+        hashed relative to it, so the same config gives the same hash in every clone.
+
+        Examples
+        --------
+        >>> a = validate_config({"name": "x", "seed": 0, "out": str(REPO / "o"), "models": ["tiny-bert"],
+        ...                      "data": {"u": f"ud:{REPO / 'data' / 'x.conllu'}"}})
+        >>> b = a.model_copy(update={"out": "o", "data": {"u": "ud:data/x.conllu"}})
+        >>> a.config_hash() == b.config_hash()
+        True
+        """
+        cfg = self.model_copy(
+            update={
+                "out": _repo_relative(self.out),
+                "data": {k: _repo_relative_spec(v) for k, v in self.data.items()},
+                "optional_data": {k: _repo_relative_spec(v) for k, v in self.optional_data.items()},
+            }
+        )
+        return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+#: the checkout this module lives in; config paths inside it are hashed relative to it
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it, else unchanged."""
+    p = Path(path)
+    return p.relative_to(REPO).as_posix() if p.is_absolute() and p.is_relative_to(REPO) else path
+
+
+def _repo_relative_spec(spec: str) -> str:
+    scheme, _, arg = spec.partition(":")
+    return f"{scheme}:{_repo_relative(arg)}" if scheme in PATH_SCHEMES and arg else spec
 
 
 # --------------------------------------------------------------------------------------------------
