@@ -344,7 +344,7 @@ def mediate(
         for name, hs in (("attention_top", attention_top), ("causal_top", causal_top), ("positional", positional_top)):
             for h in hs:
                 roles.setdefault((int(h[0]), int(h[1])), []).append(name)
-        exact_heads = all_heads if exact == "all" else sorted(roles)
+        exact_heads = all_heads if exact == "all" or not model.is_causal else sorted(roles)
         # -- exact effects on the report items
         res = head_effects(model, pp, rep, [[h] for h in exact_heads], readout=readout)
         d_te = res.counterfactual - res.clean

@@ -298,7 +298,9 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
 
     def run(spec: list[Head] | None, effect: str, counterfactual: bool = False) -> np.ndarray:
         feats = np.zeros((len(items), model.d_model))
-        for members in _groups(pp, range(len(items))):
+        pos_of = {i: k for k, i in enumerate(items)}
+        for group in _groups(pp, items):
+            members = [pos_of[i] for i in group]
             seqs = [(pp.corrupted if counterfactual else pp.clean)[items[k]] for k in members]
             kw = _ids(model, seqs)
             fwd = []
