@@ -56,6 +56,7 @@ from probekit.report.schema import (
     MINIMAL_PAIRS,
     SPECIALISTS,
     SPECIALISTS_VS_RANDOM,
+    TableSchema,
 )
 from probekit.report.tables import check_columns, stage_folders, stage_tables, write_table
 from probekit.stats import holm
@@ -384,6 +385,58 @@ def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | Non
     return parts, ok
 
 
+#: the mediate stage's summary (probekit.analyses.mediation.MediationResult), read for C4's causal evidence
+MEDIATION_SUMMARY = TableSchema(
+    "mediation_summary.csv",
+    "mediate",
+    (
+        "model",
+        "relation",
+        "readout",
+        "n_report",
+        "total_effect",
+        "te_ci_low",
+        "te_ci_high",
+        "top_attention_head",
+        "top_attention_share",
+        "share_attention_top",
+        "share_causal_top",
+        "share_random_mean",
+        "p_attention_vs_random",
+        "causal_heads",
+        "spearman",
+        "spearman_p_perm",
+        "k",
+    ),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
+
+def _pct(x) -> str:
+    return "n/a" if pd.isna(x) else f"{100 * float(x):.0f}%"
+
+
+def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
+    """Causal mediation (the mediate stage): how much of each relation's counterfactual effect the
+    attention specialists carry, which heads carry it, and whether attention predicts it. One sentence
+    per relation, null results included."""
+    parts = []
+    for folder, (summary,) in stage_tables(run_dir, MEDIATION_SUMMARY):
+        for r in summary[summary.model == model].itertuples():
+            carriers = str(r.causal_heads) if isinstance(r.causal_heads, str) and r.causal_heads else "none"
+            parts.append(
+                f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
+                f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
+                f"{r.top_attention_head} carries {_pct(r.top_attention_share)} of it, the top-{r.k} attention "
+                f"heads {_pct(r.share_attention_top)} (layer-matched random heads {_pct(r.share_random_mean)}, "
+                f"p = {r.p_attention_vs_random:.3g}), the top-{r.k} causal heads {_pct(r.share_causal_top)}; "
+                f"heads that carry it (Holm over all heads): {carriers}; attention vs causal share Spearman "
+                f"{r.spearman:+.2f} (permutation p = {r.spearman_p_perm:.3g}) "
+                f"([table]({_rel(run_dir, folder / MEDIATION_SUMMARY.file)}))"
+            )
+    return parts
+
+
 def _apply_c4_rule(members: pd.DataFrame, against_random: bool) -> pd.DataFrame:
     """``members`` (one model's family, heads verdict rows) with ``testable, p_family, positional,
     new_rule`` added (the module docstring's rule; conditions 1-4, and 5 when ``against_random``)."""
@@ -556,6 +609,7 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
             parts.append(text + f" ([table]({C4_RULE_FILE}))")
         causal_parts, causal_ok = _ablation_evidence(run_dir, model)
         parts += causal_parts
+        parts += _mediation_evidence(run_dir, model)
         if has["nsubj"] and has["amod"] and positional and causal_ok:
             verdict = "supported"
         elif any(has.values()) or positional:
