@@ -148,7 +148,7 @@ class MediateOptions(_Strict):
     )
     heads_data: str = Field(
         "ewt",
-        description="the heads stage's data whose heads.csv gives the attention scores (scored here if absent)",
+        description="the heads stage's data whose heads.csv gives the attention scores (else scored here)",
     )
     n_pairs: int = Field(60, ge=4, description="pairs per relation (half select heads, half report)")
     top_k: int = Field(5, ge=1, description="heads per set (attention, causal, positional)")

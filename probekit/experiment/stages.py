@@ -241,7 +241,8 @@ def mediate(run: Run, opts) -> None:
     """C4, by causal mediation: per-head effects of counterfactual inputs (`probekit.mediate`), with the
     attention scores of the heads stage's ``heads.csv`` for ``heads_data`` (scored here when absent)."""
     from probekit.analyses.heads.score import score_heads
-    from probekit.analyses.mediation import RELATIONS, mediate as run_mediate
+    from probekit.analyses.mediation import RELATIONS
+    from probekit.analyses.mediation import mediate as run_mediate
     from probekit.analyses.mediation.analysis import POSITIONAL
     from probekit.experiment.context import slug
     from probekit.report import TableSchema, read_table
@@ -249,8 +250,18 @@ def mediate(run: Run, opts) -> None:
     heads_table = TableSchema(
         "heads.csv",
         "heads",
-        ("model", "data", "relation", "direction", "layer", "head", "n", "attention_mass", "n_dev",
-         "dev_attention_mass"),
+        (
+            "model",
+            "data",
+            "relation",
+            "direction",
+            "layer",
+            "head",
+            "n",
+            "attention_mass",
+            "n_dev",
+            "dev_attention_mass",
+        ),
         writer="the heads stage (probekit.analyses.heads.analyze_heads)",
     )
     if run.spec(opts.agreement) is None or run.spec(opts.heads_data) is None:
@@ -275,8 +286,14 @@ def mediate(run: Run, opts) -> None:
             else:
                 labels = sorted({RELATIONS[r][0] for r in relations})
                 heads = score_heads(
-                    model, selection, relations=[*labels, *POSITIONAL], seed=run.cfg.seed, n_boot=100,
-                    n_perm=10, batch_size=run.cfg.batch_size, progress=run.progress,
+                    model,
+                    selection,
+                    relations=[*labels, *POSITIONAL],
+                    seed=run.cfg.seed,
+                    n_boot=100,
+                    n_perm=10,
+                    batch_size=run.cfg.batch_size,
+                    progress=run.progress,
                 )
             result = run_mediate(
                 model,

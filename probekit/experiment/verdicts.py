@@ -427,8 +427,9 @@ def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
             parts.append(
                 f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
                 f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
-                f"{r.top_attention_head} carries {_pct(r.top_attention_share)} of it, the top-{r.k} attention "
-                f"heads {_pct(r.share_attention_top)} (layer-matched random heads {_pct(r.share_random_mean)}, "
+                f"{r.top_attention_head} carries {_pct(r.top_attention_share)} of it, the top-{r.k} "
+                f"attention heads {_pct(r.share_attention_top)} (layer-matched random heads "
+                f"{_pct(r.share_random_mean)}, "
                 f"p = {r.p_attention_vs_random:.3g}), the top-{r.k} causal heads {_pct(r.share_causal_top)}; "
                 f"heads that carry it (Holm over all heads): {carriers}; attention vs causal share Spearman "
                 f"{r.spearman:+.2f} (permutation p = {r.spearman_p_perm:.3g}) "

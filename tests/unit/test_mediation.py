@@ -21,7 +21,10 @@ from probekit.analyses.mediation import (
 )
 from probekit.errors import ProbekitError
 
-NUMBER, READ = 0, 3  # residual dims: the subject's number (embeddings), the verb-number read-out (unembedding)
+NUMBER, READ = (
+    0,
+    3,
+)  # residual dims: the subject's number (embeddings), the verb-number read-out (unembedding)
 SUBJECTS = [(1000 + 2 * k, 1001 + 2 * k) for k in range(6)]  # (singular, plural) token ids
 FILLERS = list(range(2000, 2040))
 V_SG, V_PL = 3000, 3001
@@ -84,9 +87,20 @@ def fake_heads(model) -> pd.DataFrame:
             for h in range(model.n_heads):
                 att = 0.1 * (layer * model.n_heads + h) if rel == "nsubj" else 0.01 * h
                 rows.append(
-                    {"model": model.name, "data": "x", "relation": rel, "direction": direction, "layer": layer,
-                     "head": h, "n": 10, "n_dev": 10, "accuracy": att, "attention_mass": att,
-                     "dev_accuracy": att, "dev_attention_mass": att}
+                    {
+                        "model": model.name,
+                        "data": "x",
+                        "relation": rel,
+                        "direction": direction,
+                        "layer": layer,
+                        "head": h,
+                        "n": 10,
+                        "n_dev": 10,
+                        "accuracy": att,
+                        "attention_mass": att,
+                        "dev_accuracy": att,
+                        "dev_attention_mass": att,
+                    }
                 )
     return pd.DataFrame(rows)
 
@@ -109,8 +123,18 @@ def test_wired_head_is_the_only_mediator(target):
 
 def test_mediate_names_the_wired_head_and_no_other():
     model = wired_model(1, 2)
-    res = mediate(model, ["agreement"], pairs={"agreement": wired_pairs(24)}, heads=fake_heads(model),
-                  exact="all", n_pairs=24, top_k=2, n_random=2, n_boot=50, n_perm=5000)
+    res = mediate(
+        model,
+        ["agreement"],
+        pairs={"agreement": wired_pairs(24)},
+        heads=fake_heads(model),
+        exact="all",
+        n_pairs=24,
+        top_k=2,
+        n_random=2,
+        n_boot=50,
+        n_perm=5000,
+    )
     row = res.summary.iloc[0]
     assert row.causal_heads == "1.2"
     eff = res.effects[res.effects.effect_type == "all_positions"].set_index("label")
@@ -121,8 +145,18 @@ def test_mediate_names_the_wired_head_and_no_other():
 def test_wiring_another_head_moves_the_answer():
     """The check the test above relies on: wiring (0, 3) instead makes mediate name 0.3, not 1.2."""
     model = wired_model(0, 3)
-    res = mediate(model, ["agreement"], pairs={"agreement": wired_pairs(24)}, heads=fake_heads(model),
-                  exact="all", n_pairs=24, top_k=2, n_random=2, n_boot=50, n_perm=5000)
+    res = mediate(
+        model,
+        ["agreement"],
+        pairs={"agreement": wired_pairs(24)},
+        heads=fake_heads(model),
+        exact="all",
+        n_pairs=24,
+        top_k=2,
+        n_random=2,
+        n_boot=50,
+        n_perm=5000,
+    )
     assert res.summary.iloc[0].causal_heads == "0.3"
 
 
@@ -138,8 +172,9 @@ def test_pairs_equal_length_and_drop_counts():
         assert {lab["relation"] for lab in pp.labels} == {rel}
     det = pk.analyses.mediation.det_noun_pairs(model, pk.data.bundled.BLIMP_DIR, max_pairs=50)
     assert len(det) + sum(det.dropped.values()) == 50
-    unequal = PatchPairs.from_strings(model, ["The key", "The cat"], ["The keys", "The xqzvbwkj"],
-                                      ["is", "is"], ["are", "are"])
+    unequal = PatchPairs.from_strings(
+        model, ["The key", "The cat"], ["The keys", "The xqzvbwkj"], ["is", "is"], ["are", "are"]
+    )
     assert len(unequal) == 1 and unequal.dropped == {"different token length": 1}
 
 
@@ -155,7 +190,13 @@ def test_binding_counterfactual_swaps_the_adjectives():
 
 def test_other_verb_form():
     assert [other_verb_form(v) for v in ("is", "were", "talk", "talks", "fixes", "marry")] == [
-        "are", "was", "talks", "talk", "fix", "marries"]
+        "are",
+        "was",
+        "talks",
+        "talk",
+        "fix",
+        "marries",
+    ]
 
 
 def test_masked_pairs_for_encoders():
@@ -212,28 +253,62 @@ def test_heads_data_sharing_a_prompt_is_refused():
     _, rep = _split(pp, 0)
     leaked = [pk.Sentence("s", tuple(_texts(model, pp, rep)[0].text.split()))]
     with pytest.raises(ProbekitError, match="circular"):
-        mediate(model, ["agreement"], pairs={"agreement": pp}, heads=fake_heads(model), heads_data=leaked,
-                n_pairs=8, top_k=1, n_random=1, n_boot=20, n_perm=20)
+        mediate(
+            model,
+            ["agreement"],
+            pairs={"agreement": pp},
+            heads=fake_heads(model),
+            heads_data=leaked,
+            n_pairs=8,
+            top_k=1,
+            n_random=1,
+            n_boot=20,
+            n_perm=20,
+        )
 
 
 def test_mediate_tiny_llama_runs_all_relations_and_writes(tmp_path):
     model = pk.load_model("tiny-llama")
-    res = mediate(model, ["agreement", "binding"], heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
-                  n_pairs=10, top_k=2, n_random=2, n_boot=20, n_perm=20)
+    res = mediate(
+        model,
+        ["agreement", "binding"],
+        heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
+        n_pairs=10,
+        top_k=2,
+        n_random=2,
+        n_boot=20,
+        n_perm=20,
+    )
     assert set(res.summary.relation) == {"agreement", "binding"}
     assert set(res.sets.set) >= {"attention_top", "causal_top", "positional", "random_0"}
     paths = res.write(tmp_path)
     assert (tmp_path / "mediation_heatmap_agreement.png").exists() and (tmp_path / "summary.md").exists()
     assert len(paths) == 4 * 3 + 2 + 1 + 1
-    again = mediate(model, ["agreement", "binding"], heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
-                    n_pairs=10, top_k=2, n_random=2, n_boot=20, n_perm=20)
+    again = mediate(
+        model,
+        ["agreement", "binding"],
+        heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
+        n_pairs=10,
+        top_k=2,
+        n_random=2,
+        n_boot=20,
+        n_perm=20,
+    )
     pd.testing.assert_frame_equal(res.effects, again.effects)
 
 
 def test_mediate_encoder_probe_readout():
     model = pk.load_model("tiny-bert")
-    res = mediate(model, ["agreement"], heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
-                  n_pairs=12, top_k=2, n_random=2, n_boot=20, n_perm=20)
+    res = mediate(
+        model,
+        ["agreement"],
+        heads_data=pk.load_dataset("template:svo_adj?n=8", seed=1),
+        n_pairs=12,
+        top_k=2,
+        n_random=2,
+        n_boot=20,
+        n_perm=20,
+    )
     row = res.summary.iloc[0]
     assert row.readout == f"probe@{model.n_layers}" and 0 <= row.probe_accuracy <= 1
     assert len(res.heads) == model.n_layers * model.n_heads and (res.heads.share_method == "exact").all()

@@ -2,14 +2,16 @@
 
 For each relation (`probekit.analyses.mediation.pairs.RELATIONS`) the counterfactual pairs are split
 into *selection* and *report* items (`probekit.data.dataset.holdout_mask`, by unordered prompt pair;
-disjointness of the prompts is checked with `check_disjoint`). Heads are chosen on the selection items (the top-k of an attribution
+disjointness of the prompts is checked with `check_disjoint`). Heads are chosen on the selection items
+(the top-k of an attribution
 screen over all heads, Nanda 2023 / Syed et al. 2023; encoders: exact patching of all heads) and on
 the heads analysis' attention scores; effects are reported on the report items only:
 
 - per head: indirect effect at all positions, at the critical position, and path-specific from the
   source to the critical position (`probekit.analyses.mediation.effects`), with a percentile bootstrap
-  CI over items, an exact/Monte-Carlo sign-flip p-value and Holm's correction over *all* heads of the
-  model (heads not patched exactly enter the family with p = 1);
+  CI over items, an exact/Monte-Carlo sign-flip p-value (at least ``2 * n_heads / ALPHA`` sign patterns,
+  so its resolution is finer than Holm's smallest threshold) and Holm's correction over *all* heads of
+  the model (heads not patched exactly enter the family with p = 1);
 - per head set (patched together, all positions): the top-k attention specialists, the top-k causal
   heads of the screen, the top-k positional (previous-word / self) heads and layer-matched random sets;
   ``share = effect / total effect``;
@@ -186,7 +188,8 @@ def _texts(model, pp: PatchPairs, items) -> list[_Text]:
 
 
 def _swapped(pp: PatchPairs, items) -> PatchPairs:
-    """Pairs for `attribution_patch`: its "corrupted" run is our clean prompt, its donor our counterfactual."""
+    """Pairs for `attribution_patch`: its "corrupted" run is our clean prompt, its donor our
+    counterfactual."""
     return PatchPairs(
         [pp.ids[i] for i in items],
         [pp.corrupted[i] for i in items],
@@ -267,7 +270,9 @@ def mediate(
     relations = [relations] if isinstance(relations, str) else list(relations)
     for rel in relations:
         if rel not in RELATIONS:
-            raise ProbekitError(f"unknown relation {rel!r}", where="mediate", fix=f"use {', '.join(RELATIONS)}")
+            raise ProbekitError(
+                f"unknown relation {rel!r}", where="mediate", fix=f"use {', '.join(RELATIONS)}"
+            )
     if exact not in ("topk", "all"):
         raise ProbekitError(f"exact must be 'topk' or 'all', not {exact!r}", where="mediate")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -282,10 +287,18 @@ def mediate(
         from probekit.analyses.heads.score import score_heads
         from probekit.data import load_dataset
 
-        heads_data = heads_data if heads_data is not None else load_dataset("template:svo_adj?n=100", seed=seed + 1)
+        heads_data = (
+            heads_data if heads_data is not None else load_dataset("template:svo_adj?n=100", seed=seed + 1)
+        )
         labels = sorted({RELATIONS[r][0] for r in relations})
         heads = score_heads(
-            model, heads_data, relations=[*labels, *POSITIONAL], n_boot=100, n_perm=10, seed=seed, progress=progress
+            model,
+            heads_data,
+            relations=[*labels, *POSITIONAL],
+            n_boot=100,
+            n_perm=10,
+            seed=seed,
+            progress=progress,
         )
     all_heads = [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
     pos_scores = [attention_scores(heads, r, None) for r in POSITIONAL if r in set(heads.relation)]
@@ -300,15 +313,23 @@ def mediate(
         else:
             from probekit.data import load_dataset
 
-            data = agreement if agreement is not None else load_dataset(f"template:agreement?n={n_pairs}", seed=seed)
+            data = (
+                agreement
+                if agreement is not None
+                else load_dataset(f"template:agreement?n={n_pairs}", seed=seed)
+            )
             pp = masked_agreement_pairs(model, data)
         pp = pp.head(n_pairs)
         sel, rep = _split(pp, seed)
         if heads_data is not None:
             check_disjoint(heads_data, _texts(model, pp, rep), where=f"mediate({rel}): heads_data")
-        check_disjoint(_texts(model, pp, sel), _texts(model, pp, rep), where=f"mediate({rel}): selection items")
+        check_disjoint(
+            _texts(model, pp, sel), _texts(model, pp, rep), where=f"mediate({rel}): selection items"
+        )
         if len(sel) < 2 or len(rep) < 2:
-            raise ProbekitError(f"{rel}: too few pairs ({len(pp)}) to split", where="mediate", fix="raise n_pairs")
+            raise ProbekitError(
+                f"{rel}: too few pairs ({len(pp)}) to split", where="mediate", fix="raise n_pairs"
+            )
         readout = None
         probe_acc = np.nan
         if not model.is_causal:
@@ -327,7 +348,9 @@ def mediate(
         # -- screen on the selection items
         screen_exact = exact == "all" or not model.is_causal
         if screen_exact:
-            scr = head_effects(model, pp, sel, [[h] for h in all_heads], effects=["all_positions"], readout=readout)
+            scr = head_effects(
+                model, pp, sel, [[h] for h in all_heads], effects=["all_positions"], readout=readout
+            )
             te_sel = float(np.mean(scr.counterfactual - scr.clean))
             screen = (scr.patched["all_positions"] - scr.clean).mean(axis=1) / te_sel
         else:
@@ -338,10 +361,18 @@ def mediate(
         k = min(top_k, len(all_heads))
         causal_top = [all_heads[j] for j in np.argsort(-screen, kind="stable")[:k]]
         attention_top = [tuple(x) for x in att.sort_values(ascending=False, kind="stable").index[:k]]
-        positional_top = [tuple(x) for x in pos.sort_values(ascending=False, kind="stable").index[:k]] if len(positional) else []
+        positional_top = (
+            [tuple(x) for x in pos.sort_values(ascending=False, kind="stable").index[:k]]
+            if len(positional)
+            else []
+        )
         randoms = matched_random_sets(model, attention_top, n_random, seed=seed) if n_random else []
         roles: dict[Head, list[str]] = {}
-        for name, hs in (("attention_top", attention_top), ("causal_top", causal_top), ("positional", positional_top)):
+        for name, hs in (
+            ("attention_top", attention_top),
+            ("causal_top", causal_top),
+            ("positional", positional_top),
+        ):
             for h in hs:
                 roles.setdefault((int(h[0]), int(h[1])), []).append(name)
         exact_heads = all_heads if exact == "all" or not model.is_causal else sorted(roles)
@@ -349,12 +380,14 @@ def mediate(
         res = head_effects(model, pp, rep, [[h] for h in exact_heads], readout=readout)
         d_te = res.counterfactual - res.clean
         te = float(np.mean(d_te))
-        te_stats = _stats(d_te, te, n_boot, n_perm, seed)
+        # the sign-flip tests need a resolution finer than Holm's smallest threshold over all heads
+        n_flip = max(n_perm, int(np.ceil(2 * len(all_heads) / ALPHA)))
+        te_stats = _stats(d_te, te, n_boot, n_flip, seed)
         exact_share: dict[Head, float] = {}
         for effect in EFFECTS:
             p_of, rows = {}, []
             for j, h in enumerate(exact_heads):
-                st = _stats(res.patched[effect][j] - res.clean, te, n_boot, n_perm, seed)
+                st = _stats(res.patched[effect][j] - res.clean, te, n_boot, n_flip, seed)
                 p_of[h] = st["p"]
                 rows.append({"layer": h[0], "head": h[1], **st})
                 if effect == "all_positions":
@@ -420,7 +453,9 @@ def mediate(
         if positional_top:
             named.append(("positional", positional_top))
         named += [(f"random_{d}", list(s)) for d, s in enumerate(randoms)]
-        sres = head_effects(model, pp, rep, [list(s) for _, s in named], effects=["all_positions"], readout=readout)
+        sres = head_effects(
+            model, pp, rep, [list(s) for _, s in named], effects=["all_positions"], readout=readout
+        )
         set_share = {}
         for j, (name, hs) in enumerate(named):
             st = _stats(sres.patched["all_positions"][j] - sres.clean, te, n_boot, n_perm, seed)
@@ -437,8 +472,12 @@ def mediate(
         rand = np.array([v for n, v in set_share.items() if n.startswith("random_")])
         top1 = attention_top[0]
         carriers = [
-            r for r in effect_rows
-            if r["relation"] == rel and r["effect_type"] == "all_positions" and r["p_holm"] <= ALPHA and r["share"] > 0
+            r
+            for r in effect_rows
+            if r["relation"] == rel
+            and r["effect_type"] == "all_positions"
+            and r["p_holm"] <= ALPHA
+            and r["share"] > 0
         ]
         carriers.sort(key=lambda r: -r["share"])
         summaries.append(
@@ -464,7 +503,9 @@ def mediate(
                 "share_positional": set_share.get("positional", np.nan),
                 "share_random_mean": float(rand.mean()) if rand.size else np.nan,
                 "share_random_sd": float(rand.std(ddof=1)) if rand.size > 1 else np.nan,
-                "p_attention_vs_random": empirical_p(set_share["attention_top"], rand, "greater") if rand.size else np.nan,
+                "p_attention_vs_random": empirical_p(set_share["attention_top"], rand, "greater")
+                if rand.size
+                else np.nan,
                 "attention_heads": ",".join(_label(h) for h in attention_top),
                 "causal_heads": ",".join(_label((r["layer"], r["head"])) for r in carriers),
                 "spearman": rho,
@@ -510,7 +551,9 @@ def _plots(res: MediationResult, folder: Path) -> list[Path]:
         paths.append(
             plot_head_heatmap(
                 [
-                    HeadPanel(_grid(h, "share", n_layers, n_heads), f"{rel}: share of total effect ({method})"),
+                    HeadPanel(
+                        _grid(h, "share", n_layers, n_heads), f"{rel}: share of total effect ({method})"
+                    ),
                     HeadPanel(_grid(h, "attention", n_layers, n_heads), "attention score"),
                 ],
                 folder / f"mediation_heatmap_{rel}.png",
@@ -562,10 +605,12 @@ def mediation_markdown(summary: pd.DataFrame, title: str = "") -> str:
             f"{_fmt(r.counterfactual, '.3f')}; sign-flip p {_fmt(r.te_p, '.3g')})"
         )
         lines.append(
-            f"- top attention head {r.top_attention_head} carries {_fmt(100 * r.top_attention_share, '.1f')}% of "
-            f"the total effect (all positions); the top-{r.k} attention heads together "
+            f"- top attention head {r.top_attention_head} carries "
+            f"{_fmt(100 * r.top_attention_share, '.1f')}% of the total effect (all positions); "
+            f"the top-{r.k} attention heads together "
             f"{_fmt(100 * r.share_attention_top, '.1f')}%, the top-{r.k} causal heads of the screen "
-            f"{_fmt(100 * r.share_causal_top, '.1f')}%, the positional heads {_fmt(100 * r.share_positional, '.1f')}%, "
+            f"{_fmt(100 * r.share_causal_top, '.1f')}%, the positional heads "
+            f"{_fmt(100 * r.share_positional, '.1f')}%, "
             f"layer-matched random heads {_fmt(100 * r.share_random_mean, '.1f')}% on average "
             f"(p attention > random {_fmt(r.p_attention_vs_random, '.3g')})"
         )
@@ -575,12 +620,14 @@ def mediation_markdown(summary: pd.DataFrame, title: str = "") -> str:
         )
         lines.append(
             f"- attention score vs causal share over all heads ({r.share_method}): Spearman "
-            f"{_fmt(r.spearman, '+.2f')} (permutation p {_fmt(r.spearman_p_perm, '.3g')}); top-{r.k} overlap "
+            f"{_fmt(r.spearman, '+.2f')} (permutation p {_fmt(r.spearman_p_perm, '.3g')}); "
+            f"top-{r.k} overlap "
             f"{_fmt(r.topk_overlap)} (chance {_fmt(r.topk_chance)})"
         )
         if not np.isnan(r.attr_exact_spearman):
             lines.append(
-                f"- attribution vs exact patching on the same items: Spearman {_fmt(r.attr_exact_spearman, '+.2f')}, "
+                f"- attribution vs exact patching on the same items: Spearman "
+                f"{_fmt(r.attr_exact_spearman, '+.2f')}, "
                 f"top-{r.k} overlap {_fmt(r.attr_exact_topk)}"
             )
         if not np.isnan(r.probe_accuracy):

@@ -111,10 +111,20 @@ def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[in
     stop = max(layers) + 1
     with torch.inference_mode():
         for members in _groups(pp, items):
-            kw_c, kw_x = _ids(model, [pp.clean[i] for i in members]), _ids(model, [pp.corrupted[i] for i in members])
-            kwargs = {"names_filter": wanted.__contains__, "stop_at_layer": stop if stop < model.n_layers else None}
-            _, cc = model.bridge.run_with_cache(kw_c["input"], attention_mask=kw_c["attention_mask"], **kwargs)
-            _, cx = model.bridge.run_with_cache(kw_x["input"], attention_mask=kw_x["attention_mask"], **kwargs)
+            kw_c, kw_x = (
+                _ids(model, [pp.clean[i] for i in members]),
+                _ids(model, [pp.corrupted[i] for i in members]),
+            )
+            kwargs = {
+                "names_filter": wanted.__contains__,
+                "stop_at_layer": stop if stop < model.n_layers else None,
+            }
+            _, cc = model.bridge.run_with_cache(
+                kw_c["input"], attention_mask=kw_c["attention_mask"], **kwargs
+            )
+            _, cx = model.bridge.run_with_cache(
+                kw_x["input"], attention_mask=kw_x["attention_mask"], **kwargs
+            )
             for b, i in enumerate(members):
                 src, crit = source_positions(pp, i), critical_position(pp, i)
                 z_all, z_crit, z_path = [], [], []
@@ -124,7 +134,9 @@ def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[in
                     crit_only = zc.clone()
                     crit_only[crit] = zx[crit]
                     path = zc.clone()
-                    path[crit] = _path_z(cc, cx, names, li, b, src, crit, group, scale, zc[crit], model.is_causal)
+                    path[crit] = _path_z(
+                        cc, cx, names, li, b, src, crit, group, scale, zc[crit], model.is_causal
+                    )
                     z_all.append(zx)
                     z_crit.append(crit_only)
                     z_path.append(path)
@@ -201,12 +213,16 @@ class ProbeReadout:
     layer: int
 
     def hook_name(self, model) -> str:
-        return hooks.resid(self.layer, "resid_pre") if self.layer < model.n_layers else hooks.resid(
-            model.n_layers - 1, "resid_post"
+        return (
+            hooks.resid(self.layer, "resid_pre")
+            if self.layer < model.n_layers
+            else hooks.resid(model.n_layers - 1, "resid_post")
         )
 
 
-def residuals(model, pp: PatchPairs, items: Sequence[int], layer: int, counterfactual: bool = False) -> np.ndarray:
+def residuals(
+    model, pp: PatchPairs, items: Sequence[int], layer: int, counterfactual: bool = False
+) -> np.ndarray:
     """``[item, d_model]``: the residual stream at each item's critical position (`ProbeReadout`)."""
     name = ProbeReadout(None, layer).hook_name(model)
     out = np.zeros((len(items), model.d_model))
@@ -273,9 +289,13 @@ def head_effects(
         plan = logit_plan(model, pp, items)
         patched, clean = {}, None
         for e in effects:
-            res = run_sweep(model, plan, specs, donors.patch(e), sweep=sweep, max_tokens=max_tokens, check=False)
+            res = run_sweep(
+                model, plan, specs, donors.patch(e), sweep=sweep, max_tokens=max_tokens, check=False
+            )
             clean = res.clean["logit_diff"]
-            patched[e] = np.stack([a["logit_diff"] for a in res.ablated]) if specs else np.zeros((0, len(items)))
+            patched[e] = (
+                np.stack([a["logit_diff"] for a in res.ablated]) if specs else np.zeros((0, len(items)))
+            )
         cf_plan = logit_plan(model, pp, items, counterfactual=True)
         cf = run_sweep(model, cf_plan, [], ZeroAblation(), sweep="naive").clean["logit_diff"]
         if clean is None:
@@ -311,12 +331,7 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
                     rep = torch.stack([src[k][li] for k in members])  # [row, pos, head, d_head]
                     fwd.append((hooks.z(layer), _writer(rep, list(hs))))
             store: dict[str, torch.Tensor] = {}
-
-            def keep(x, hook):
-                store["x"] = x
-                return x
-
-            fwd.append((name, keep))
+            fwd.append((name, _keeper(store)))
             with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd):
                 model.bridge(kw["input"], attention_mask=kw["attention_mask"], stop_at_layer=stop)
             for b, k in enumerate(members):
@@ -325,8 +340,20 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
 
     clean = run(None, "")
     cf = run(None, "", counterfactual=True)
-    patched = {e: np.stack([run(spec, e) for spec in specs]) if specs else np.zeros((0, len(items))) for e in effects}
+    patched = {
+        e: np.stack([run(spec, e) for spec in specs]) if specs else np.zeros((0, len(items))) for e in effects
+    }
     return Effects(clean, cf, patched)
+
+
+def _keeper(store: dict[str, torch.Tensor]) -> Callable:
+    """A hook that keeps its activation in ``store["x"]``."""
+
+    def hook(x, hook):
+        store["x"] = x
+        return x
+
+    return hook
 
 
 def _writer(rep: torch.Tensor, hs: list[int]) -> Callable:

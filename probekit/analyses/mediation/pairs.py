@@ -35,7 +35,21 @@ RELATIONS = {
     "det_noun": ("det", "head_to_dep"),
 }
 COLOURS = ("red", "green", "blue", "black", "white", "brown", "pink", "gray", "yellow")
-OBJECTS = ("box", "ball", "cup", "hat", "book", "car", "bag", "chair", "key", "lamp", "shirt", "bottle", "pen")
+OBJECTS = (
+    "box",
+    "ball",
+    "cup",
+    "hat",
+    "book",
+    "car",
+    "bag",
+    "chair",
+    "key",
+    "lamp",
+    "shirt",
+    "bottle",
+    "pen",
+)
 _IRREGULAR_VERBS = {
     "is": "are",
     "was": "were",
@@ -163,7 +177,9 @@ def det_noun_pairs(model, folder, max_pairs: int | None = None) -> PatchPairs:
         words = r["one_prefix_prefix"].split()
         det = words[-2].lower() if len(words) >= 2 else ""
         if det not in _DETERMINERS:
-            dropped["determiner not this/these/that/those"] = dropped.get("determiner not this/these/that/those", 0) + 1
+            dropped["determiner not this/these/that/those"] = (
+                dropped.get("determiner not this/these/that/those", 0) + 1
+            )
             continue
         flipped = _DETERMINERS[det]
         words_cf = [*words[:-2], flipped.capitalize() if words[-2][0].isupper() else flipped, words[-1]]
@@ -215,7 +231,9 @@ def binding_pairs(model, n: int = 100, seed: int = 0) -> PatchPairs:
     return PatchPairs.from_strings(model, clean, cf, good, bad, ids=ids, labels=labels)
 
 
-def make_pairs(model, relation: str, *, agreement=None, blimp=None, n: int = 100, seed: int = 0) -> PatchPairs:
+def make_pairs(
+    model, relation: str, *, agreement=None, blimp=None, n: int = 100, seed: int = 0
+) -> PatchPairs:
     """The counterfactual pairs of one relation (`RELATIONS`), at most ``n``.
 
     Parameters
@@ -296,7 +314,9 @@ def masked_agreement_pairs(model, dataset, *, swap: dict[str, str] | None = None
     tok = model.tokenizer
     mask = tok.mask_token
     if mask is None or model.is_causal:
-        raise ProbekitError(f"{model.name} has no mask token", fix="use masked_agreement_pairs with an encoder")
+        raise ProbekitError(
+            f"{model.name} has no mask token", fix="use masked_agreement_pairs with an encoder"
+        )
     clean, cf, ids, labels = [], [], [], []
     dropped: dict[str, int] = {}
     seen: set[tuple[int, ...]] = set()
@@ -305,12 +325,22 @@ def masked_agreement_pairs(model, dataset, *, swap: dict[str, str] | None = None
         words = p.good.replace(".", " .").split()
         other = swap.get(words[si]) if si is not None and si < len(words) else None
         if vi is None or other is None:
-            dropped["no verb_index or no other-number subject"] = dropped.get("no verb_index or no other-number subject", 0) + 1
+            dropped["no verb_index or no other-number subject"] = (
+                dropped.get("no verb_index or no other-number subject", 0) + 1
+            )
             continue
         words[vi] = mask
-        c = (model.cls_token_id, *tok(" ".join(words), add_special_tokens=False).input_ids, model.sep_token_id)
+        c = (
+            model.cls_token_id,
+            *tok(" ".join(words), add_special_tokens=False).input_ids,
+            model.sep_token_id,
+        )
         words[si] = other
-        x = (model.cls_token_id, *tok(" ".join(words), add_special_tokens=False).input_ids, model.sep_token_id)
+        x = (
+            model.cls_token_id,
+            *tok(" ".join(words), add_special_tokens=False).input_ids,
+            model.sep_token_id,
+        )
         if len(c) != len(x):
             dropped["different token length"] = dropped.get("different token length", 0) + 1
             continue
