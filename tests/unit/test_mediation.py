@@ -314,3 +314,41 @@ def test_mediate_encoder_probe_readout():
     assert len(res.heads) == model.n_layers * model.n_heads and (res.heads.share_method == "exact").all()
     with pytest.raises(ProbekitError, match="encoder"):
         mediate(model, ["binding"], n_pairs=8)
+
+
+# -- CLI and config stage
+
+
+def _cli(*argv: str) -> int:
+    from probekit.cli import main
+
+    return main(list(argv))
+
+
+def test_cli_mediate_tiny(tmp_path, capsys):
+    out = tmp_path / "m"
+    code = _cli("mediate", "--model", "tiny-llama", "--relations", "agreement", "--heads-data",
+                "template:svo_adj?n=8", "--n-pairs", "8", "--top-k", "2", "--n-random", "1", "--n-boot", "20",
+                "--n-perm", "20", "--out", str(out))
+    assert code == 0 and (out / "mediation_summary.csv").exists()
+    assert "agreement: total effect" in capsys.readouterr().out
+    assert _cli("mediate", "--model", "tiny-llama", "--n-pairs", "0", "--out", str(tmp_path / "x")) == 2
+
+
+def test_config_stage_tiny_bert_and_c4_evidence(tmp_path):
+    from probekit.experiment import run_experiment, validate_config
+    from probekit.experiment.verdicts import _mediation_evidence
+
+    cfg = validate_config(
+        {"name": "m", "seed": 0, "out": str(tmp_path / "run"), "models": ["tiny-bert", "tiny-llama"],
+         "data": {"agreement": "template:agreement?n=30", "svo": "template:svo_adj?n=8&seed=1"},
+         "analyses": {"mediate": {"heads_data": "svo", "blimp": None, "n_pairs": 10, "top_k": 2,
+                                  "n_random": 1, "n_boot": 100, "n_perm": 100}}}
+    )
+    run_experiment(cfg, progress=False)
+    folder = tmp_path / "run" / "mediate" / "tiny-bert"
+    summary = pd.read_csv(folder / "mediation_summary.csv")
+    assert summary.relation.tolist() == ["agreement"] and summary.readout.iloc[0].startswith("probe@")
+    assert not (tmp_path / "run" / "mediate" / "tiny-llama").exists()  # random LM head: skipped, and said so
+    text = _mediation_evidence(tmp_path / "run", "tiny-bert")
+    assert len(text) == 1 and "carries" in text[0] and "Spearman" in text[0]

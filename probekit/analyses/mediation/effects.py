@@ -30,6 +30,7 @@ from probekit.activations import hooks
 from probekit.analyses.interventions.engine import run_sweep
 from probekit.analyses.interventions.heads import Head, heads_by_layer
 from probekit.analyses.interventions.interventions import DonorActivations, Patch, ZeroAblation
+from probekit.analyses.interventions.layout import padded
 from probekit.analyses.interventions.patching import PatchPairs
 from probekit.analyses.interventions.plan import Entry, Plan
 from probekit.errors import ProbekitError
@@ -316,27 +317,28 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
     def score(x: np.ndarray) -> np.ndarray:
         return sign * readout.probe.decision_function(x)  # type: ignore[attr-defined]  # a fitted probe
 
+    seqs = {cf: [(pp.corrupted if cf else pp.clean)[i] for i in items] for cf in (False, True)}
+    width = max(len(x) for x in seqs[False])
+    crit = torch.tensor([critical_position(pp, i) for i in items])
+    rows = torch.arange(len(items))
+
+    def padded_donor(effect: str, li: int) -> torch.Tensor:  # [row, width, head, d_head], zeros past the end
+        out = torch.zeros((len(items), width, model.n_heads, model.d_head))
+        for k, z in enumerate(donors.by_effect[effect]):
+            out[k, : z.shape[1]] = z[li]
+        return out
+
     def run(spec: list[Head] | None, effect: str, counterfactual: bool = False) -> np.ndarray:
-        feats = np.zeros((len(items), model.d_model))
-        pos_of = {i: k for k, i in enumerate(items)}
-        for group in _groups(pp, items):
-            members = [pos_of[i] for i in group]
-            seqs = [(pp.corrupted if counterfactual else pp.clean)[items[k]] for k in members]
-            kw = _ids(model, seqs)
-            fwd = []
-            if spec:
-                src = donors.by_effect[effect]
-                for layer, hs in heads_by_layer(spec).items():
-                    li = donors.layers.index(layer)
-                    rep = torch.stack([src[k][li] for k in members])  # [row, pos, head, d_head]
-                    fwd.append((hooks.z(layer), _writer(rep, list(hs))))
-            store: dict[str, torch.Tensor] = {}
-            fwd.append((name, _keeper(store)))
-            with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd):
-                model.bridge(kw["input"], attention_mask=kw["attention_mask"], stop_at_layer=stop)
-            for b, k in enumerate(members):
-                feats[k] = store["x"][b, critical_position(pp, items[k])].double().cpu().numpy()
-        return score(feats)
+        """One padded forward over all items (the attention mask hides the pads)."""
+        ids, mask = padded(seqs[counterfactual], model.pad_token_id, mask=True)
+        fwd = []
+        for layer, hs in heads_by_layer(spec or []).items():
+            fwd.append((hooks.z(layer), _writer(padded_donor(effect, donors.layers.index(layer)), list(hs))))
+        store: dict[str, torch.Tensor] = {}
+        fwd.append((name, _keeper(store)))
+        with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd):
+            model.bridge(ids.to(model.device), attention_mask=mask.to(model.device), stop_at_layer=stop)
+        return score(store["x"][rows, crit].double().cpu().numpy())
 
     clean = run(None, "")
     cf = run(None, "", counterfactual=True)
