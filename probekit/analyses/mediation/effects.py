@@ -20,6 +20,7 @@ donor activations, so the fast sweep serves them. Encoders (no LM head) read a p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -97,10 +98,10 @@ def _ids(model, seqs) -> dict:
 def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[int]) -> Donors:
     """The donor activations of the three `EFFECTS` for ``items`` (indexed 0..len(items)-1).
 
-    The path donor is recomputed from the clean run's queries and attention scores at the critical
-    position, with the source positions' keys (scaled by ``1/sqrt(d_head)``) and values from the
-    counterfactual run; the recomputation with the clean keys must reproduce the clean ``hook_z``
-    (else `ProbekitError`).
+    The path donor is the clean ``hook_z`` except at the critical position, where each query head's
+    output is recomputed as ``softmax(q.k'/sqrt(d_head)) v'`` with the source positions' keys and values
+    from the counterfactual run; the recomputation with the clean keys and values must reproduce the
+    clean pattern and ``hook_z`` (else `ProbekitError`).
     """
     layers = sorted(set(layers))
     names = _names(model, layers)
@@ -336,7 +337,11 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
             fwd.append((hooks.z(layer), _writer(padded_donor(effect, donors.layers.index(layer)), list(hs))))
         store: dict[str, torch.Tensor] = {}
         fwd.append((name, _keeper(store)))
-        with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd):
+        with (
+            torch.inference_mode(),
+            model.bridge.hooks(fwd_hooks=fwd),
+            contextlib.suppress(_StopForwardError),
+        ):
             model.bridge(ids.to(model.device), attention_mask=mask.to(model.device), stop_at_layer=stop)
         return score(store["x"][rows, crit].double().cpu().numpy())
 
@@ -348,12 +353,16 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
     return Effects(clean, cf, patched)
 
 
+class _StopForwardError(Exception):
+    """Raised by `_keeper` once the read-out is stored: nothing after it (the MLM head) needs to run."""
+
+
 def _keeper(store: dict[str, torch.Tensor]) -> Callable:
-    """A hook that keeps its activation in ``store["x"]``."""
+    """A hook that keeps its activation in ``store["x"]`` and stops the forward (`_StopForwardError`)."""
 
     def hook(x, hook):
         store["x"] = x
-        return x
+        raise _StopForwardError
 
     return hook
 
