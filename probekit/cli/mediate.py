@@ -88,10 +88,11 @@ def run(args) -> int:
     with staged_output(args.out) as tmp:
         wrote = result.write(tmp)
     wrote = [final_path(p, tmp, args.out) for p in wrote]
-    for r in result.summary.itertuples():
+    for r in result.summary.to_dict("records"):
         print(
-            f"{r.relation}: total effect {r.total_effect:+.3f}; top attention head {r.top_attention_head} "
-            f"carries {100 * r.top_attention_share:.1f}%; causal heads: {r.causal_heads or 'none'}"
+            f"{r['relation']}: total effect {r['total_effect']:+.3f}; top attention head "
+            f"{r['top_attention_head']} carries {100 * r['top_attention_share']:.1f}%; causal heads: "
+            f"{r['causal_heads'] or 'none'}"
         )
     print(f"wrote {len(wrote)} files to {args.out} ({result.seconds:.1f}s)")
     return 0

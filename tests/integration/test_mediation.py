@@ -14,9 +14,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 @pytest.mark.slow
 def test_mediate_smollm_agreement_total_effect_sign(smollm):
-    heads = pk.score_heads(smollm, pk.load_dataset("template:svo_adj?n=12", seed=1),
-                           relations=["nsubj", "prev_word", "self"], n_boot=20, n_perm=10, progress=False)
-    res = pk.mediate(smollm, ["agreement"], heads=heads, n_pairs=12, top_k=2, n_random=2, n_boot=50, n_perm=50)
+    heads = pk.score_heads(
+        smollm,
+        pk.load_dataset("template:svo_adj?n=12", seed=1),
+        relations=["nsubj", "prev_word", "self"],
+        n_boot=20,
+        n_perm=10,
+        progress=False,
+    )
+    res = pk.mediate(
+        smollm, ["agreement"], heads=heads, n_pairs=12, top_k=2, n_random=2, n_boot=50, n_perm=50
+    )
     row = res.summary.iloc[0]
     # clean prompts prefer the correct verb; the subject-number counterfactual flips that preference
     assert row.clean > 0 and row.total_effect < 0 and row.te_ci_high < 0

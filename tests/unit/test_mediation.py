@@ -327,9 +327,27 @@ def _cli(*argv: str) -> int:
 
 def test_cli_mediate_tiny(tmp_path, capsys):
     out = tmp_path / "m"
-    code = _cli("mediate", "--model", "tiny-llama", "--relations", "agreement", "--heads-data",
-                "template:svo_adj?n=8", "--n-pairs", "8", "--top-k", "2", "--n-random", "1", "--n-boot", "20",
-                "--n-perm", "20", "--out", str(out))
+    code = _cli(
+        "mediate",
+        "--model",
+        "tiny-llama",
+        "--relations",
+        "agreement",
+        "--heads-data",
+        "template:svo_adj?n=8",
+        "--n-pairs",
+        "8",
+        "--top-k",
+        "2",
+        "--n-random",
+        "1",
+        "--n-boot",
+        "20",
+        "--n-perm",
+        "20",
+        "--out",
+        str(out),
+    )
     assert code == 0 and (out / "mediation_summary.csv").exists()
     assert "agreement: total effect" in capsys.readouterr().out
     assert _cli("mediate", "--model", "tiny-llama", "--n-pairs", "0", "--out", str(tmp_path / "x")) == 2
@@ -340,10 +358,24 @@ def test_config_stage_tiny_bert_and_c4_evidence(tmp_path):
     from probekit.experiment.verdicts import _mediation_evidence
 
     cfg = validate_config(
-        {"name": "m", "seed": 0, "out": str(tmp_path / "run"), "models": ["tiny-bert", "tiny-llama"],
-         "data": {"agreement": "template:agreement?n=30", "svo": "template:svo_adj?n=8&seed=1"},
-         "analyses": {"mediate": {"heads_data": "svo", "blimp": None, "n_pairs": 10, "top_k": 2,
-                                  "n_random": 1, "n_boot": 100, "n_perm": 100}}}
+        {
+            "name": "m",
+            "seed": 0,
+            "out": str(tmp_path / "run"),
+            "models": ["tiny-bert", "tiny-llama"],
+            "data": {"agreement": "template:agreement?n=30", "svo": "template:svo_adj?n=8&seed=1"},
+            "analyses": {
+                "mediate": {
+                    "heads_data": "svo",
+                    "blimp": None,
+                    "n_pairs": 10,
+                    "top_k": 2,
+                    "n_random": 1,
+                    "n_boot": 100,
+                    "n_perm": 100,
+                }
+            },
+        }
     )
     run_experiment(cfg, progress=False)
     folder = tmp_path / "run" / "mediate" / "tiny-bert"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -531,19 +532,20 @@ def mediate(
 
 def _grid(frame: pd.DataFrame, column: str, n_layers: int, n_heads: int) -> np.ndarray:
     grid = np.full((n_layers, n_heads), np.nan)
-    for r in frame.itertuples():
-        grid[int(r.layer), int(r.head)] = getattr(r, column)
+    grid[frame["layer"].to_numpy(dtype=int), frame["head"].to_numpy(dtype=int)] = frame[column].to_numpy(
+        float
+    )
     return grid
 
 
 def _plots(res: MediationResult, folder: Path) -> list[Path]:
     from probekit.report import HeadPanel, plot_head_heatmap, pyplot, save_fig
 
-    paths = []
+    paths: list[Path] = []
     if res.heads.empty:
         return paths
-    n_layers = res.n_layers or int(res.heads.layer.max()) + 1
-    n_heads = res.n_heads or int(res.heads.head.max()) + 1
+    n_layers = res.n_layers or int(res.heads["layer"].max()) + 1
+    n_heads = res.n_heads or int(res.heads["head"].max()) + 1
     rels = list(dict.fromkeys(res.heads.relation))
     for rel in rels:
         h = res.heads[res.heads.relation == rel]
@@ -593,7 +595,8 @@ def mediation_markdown(summary: pd.DataFrame, title: str = "") -> str:
     lines = [f"# {title or 'Causal mediation of head roles'}", ""]
     if summary.empty:
         return "\n".join([*lines, "No relation was analysed.", ""])
-    for r in summary.itertuples():
+    for rec in summary.to_dict("records"):
+        r = SimpleNamespace(**{str(k): v for k, v in rec.items()})
         lines.append(f"## {r.relation} ({r.readout}; attention from {r.attention_relation})")
         lines.append("")
         lines.append(

@@ -332,6 +332,8 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
     def run(spec: list[Head] | None, effect: str, counterfactual: bool = False) -> np.ndarray:
         """One padded forward over all items (the attention mask hides the pads)."""
         ids, mask = padded(seqs[counterfactual], model.pad_token_id, mask=True)
+        if mask is None:  # padded returns a mask when asked for one
+            raise ProbekitError("no attention mask for the padded batch", where="probe read-out")
         fwd = []
         for layer, hs in heads_by_layer(spec or []).items():
             fwd.append((hooks.z(layer), _writer(padded_donor(effect, donors.layers.index(layer)), list(hs))))

@@ -210,7 +210,13 @@ def binding_pairs(model, n: int = 100, seed: int = 0) -> PatchPairs:
     (4, True)
     """
     rng = random.Random(seed)
-    clean, cf, good, bad, ids, labels, seen = [], [], [], [], [], [], set()
+    clean: list[str] = []
+    cf: list[str] = []
+    good: list[str] = []
+    bad: list[str] = []
+    ids: list[str] = []
+    labels: list[dict] = []
+    seen: set[str] = set()
     tries = 0
     while len(clean) < n and tries < 100 * n:
         tries += 1
@@ -324,7 +330,7 @@ def masked_agreement_pairs(model, dataset, *, swap: dict[str, str] | None = None
         vi, si = p.labels.get("verb_index"), p.subject_index
         words = p.good.replace(".", " .").split()
         other = swap.get(words[si]) if si is not None and si < len(words) else None
-        if vi is None or other is None:
+        if vi is None or si is None or other is None:
             dropped["no verb_index or no other-number subject"] = (
                 dropped.get("no verb_index or no other-number subject", 0) + 1
             )
