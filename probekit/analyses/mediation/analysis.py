@@ -56,7 +56,16 @@ class _Text:
 class MediationResult:
     """`mediate`'s tables. ``summary``: one row per relation; ``effects``: one row per relation, effect
     and exactly patched head; ``sets``: one row per relation and head set; ``heads``: one row per
-    relation and head (attention score, screen and all-heads causal share)."""
+    relation and head (attention score, screen and all-heads causal share).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> empty = pd.DataFrame()
+    >>> paths = MediationResult(empty, empty, empty, empty, title="nothing").write(tempfile.mkdtemp())
+    >>> sorted(p.name for p in paths)[-2:]
+    ['mediation_summary.tex', 'summary.md']
+    """
 
     summary: pd.DataFrame
     effects: pd.DataFrame
