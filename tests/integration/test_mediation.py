@@ -12,7 +12,6 @@ from probekit.analyses.mediation import head_effects, make_pairs
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.mark.slow
 def test_mediate_smollm_agreement_total_effect_sign(smollm):
     heads = pk.score_heads(
         smollm,

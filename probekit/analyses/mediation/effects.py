@@ -95,8 +95,11 @@ def _ids(model, seqs) -> dict:
     return {"input": ids, "attention_mask": None if model.is_causal else torch.ones_like(ids)}
 
 
-def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[int]) -> Donors:
-    """The donor activations of the three `EFFECTS` for ``items`` (indexed 0..len(items)-1).
+def make_donors(
+    model, pp: PatchPairs, items: Sequence[int], layers: Sequence[int], effects: Sequence[str] = EFFECTS
+) -> Donors:
+    """The donor activations of ``effects`` (default: all three `EFFECTS`) for ``items`` (indexed
+    0..len(items)-1). ``all_positions`` alone needs only the counterfactual run's ``hook_z``.
 
     The path donor is the clean ``hook_z`` except at the critical position, where each query head's
     output is recomputed as ``softmax(q.k'/sqrt(d_head)) v'`` with the source positions' keys and values
@@ -105,10 +108,11 @@ def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[in
     """
     layers = sorted(set(layers))
     names = _names(model, layers)
-    wanted = {n for ns in names.values() for n in ns}
+    only_all = set(effects) <= {"all_positions"}
+    wanted = set(names["z"]) if only_all else {n for ns in names.values() for n in ns}
     group = model.n_heads // model.n_kv_heads
     scale = 1.0 / float(np.sqrt(model.d_head))
-    out: dict[str, list] = {e: [None] * len(items) for e in EFFECTS}
+    out: dict[str, list] = {e: [None] * len(items) for e in (["all_positions"] if only_all else EFFECTS)}
     pos_of = {i: k for k, i in enumerate(items)}
     stop = max(layers) + 1
     with torch.inference_mode():
@@ -121,11 +125,17 @@ def make_donors(model, pp: PatchPairs, items: Sequence[int], layers: Sequence[in
                 "names_filter": wanted.__contains__,
                 "stop_at_layer": stop if stop < model.n_layers else None,
             }
-            _, cc = model.bridge.run_with_cache(
-                kw_c["input"], attention_mask=kw_c["attention_mask"], **kwargs
-            )
             _, cx = model.bridge.run_with_cache(
                 kw_x["input"], attention_mask=kw_x["attention_mask"], **kwargs
+            )
+            if only_all:
+                for b, i in enumerate(members):
+                    out["all_positions"][pos_of[i]] = torch.stack(
+                        [cx[names["z"][li]][b].float().cpu() for li in range(len(layers))]
+                    )
+                continue
+            _, cc = model.bridge.run_with_cache(
+                kw_c["input"], attention_mask=kw_c["attention_mask"], **kwargs
             )
             for b, i in enumerate(members):
                 src, crit = source_positions(pp, i), critical_position(pp, i)
@@ -286,7 +296,7 @@ def head_effects(
     for e in effects:
         if e not in EFFECTS:
             raise ProbekitError(f"unknown effect {e!r}", fix=f"use one of {', '.join(EFFECTS)}")
-    donors = make_donors(model, pp, items, layers)
+    donors = make_donors(model, pp, items, layers, effects)
     if model.is_causal and readout is None:
         plan = logit_plan(model, pp, items)
         patched, clean = {}, None
