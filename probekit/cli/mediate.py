@@ -91,7 +91,8 @@ def run(args) -> int:
     for r in result.summary.to_dict("records"):
         print(
             f"{r['relation']}: total effect {r['total_effect']:+.3f}; top attention head "
-            f"{r['top_attention_head']} carries {100 * r['top_attention_share']:.1f}%; causal heads: "
+            f"{r['top_attention_layer']}.{r['top_attention_head']} carries "
+            f"{100 * r['top_attention_share']:.1f}%; causal heads: "
             f"{r['causal_heads'] or 'none'}"
         )
     print(f"wrote {len(wrote)} files to {args.out} ({result.seconds:.1f}s)")

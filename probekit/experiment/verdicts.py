@@ -397,13 +397,13 @@ MEDIATION_SUMMARY = TableSchema(
         "total_effect",
         "te_ci_low",
         "te_ci_high",
+        "top_attention_layer",
         "top_attention_head",
         "top_attention_share",
         "share_attention_top",
         "share_causal_top",
         "share_random_mean",
         "p_attention_vs_random",
-        "causal_heads",
         "spearman",
         "spearman_p_perm",
         "k",
@@ -412,27 +412,44 @@ MEDIATION_SUMMARY = TableSchema(
 )
 
 
+MEDIATION_EFFECTS = TableSchema(
+    "mediation_effects.csv",
+    "mediate",
+    ("model", "relation", "effect_type", "layer", "head", "share", "p_holm"),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
+
 def _pct(x) -> str:
-    return "n/a" if pd.isna(x) else f"{100 * float(x):.0f}%"
+    return "n/a" if pd.isna(x) else f"{100 * float(x):.1f}%"
 
 
 def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
     """Causal mediation (the mediate stage): how much of each relation's counterfactual effect the
-    attention specialists carry, which heads carry it, and whether attention predicts it. One sentence
-    per relation, null results included."""
+    attention specialists carry, which heads carry it (read from ``mediation_effects.csv``: all-positions
+    effect, Holm p <= 0.05 over all heads, positive share), and whether attention predicts it. One
+    sentence per relation, null results included."""
     parts = []
-    for folder, (summary,) in stage_tables(run_dir, MEDIATION_SUMMARY):
+    for folder, (summary, effects) in stage_tables(run_dir, MEDIATION_SUMMARY, MEDIATION_EFFECTS):
         for r in summary[summary.model == model].itertuples():
-            carriers = str(r.causal_heads) if isinstance(r.causal_heads, str) and r.causal_heads else "none"
+            e = effects[
+                (effects.model == model)
+                & (effects.relation == r.relation)
+                & (effects.effect_type == "all_positions")
+                & (effects.p_holm <= 0.05)
+                & (effects.share > 0)
+            ].sort_values("share", ascending=False)
+            carriers = ", ".join(f"{int(x.layer)}.{int(x.head)} ({_pct(x.share)})" for x in e.itertuples())
             parts.append(
                 f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
                 f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
-                f"{r.top_attention_head} carries {_pct(r.top_attention_share)} of it, the top-{r.k} "
+                f"{int(r.top_attention_layer)}.{int(r.top_attention_head)} carries "
+                f"{_pct(r.top_attention_share)} of it, the top-{r.k} "
                 f"attention heads {_pct(r.share_attention_top)} (layer-matched random heads "
                 f"{_pct(r.share_random_mean)}, "
                 f"p = {r.p_attention_vs_random:.3g}), the top-{r.k} causal heads {_pct(r.share_causal_top)}; "
-                f"heads that carry it (Holm over all heads): {carriers}; attention vs causal share Spearman "
-                f"{r.spearman:+.2f} (permutation p = {r.spearman_p_perm:.3g}) "
+                f"heads that carry it (Holm over all heads): {carriers or 'none'}; attention vs causal share "
+                f"Spearman {r.spearman:+.2f} (permutation p = {r.spearman_p_perm:.3g}) "
                 f"([table]({_rel(run_dir, folder / MEDIATION_SUMMARY.file)}))"
             )
     return parts

@@ -137,7 +137,8 @@ def test_mediate_names_the_wired_head_and_no_other():
     )
     row = res.summary.iloc[0]
     assert row.causal_heads == "1.2"
-    eff = res.effects[res.effects.effect_type == "all_positions"].set_index("label")
+    eff = res.effects[res.effects.effect_type == "all_positions"]
+    eff = eff.set_index(eff.layer.astype(str) + "." + eff["head"].astype(str))
     assert eff.loc["1.2", "share"] == pytest.approx(1.0, rel=1e-3)
     assert eff.loc["1.2", "p_holm"] <= 0.05 and (eff.drop("1.2").p_holm == 1.0).all()
 

@@ -412,7 +412,6 @@ def mediate(
                         "effect_type": effect,
                         "layer": h[0],
                         "head": h[1],
-                        "label": _label(h),
                         "roles": ";".join(roles.get(h, [])),
                         "attention": float(att.get(h, np.nan)),
                         **{c: row[c] for c in ("n", "effect", "ci_low", "ci_high", "share", "p")},
@@ -506,7 +505,8 @@ def mediate(
                 "te_ci_low": te_stats["ci_low"],
                 "te_ci_high": te_stats["ci_high"],
                 "te_p": te_stats["p"],
-                "top_attention_head": _label(top1),
+                "top_attention_layer": int(top1[0]),
+                "top_attention_head": int(top1[1]),
                 "top_attention_share": exact_share.get(top1, np.nan),
                 "share_attention_top": set_share["attention_top"],
                 "share_causal_top": set_share["causal_top"],
@@ -617,7 +617,7 @@ def mediation_markdown(summary: pd.DataFrame, title: str = "") -> str:
             f"{_fmt(r.counterfactual, '.3f')}; sign-flip p {_fmt(r.te_p, '.3g')})"
         )
         lines.append(
-            f"- top attention head {r.top_attention_head} carries "
+            f"- top attention head {r.top_attention_layer}.{r.top_attention_head} carries "
             f"{_fmt(100 * r.top_attention_share, '.1f')}% of the total effect (all positions); "
             f"the top-{r.k} attention heads together "
             f"{_fmt(100 * r.share_attention_top, '.1f')}%, the top-{r.k} causal heads of the screen "
