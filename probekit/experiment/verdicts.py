@@ -439,11 +439,14 @@ def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
                 & (effects.p_holm <= 0.05)
                 & (effects.share > 0)
             ].sort_values("share", ascending=False)
-            carriers = ", ".join(f"{int(x.layer)}.{int(x.head)} ({_pct(x.share)})" for x in e.itertuples())
+            carriers = ", ".join(
+                f"{layer}.{head} ({_pct(share)})"
+                for layer, head, share in zip(e["layer"], e["head"], e["share"], strict=True)
+            )
             parts.append(
                 f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
                 f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
-                f"{int(r.top_attention_layer)}.{int(r.top_attention_head)} carries "
+                f"{r.top_attention_layer}.{r.top_attention_head} carries "
                 f"{_pct(r.top_attention_share)} of it, the top-{r.k} "
                 f"attention heads {_pct(r.share_attention_top)} (layer-matched random heads "
                 f"{_pct(r.share_random_mean)}, "
