@@ -52,6 +52,8 @@ _EXPORTS = {
     "patch_heads": "probekit.analyses.interventions",
     "attribution_patch": "probekit.analyses.interventions",
     "specialists_vs_random": "probekit.analyses.interventions",
+    "mediate": "probekit.analyses.mediation",
+    "MediationResult": "probekit.analyses.mediation",
     # running
     "run_experiment": "probekit.experiment",
     "ExperimentConfig": "probekit.experiment",

@@ -16,7 +16,19 @@ import sys
 from probekit.errors import ProbekitError
 
 # module names under probekit.cli, in the order `probekit --help` lists them
-SUBCOMMANDS = ["models", "capture", "cache", "run", "heads", "probe", "sweep", "bench", "score", "ablate"]
+SUBCOMMANDS = [
+    "models",
+    "capture",
+    "cache",
+    "run",
+    "heads",
+    "probe",
+    "sweep",
+    "bench",
+    "score",
+    "ablate",
+    "mediate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,6 +132,34 @@ class AblateOptions(_Strict):
         return value
 
 
+class MediateOptions(_Strict):
+    """Causal mediation of head roles (C4): per-head indirect and path-specific effects of counterfactual
+    inputs, heads selected on one half of the pairs and reported on the other."""
+
+    relations: list[Literal["agreement", "binding", "det_noun"]] = Field(
+        ["agreement", "binding", "det_noun"],
+        min_length=1,
+        description="relations: agreement (subject-verb), binding (adjective-noun), det_noun (BLiMP); "
+        "encoders run agreement only (probe read-out)",
+    )
+    agreement: str = Field("agreement", description="template:agreement pairs (data name or spec)")
+    blimp: str | None = Field(
+        "blimp", description="BLiMP folder (data name or blimp: spec) for subject-verb and det-noun pairs"
+    )
+    heads_data: str = Field(
+        "ewt",
+        description="the heads stage's data whose heads.csv gives the attention scores (else scored here)",
+    )
+    n_pairs: int = Field(60, ge=4, description="pairs per relation (half select heads, half report)")
+    top_k: int = Field(5, ge=1, description="heads per set (attention, causal, positional)")
+    n_random: int = Field(10, ge=0, description="layer-matched random head sets")
+    probe_layer: int | None = Field(
+        None, ge=1, description="encoders: residual layer the number probe reads (None = last block's output)"
+    )
+    n_boot: int = Field(1000, ge=100, description="bootstrap replicates over items")
+    n_perm: int = Field(1000, ge=100, description="sign-flip and Spearman permutations")
+
+
 class ExploreOptions(_Strict):
     """The HTML report's attention explorer: word-level attention of every head on a few sentences."""
 
@@ -149,6 +177,7 @@ class Analyses(_Strict):
     probes: list[ProbesOptions] | None = None
     score: ScoreOptions | None = None
     ablate: AblateOptions | None = None
+    mediate: MediateOptions | None = None
     explore: ExploreOptions | None = None
 
     @field_validator("probes")

@@ -237,6 +237,85 @@ def ablate(run: Run, opts) -> None:
         run.stage("ablate", name, opts.data, opts.model_dump(), work)
 
 
+def mediate(run: Run, opts) -> None:
+    """C4, by causal mediation: per-head effects of counterfactual inputs (`probekit.mediate`), with the
+    attention scores of the heads stage's ``heads.csv`` for ``heads_data`` (scored here when absent)."""
+    from probekit.analyses.heads.score import score_heads
+    from probekit.analyses.mediation import RELATIONS
+    from probekit.analyses.mediation import mediate as run_mediate
+    from probekit.analyses.mediation.analysis import POSITIONAL
+    from probekit.experiment.context import slug
+    from probekit.report import TableSchema, read_table
+
+    heads_table = TableSchema(
+        "heads.csv",
+        "heads",
+        (
+            "model",
+            "data",
+            "relation",
+            "direction",
+            "layer",
+            "head",
+            "n",
+            "attention_mass",
+            "n_dev",
+            "dev_attention_mass",
+        ),
+        writer="the heads stage (probekit.analyses.heads.analyze_heads)",
+    )
+    if run.spec(opts.agreement) is None or run.spec(opts.heads_data) is None:
+        run.skipped.append(f"mediate: data {opts.agreement!r} or {opts.heads_data!r} is not available")
+        return
+    blimp_spec = run.spec(opts.blimp) if opts.blimp else None
+    blimp = Path(blimp_spec.partition(":")[2]) if blimp_spec and blimp_spec.startswith("blimp:") else None
+    for name in run.cfg.models:
+        model = run.model(name)
+        if model.is_causal and not model.has_lm_head:
+            run.skipped.append(f"mediate: {name} has no trained language-model head")
+            continue
+        relations = list(opts.relations) if model.is_causal else ["agreement"]
+        if blimp is None:
+            relations = [r for r in relations if r != "det_noun"]
+
+        def work(folder: Path, name=name, model=model, relations=relations):
+            selection = run.dataset(opts.heads_data)
+            table = run.out / "heads" / f"{slug(name)}__{slug(opts.heads_data)}" / "heads.csv"
+            if table.exists():
+                heads = read_table(table, heads_table)
+            else:
+                labels = sorted({RELATIONS[r][0] for r in relations})
+                heads = score_heads(
+                    model,
+                    selection,
+                    relations=[*labels, *POSITIONAL],
+                    seed=run.cfg.seed,
+                    n_boot=100,
+                    n_perm=10,
+                    batch_size=run.cfg.batch_size,
+                    progress=run.progress,
+                )
+            result = run_mediate(
+                model,
+                relations,
+                heads=heads,
+                heads_data=selection,
+                agreement=run.dataset(opts.agreement),
+                blimp=blimp,
+                n_pairs=opts.n_pairs,
+                top_k=opts.top_k,
+                n_random=opts.n_random,
+                probe_layer=opts.probe_layer,
+                n_boot=opts.n_boot,
+                n_perm=opts.n_perm,
+                seed=run.cfg.seed,
+                progress=run.progress,
+            )
+            result.write(folder)
+
+        run.stage("mediate", name, "", opts.model_dump(), work)
+
+
 def explore(run: Run, opts) -> None:
     """The HTML report's attention explorer: every head's word-level attention (`probekit.capture`) on
     the first ``n_sentences`` sentences of each dataset of at most ``max_words`` words, with their gold
@@ -280,5 +359,6 @@ STAGES: dict[str, Callable[[Run, Any], None]] = {
     "probes": probes,
     "score": score,
     "ablate": ablate,
+    "mediate": mediate,
     "explore": explore,
 }

@@ -56,6 +56,7 @@ from probekit.report.schema import (
     MINIMAL_PAIRS,
     SPECIALISTS,
     SPECIALISTS_VS_RANDOM,
+    TableSchema,
 )
 from probekit.report.tables import check_columns, stage_folders, stage_tables, write_table
 from probekit.stats import holm
@@ -384,6 +385,79 @@ def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | Non
     return parts, ok
 
 
+#: the mediate stage's summary (probekit.analyses.mediation.MediationResult), read for C4's causal evidence
+MEDIATION_SUMMARY = TableSchema(
+    "mediation_summary.csv",
+    "mediate",
+    (
+        "model",
+        "relation",
+        "readout",
+        "n_report",
+        "total_effect",
+        "te_ci_low",
+        "te_ci_high",
+        "top_attention_layer",
+        "top_attention_head",
+        "top_attention_share",
+        "share_attention_top",
+        "share_causal_top",
+        "share_random_mean",
+        "p_attention_vs_random",
+        "spearman",
+        "spearman_p_perm",
+        "k",
+    ),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
+
+MEDIATION_EFFECTS = TableSchema(
+    "mediation_effects.csv",
+    "mediate",
+    ("model", "relation", "effect_type", "layer", "head", "share", "p_holm"),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
+
+def _pct(x) -> str:
+    return "n/a" if pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
+    """Causal mediation (the mediate stage): how much of each relation's counterfactual effect the
+    attention specialists carry, which heads carry it (read from ``mediation_effects.csv``: all-positions
+    effect, Holm p <= 0.05 over all heads, positive share), and whether attention predicts it. One
+    sentence per relation, null results included."""
+    parts = []
+    for folder, (summary, effects) in stage_tables(run_dir, MEDIATION_SUMMARY, MEDIATION_EFFECTS):
+        for r in summary[summary.model == model].itertuples():
+            e = effects[
+                (effects.model == model)
+                & (effects.relation == r.relation)
+                & (effects.effect_type == "all_positions")
+                & (effects.p_holm <= 0.05)
+                & (effects.share > 0)
+            ].sort_values("share", ascending=False)
+            carriers = ", ".join(
+                f"{layer}.{head} ({_pct(share)})"
+                for layer, head, share in zip(e["layer"], e["head"], e["share"], strict=True)
+            )
+            parts.append(
+                f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
+                f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
+                f"{r.top_attention_layer}.{r.top_attention_head} carries "
+                f"{_pct(r.top_attention_share)} of it, the top-{r.k} "
+                f"attention heads {_pct(r.share_attention_top)} (layer-matched random heads "
+                f"{_pct(r.share_random_mean)}, "
+                f"p = {r.p_attention_vs_random:.3g}), the top-{r.k} causal heads {_pct(r.share_causal_top)}; "
+                f"heads that carry it (Holm over all heads): {carriers or 'none'}; attention vs causal share "
+                f"Spearman {r.spearman:+.2f} (permutation p = {r.spearman_p_perm:.3g}) "
+                f"([table]({_rel(run_dir, folder / MEDIATION_SUMMARY.file)}))"
+            )
+    return parts
+
+
 def _apply_c4_rule(members: pd.DataFrame, against_random: bool) -> pd.DataFrame:
     """``members`` (one model's family, heads verdict rows) with ``testable, p_family, positional,
     new_rule`` added (the module docstring's rule; conditions 1-4, and 5 when ``against_random``)."""
@@ -556,6 +630,7 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
             parts.append(text + f" ([table]({C4_RULE_FILE}))")
         causal_parts, causal_ok = _ablation_evidence(run_dir, model)
         parts += causal_parts
+        parts += _mediation_evidence(run_dir, model)
         if has["nsubj"] and has["amod"] and positional and causal_ok:
             verdict = "supported"
         elif any(has.values()) or positional:
