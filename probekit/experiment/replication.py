@@ -78,7 +78,8 @@ def blimp_table(run_dir: str | os.PathLike) -> pd.DataFrame:
     for path in sorted(Path(run_dir).glob("score/*/minimal_pairs.csv")):
         table = pd.read_csv(path)
         if {"model", "data", "paradigm", "accuracy"} <= set(table.columns):
-            frames.append(table[table.data.astype(str).str.startswith("blimp:")])
+            blimp = table.data.astype(str).str.startswith("blimp:") & (table.paradigm.astype(str) != "all")
+            frames.append(table[blimp])  # per paradigm; the pooled "all" row is left out
     if not frames or all(f.empty for f in frames):
         return pd.DataFrame(columns=["paradigm", "GPT-2 (published)"])
     long = pd.concat(frames, ignore_index=True)
@@ -90,7 +91,10 @@ def blimp_table(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _listing(by_verdict: dict[str, list[str]]) -> str:
-    return "; ".join(f"{verdict} in {', '.join(models)}" for verdict, models in by_verdict.items())
+    return "; ".join(
+        f"{verdict.removesuffix(' in this model')} in {', '.join(models)}"
+        for verdict, models in by_verdict.items()
+    )
 
 
 def replication_markdown(table: pd.DataFrame, blimp: pd.DataFrame, claims: dict[str, str]) -> str:
