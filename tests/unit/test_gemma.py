@@ -273,3 +273,41 @@ def test_replication_blimp_table_next_to_gpt2(tmp_path):
     row = table.set_index("paradigm").loc["regular_plural_subject_verb_agreement_1"]
     assert (row.a, row.c, row["GPT-2 (published)"]) == (0.9, 0.8, 0.967)  # Warstadt et al. 2020
     assert np.isnan(table.set_index("paradigm").loc["made_up", "GPT-2 (published)"])
+
+
+def test_a_run_over_three_models_reports_replication(tmp_path):
+    """run_experiment over three families writes replication/ and REPORT.md shows it; two models do not."""
+    import yaml
+
+    from probekit.experiment.run import run_experiment
+
+    cfg = {
+        "name": "zoo-unit",
+        "seed": 0,
+        "out": "out",
+        "models": ["tiny-llama", "tiny-bert", "tiny-gemma3"],
+        "data": {},
+        "analyses": {"check_attention": {}},
+    }
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_experiment(path, out=tmp_path / "run", progress=False)
+    table = pd.read_csv(out / "replication" / "replication.csv")
+    assert table.columns.tolist() == [
+        "claim",
+        "tiny-llama",
+        "tiny-bert",
+        "tiny-gemma3",
+        "testable_models",
+        "replication",
+    ]
+    # C1: the encoder has its own W_K per head, the two GQA models do not: the verdicts differ
+    row = table.set_index("claim").loc["C1"]
+    assert row["tiny-bert"] == "supported" and row["tiny-gemma3"] == "partly supported"
+    assert row.replication == "differs"
+    report = (out / "REPORT.md").read_text()
+    assert "## Replication across models" in report and "**C1**" in report
+    path.write_text(yaml.safe_dump(dict(cfg, models=["tiny-llama", "tiny-bert"])))
+    out2 = run_experiment(path, out=tmp_path / "run2", progress=False)
+    assert not (out2 / "replication").exists()
+    assert "Replication" not in (out2 / "REPORT.md").read_text()
