@@ -293,14 +293,8 @@ def test_a_run_over_three_models_reports_replication(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = run_experiment(path, out=tmp_path / "run", progress=False)
     table = pd.read_csv(out / "replication" / "replication.csv")
-    assert table.columns.tolist() == [
-        "claim",
-        "tiny-llama",
-        "tiny-bert",
-        "tiny-gemma3",
-        "testable_models",
-        "replication",
-    ]
+    assert sorted(table.columns[1:4]) == ["tiny-bert", "tiny-gemma3", "tiny-llama"]
+    assert table.columns[4:].tolist() == ["testable_models", "replication"]
     # C1: the encoder has its own W_K per head, the two GQA models do not: the verdicts differ
     row = table.set_index("claim").loc["C1"]
     assert row["tiny-bert"] == "supported" and row["tiny-gemma3"] == "partly supported"
