@@ -305,3 +305,22 @@ def test_a_run_over_three_models_reports_replication(tmp_path):
     out2 = run_experiment(path, out=tmp_path / "run2", progress=False)
     assert not (out2 / "replication").exists()
     assert "Replication" not in (out2 / "REPORT.md").read_text()
+
+
+def test_a_folder_loads_with_device_map_and_dtype(tiny_gemma, tmp_path):
+    """A saved Gemma 3 folder loads through from_pretrained with device_map and dtype passed through."""
+    from transformers import AutoModelForCausalLM
+
+    from probekit.models import _tiny_config
+
+    folder = tmp_path / "gemma-folder"
+    AutoModelForCausalLM.from_config(_tiny_config("gemma3")).save_pretrained(folder)  # (the bridge rewraps
+    tiny_gemma.tokenizer.save_pretrained(folder)  # a loaded model's modules, so save a fresh one)
+    m = pk.load_model(str(folder), device_map="cpu", dtype="bfloat16")
+    assert next(m.hf_model.parameters()).dtype == torch.bfloat16 and str(m.device) == "cpu"
+    assert m.layer_types == tiny_gemma.layer_types and m.window(0) == 8
+    ids = torch.tensor([align(m, as_sentences(["The cat sat on the mat ."])[0]).input_ids])
+    with torch.inference_mode():
+        ours, hf = m.bridge(ids), m.hf_model(ids).logits
+    assert torch.equal(ours, hf)  # the bridge runs the same bfloat16 weights
+    assert (pk.check_attention(m, "The cat sat on the mat.").max_abs_diff < 0.02).all()
