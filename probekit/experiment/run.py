@@ -16,8 +16,9 @@ from typing import Any
 from probekit.activations.cache import default_cache_dir
 from probekit.experiment.config import ExperimentConfig, load_config
 from probekit.experiment.context import Run, display_spec
+from probekit.experiment.replication import write_replication
 from probekit.experiment.stages import STAGES
-from probekit.experiment.verdicts import CLAIMS, build_report
+from probekit.experiment.verdicts import CLAIMS, build_report, judge_claims
 from probekit.report import provenance
 from probekit.report.html import write_html_report
 from probekit.report.outdir import check_writable
@@ -92,6 +93,7 @@ def run_experiment(
             stage(run, options)
     run.timings["total"] = round(time.perf_counter() - total, 2)
     write_manifest(run)  # REPORT.md reads the skipped stages (and the title) from it
+    write_replication(out_dir, judge_claims(out_dir).rows, CLAIMS)  # only for >= 3 models
     build_report(out_dir)
     write_html_report(out_dir, CLAIMS)  # REPORT.html, from the same files
     write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))  # + provenance

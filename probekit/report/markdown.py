@@ -260,6 +260,9 @@ def write_report(
         ]
         lines += [f"- **{k}** — {v}" for k, v in claims.items()]
         lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns="tables")), ""]
+    replication = run_dir / "replication" / "replication.md"  # probekit.experiment.replication, >= 3 models
+    if not verdicts.empty and replication.is_file():
+        lines += ["## Replication across models", "", replication.read_text(encoding="utf-8").rstrip(), ""]
     skipped = manifest.get("skipped", [])
     if skipped:
         lines += ["Not run: " + "; ".join(dict.fromkeys(skipped)) + ".", ""]
