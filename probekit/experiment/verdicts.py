@@ -441,8 +441,10 @@ def _mediation_evidence(run_dir: Path, model: str) -> list[str]:
             ].sort_values("share", ascending=False)
             carriers = ", ".join(
                 f"{layer}.{head} ({_pct(share)})"
-                for layer, head, share in zip(e["layer"], e["head"], e["share"], strict=True)
+                for layer, head, share in e[["layer", "head", "share"]].head(6).itertuples(index=False)
             )
+            if len(e) > 6:  # the rest in one phrase; every head is in mediation_effects.csv
+                carriers += f" and {len(e) - 6} more ({_pct(e['share'].iloc[6:].sum())} together)"
             parts.append(
                 f"mediation ({r.relation}, {r.readout}, {r.n_report} report pairs): total effect "
                 f"{r.total_effect:+.3f} [{r.te_ci_low:+.3f}, {r.te_ci_high:+.3f}]; the top attention head "
