@@ -121,9 +121,10 @@ def test_wired_head_is_the_only_mediator(target):
         assert ie[heads.index(target)] == pytest.approx(te.mean(), rel=1e-3)
 
 
-def test_mediate_names_the_wired_head_and_no_other():
-    model = wired_model(1, 2)
-    res = mediate(
+def mediate_wired(layer: int, head: int):
+    """`mediate` on the hand-wired model with head ``layer.head`` carrying the number, every head exact."""
+    model = wired_model(layer, head)
+    return mediate(
         model,
         ["agreement"],
         pairs={"agreement": wired_pairs(24)},
@@ -135,6 +136,10 @@ def test_mediate_names_the_wired_head_and_no_other():
         n_boot=50,
         n_perm=5000,
     )
+
+
+def test_mediate_names_the_wired_head_and_no_other():
+    res = mediate_wired(1, 2)
     row = res.summary.iloc[0]
     assert row.causal_heads == "1.2"
     eff = res.effects[res.effects.effect_type == "all_positions"]
@@ -145,19 +150,7 @@ def test_mediate_names_the_wired_head_and_no_other():
 
 def test_wiring_another_head_moves_the_answer():
     """The check the test above relies on: wiring (0, 3) instead makes mediate name 0.3, not 1.2."""
-    model = wired_model(0, 3)
-    res = mediate(
-        model,
-        ["agreement"],
-        pairs={"agreement": wired_pairs(24)},
-        heads=fake_heads(model),
-        exact="all",
-        n_pairs=24,
-        top_k=2,
-        n_random=2,
-        n_boot=50,
-        n_perm=5000,
-    )
+    res = mediate_wired(0, 3)
     assert res.summary.iloc[0].causal_heads == "0.3"
 
 
