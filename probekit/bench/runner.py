@@ -322,10 +322,14 @@ def _write_manifest(ctx: BenchContext, only: Sequence[str] | None) -> Path:
     """
     from probekit.report import atomic_write_text, provenance
 
-    command = (
-        "probekit bench" + (" --quick" if ctx.quick else "") + (f" --only {','.join(only)}" if only else "")
-    )
-    command += f" --out {provenance.repo_relative(ctx.out) or ctx.out}"
+    words = ["probekit", "bench"] + (["--quick"] if ctx.quick else [])
+    words += [f"--only {','.join(only)}"] if only else []
+    words += [f"--repeats {ctx.repeats}"] if ctx.repeats is not None else []
+    words += [f"--threads {ctx.threads}"] if ctx.threads != 1 else []
+    words += [f"--data {ctx.data}"] if ctx.data else []
+    if ctx.manifest != BenchContext().manifest:
+        words += [f"--manifest {provenance.repo_relative(ctx.manifest) or ctx.manifest}"]
+    command = " ".join([*words, f"--out {provenance.repo_relative(ctx.out) or ctx.out}"])
     manifest = {"provenance": provenance.record(ctx.out, command, None)}
     return atomic_write_text(ctx.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

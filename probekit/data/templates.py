@@ -56,6 +56,25 @@ def vocab(name: str = "english") -> dict:
     return yaml.safe_load(text)
 
 
+def number_swaps() -> dict[str, str]:
+    """Each noun form of the template vocabulary -> its other-number form ("key" <-> "keys").
+
+    The one map that flips a subject's number, for activation patching and causal mediation.
+
+    Examples
+    --------
+    >>> swaps = number_swaps()
+    >>> swaps[swaps["keys"]]
+    'keys'
+    """
+    swaps = {}
+    for noun in vocab()["nouns"]:
+        if noun.get("sg") and noun.get("pl") and noun["sg"] != noun["pl"]:
+            swaps[noun["sg"]] = noun["pl"]
+            swaps[noun["pl"]] = noun["sg"]
+    return swaps
+
+
 def _animate(kind: str) -> bool:
     return kind in ("person", "animal")
 

@@ -18,7 +18,7 @@ from probekit.experiment.config import ExperimentConfig, load_config
 from probekit.experiment.context import Run, display_spec
 from probekit.experiment.replication import write_replication
 from probekit.experiment.stages import STAGES
-from probekit.experiment.verdicts import CLAIMS, build_report, judge_claims
+from probekit.experiment.verdicts import CLAIMS, judge_claims
 from probekit.report import provenance
 from probekit.report.html import write_html_report
 from probekit.report.outdir import check_writable
@@ -93,8 +93,9 @@ def run_experiment(
             stage(run, options)
     run.timings["total"] = round(time.perf_counter() - total, 2)
     write_manifest(run)  # REPORT.md reads the skipped stages (and the title) from it
-    write_replication(out_dir, judge_claims(out_dir).rows, CLAIMS)  # only for >= 3 models
-    build_report(out_dir)
+    verdicts = judge_claims(out_dir)
+    write_replication(out_dir, verdicts.rows, CLAIMS)  # only for >= 3 models; REPORT.md includes it
+    verdicts.write(out_dir)  # verdicts.csv, c4_rule.csv, REPORT.md (what build_report writes)
     write_html_report(out_dir, CLAIMS)  # REPORT.html, from the same files
     write_manifest(run, config_file, command=_command(config_file, out_dir, cfg, overrides))  # + provenance
     return out_dir

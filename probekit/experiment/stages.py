@@ -245,25 +245,9 @@ def mediate(run: Run, opts) -> None:
     from probekit.analyses.mediation import mediate as run_mediate
     from probekit.analyses.mediation.analysis import POSITIONAL
     from probekit.experiment.context import slug
-    from probekit.report import TableSchema, read_table
+    from probekit.report import read_table
+    from probekit.report.schema import HEAD_SCORES
 
-    heads_table = TableSchema(
-        "heads.csv",
-        "heads",
-        (
-            "model",
-            "data",
-            "relation",
-            "direction",
-            "layer",
-            "head",
-            "n",
-            "attention_mass",
-            "n_dev",
-            "dev_attention_mass",
-        ),
-        writer="the heads stage (probekit.analyses.heads.analyze_heads)",
-    )
     if run.spec(opts.agreement) is None or run.spec(opts.heads_data) is None:
         run.skipped.append(f"mediate: data {opts.agreement!r} or {opts.heads_data!r} is not available")
         return
@@ -282,7 +266,7 @@ def mediate(run: Run, opts) -> None:
             selection = run.dataset(opts.heads_data)
             table = run.out / "heads" / f"{slug(name)}__{slug(opts.heads_data)}" / "heads.csv"
             if table.exists():
-                heads = read_table(table, heads_table)
+                heads = read_table(table, HEAD_SCORES)
             else:
                 labels = sorted({RELATIONS[r][0] for r in relations})
                 heads = score_heads(

@@ -53,10 +53,11 @@ from probekit.report.schema import (
     CLAIM_VERDICTS,
     EXPLORED_SUMMARY,
     HEAD_VERDICTS,
+    MEDIATION_EFFECTS,
+    MEDIATION_SUMMARY,
     MINIMAL_PAIRS,
     SPECIALISTS,
     SPECIALISTS_VS_RANDOM,
-    TableSchema,
 )
 from probekit.report.tables import check_columns, stage_folders, stage_tables, write_table
 from probekit.stats import holm
@@ -383,41 +384,6 @@ def _ablation_evidence(run_dir: Path, model: str) -> tuple[list[str], bool | Non
                 text += f"; accuracy {a.specialists_delta:+.3f} vs {a.random_mean_delta:+.3f}"
             parts.append(text + f" ([table]({_rel(run_dir, folder / SPECIALISTS_VS_RANDOM.file)}))")
     return parts, ok
-
-
-#: the mediate stage's summary (probekit.analyses.mediation.MediationResult), read for C4's causal evidence
-MEDIATION_SUMMARY = TableSchema(
-    "mediation_summary.csv",
-    "mediate",
-    (
-        "model",
-        "relation",
-        "readout",
-        "n_report",
-        "total_effect",
-        "te_ci_low",
-        "te_ci_high",
-        "top_attention_layer",
-        "top_attention_head",
-        "top_attention_share",
-        "share_attention_top",
-        "share_causal_top",
-        "share_random_mean",
-        "p_attention_vs_random",
-        "spearman",
-        "spearman_p_perm",
-        "k",
-    ),
-    writer="the mediate stage (probekit.analyses.mediation.mediate)",
-)
-
-
-MEDIATION_EFFECTS = TableSchema(
-    "mediation_effects.csv",
-    "mediate",
-    ("model", "relation", "effect_type", "layer", "head", "share", "p_holm"),
-    writer="the mediate stage (probekit.analyses.mediation.mediate)",
-)
 
 
 def _pct(x) -> str:

@@ -153,6 +153,59 @@ HEAD_VERDICTS = TableSchema(
     writer="the heads stage (HeadAnalysis.write in probekit.analyses.heads)",
 )
 
+#: the heads stage's attention scores per head (the mediate stage reads them to rank attention heads)
+HEAD_SCORES = TableSchema(
+    "heads.csv",
+    "heads",
+    (
+        "model",
+        "data",
+        "relation",
+        "direction",
+        "layer",
+        "head",
+        "n",
+        "attention_mass",
+        "n_dev",
+        "dev_attention_mass",
+    ),
+    writer="the heads stage (probekit.analyses.heads.analyze_heads)",
+)
+
+#: the mediate stage's summary (probekit.analyses.mediation.MediationResult), read for C4's causal evidence
+MEDIATION_SUMMARY = TableSchema(
+    "mediation_summary.csv",
+    "mediate",
+    (
+        "model",
+        "relation",
+        "readout",
+        "n_report",
+        "total_effect",
+        "te_ci_low",
+        "te_ci_high",
+        "top_attention_layer",
+        "top_attention_head",
+        "top_attention_share",
+        "share_attention_top",
+        "share_causal_top",
+        "share_random_mean",
+        "p_attention_vs_random",
+        "spearman",
+        "spearman_p_perm",
+        "k",
+    ),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
+
+MEDIATION_EFFECTS = TableSchema(
+    "mediation_effects.csv",
+    "mediate",
+    ("model", "relation", "effect_type", "layer", "head", "share", "p_holm"),
+    writer="the mediate stage (probekit.analyses.mediation.mediate)",
+)
+
 #: ``best_layer`` and ``first_layer_within`` are chosen on the dev halves (``dev_accuracy``, optional so
 #: tables written before the dev/test halves still read); ``accuracy``, its CI and the baselines are on
 #: the test halves (`probekit.analyses.probes.probe_summary`)

@@ -163,7 +163,13 @@ def test_every_section_reports_finite_positive_numbers(tmp_path):
     folder = tmp_path / "benchmarks"
     _fake_benchmarks(folder)
     out = tmp_path / "out"
-    assert main(["bench", "--quick", "--out", str(out), "--benchmarks-dir", str(folder)]) == 0
+    assert (
+        main(["bench", "--quick", "--repeats", "2", "--out", str(out), "--benchmarks-dir", str(folder)]) == 0
+    )
+    provenance = json.loads((out / "manifest.json").read_text())["provenance"]
+    assert (
+        provenance["command"] == f"probekit bench --quick --repeats 2 --out {out}"
+    )  # every flag that matters
     frame = pd.read_csv(out / "benchmarks.csv")
     assert list(frame.columns[: len(bench.COLUMNS)]) == list(bench.COLUMNS)
     assert list(dict.fromkeys(frame.benchmark)) == list(bench.BENCHMARKS)
@@ -378,7 +384,7 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert "| model | variant |" in md  # the capture table
     assert (out / "profiles" / "capture_tiny-llama_cprofile.txt").exists()
     provenance = json.loads((out / "manifest.json").read_text())["provenance"]
-    assert provenance["command"] == f"probekit bench --quick --out {out}"
+    assert provenance["command"] == f"probekit bench --quick --manifest {manifest} --out {out}"
     assert {"benchmarks.csv", "benchmarks.md", "run.json"} <= set(provenance["files"])
 
     # the report can be rebuilt from the CSV and the files beside it, without rerunning anything

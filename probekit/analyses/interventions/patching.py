@@ -22,6 +22,7 @@ from probekit.analyses.interventions.heads import Head, parse_heads
 from probekit.analyses.interventions.interventions import Patch, ZeroAblation
 from probekit.analyses.interventions.plan import Entry, Plan
 from probekit.analyses.scoring import as_pairs, check_scorable
+from probekit.data.templates import number_swaps
 from probekit.errors import ProbekitError
 
 
@@ -119,17 +120,6 @@ class PatchPairs:
         return out
 
 
-def _number_swaps() -> dict[str, str]:
-    from probekit.data.templates import vocab
-
-    swaps = {}
-    for noun in vocab()["nouns"]:
-        if noun.get("sg") and noun.get("pl") and noun["sg"] != noun["pl"]:
-            swaps[noun["sg"]] = noun["pl"]
-            swaps[noun["pl"]] = noun["sg"]
-    return swaps
-
-
 def make_patch_pairs(
     model, dataset, *, swap: dict[str, str] | None = None, max_pairs: int | None = None
 ) -> PatchPairs:
@@ -163,7 +153,7 @@ def make_patch_pairs(
     pairs = as_pairs(dataset)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
-    swap = swap if swap is not None else _number_swaps()
+    swap = swap if swap is not None else number_swaps()
     clean, corrupted, good, bad, ids, labels = [], [], [], [], [], []
     dropped: dict[str, int] = {}
     for p in pairs:
@@ -205,15 +195,23 @@ def as_patch_pairs(model, data, max_pairs: int | None = None) -> PatchPairs:
     return make_patch_pairs(model, data, max_pairs=max_pairs)
 
 
-def _patch_plan(model, pp: PatchPairs, prompts: list[tuple[int, ...]]) -> Plan:
-    """One item per prompt, read at its last position: ``logit_diff`` of the good and bad answer."""
-    plan = Plan(model, ["logit_diff"], "patch")
-    for i, seq in enumerate(prompts):
+def patch_plan(
+    model,
+    pp: PatchPairs,
+    prompts: list[tuple[int, ...]],
+    items: Sequence[int] | None = None,
+    kind: str = "patch",
+) -> Plan:
+    """One item per pair ``i`` of ``items`` (default: all), on ``prompts[i]``, read at its last position:
+    ``logit_diff`` of the pair's good and bad answer."""
+    plan = Plan(model, ["logit_diff"], kind)
+    for k, i in enumerate(range(len(prompts)) if items is None else items):
+        seq = prompts[i]
         plan.seqs.append(seq)
-        plan.item_rows.append([i])
+        plan.item_rows.append([k])
         t = len(seq) - 1
         plan.entries.append(
-            [Entry(i, t, pp.good[i], {"logit_diff": 1.0}), Entry(i, t, pp.bad[i], {"logit_diff": -1.0})]
+            [Entry(k, t, pp.good[i], {"logit_diff": 1.0}), Entry(k, t, pp.bad[i], {"logit_diff": -1.0})]
         )
         plan.attn_terms.append([])
     return plan
@@ -267,7 +265,7 @@ def patch_heads(
     if sweep == "tl":
         clean_m, corr_m, patched = _patch_tl(model, pp, hs, batch_size or 64)
     else:
-        plan = _patch_plan(model, pp, pp.corrupted)
+        plan = patch_plan(model, pp, pp.corrupted)
         patch = Patch.from_clean(model, pp.clean, [layer for layer, _ in hs])
         res = run_sweep(
             model,
@@ -282,7 +280,7 @@ def patch_heads(
         )
         corr_m = res.clean["logit_diff"]
         patched = np.stack([a["logit_diff"] for a in res.ablated])
-        clean_plan = _patch_plan(model, pp, pp.clean)
+        clean_plan = patch_plan(model, pp, pp.clean)
         clean_m = run_sweep(model, clean_plan, [], ZeroAblation(), sweep="naive").clean["logit_diff"]
     seconds = time.perf_counter() - t0
     df = patch_frame(model, hs, clean_m, corr_m, patched, "patch", n_boot, seed)

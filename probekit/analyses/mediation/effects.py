@@ -32,8 +32,8 @@ from probekit.analyses.interventions.engine import run_sweep
 from probekit.analyses.interventions.heads import Head, heads_by_layer
 from probekit.analyses.interventions.interventions import DonorActivations, Patch, ZeroAblation
 from probekit.analyses.interventions.layout import padded
-from probekit.analyses.interventions.patching import PatchPairs
-from probekit.analyses.interventions.plan import Entry, Plan
+from probekit.analyses.interventions.patching import PatchPairs, patch_plan
+from probekit.analyses.interventions.plan import Plan
 from probekit.errors import ProbekitError
 
 #: the effects computed per head, in table order
@@ -202,17 +202,7 @@ def _path_z(cc, cx, names, li, b, src, crit, group, scale, z_clean_crit, causal:
 
 def logit_plan(model, pp: PatchPairs, items: Sequence[int], counterfactual: bool = False) -> Plan:
     """One plan item per pair: ``logit_diff = log p(good) - log p(bad)`` at the prompt's last position."""
-    plan = Plan(model, ["logit_diff"], "mediate")
-    for k, i in enumerate(items):
-        seq = pp.corrupted[i] if counterfactual else pp.clean[i]
-        plan.seqs.append(seq)
-        plan.item_rows.append([k])
-        t = len(seq) - 1
-        plan.entries.append(
-            [Entry(k, t, pp.good[i], {"logit_diff": 1.0}), Entry(k, t, pp.bad[i], {"logit_diff": -1.0})]
-        )
-        plan.attn_terms.append([])
-    return plan
+    return patch_plan(model, pp, pp.corrupted if counterfactual else pp.clean, items, "mediate")
 
 
 @dataclass

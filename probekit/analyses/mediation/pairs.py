@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 
 from probekit.analyses.interventions.patching import PatchPairs, make_patch_pairs
+from probekit.data.templates import number_swaps
 from probekit.errors import ProbekitError
 
 #: the relations `make_pairs` builds, and the heads-analysis relation whose attention score each is
@@ -368,15 +369,3 @@ def masked_agreement_pairs(model, dataset, *, swap: dict[str, str] | None = None
     if not ids:
         raise ProbekitError(f"no usable masked agreement pairs (dropped: {dropped})")
     return PatchPairs(ids, clean, cf, [0] * len(ids), [0] * len(ids), labels, dropped)
-
-
-def number_swaps() -> dict[str, str]:
-    """Each noun form of the template vocabulary -> its other-number form."""
-    from probekit.data.templates import vocab
-
-    swaps = {}
-    for noun in vocab()["nouns"]:
-        if noun.get("sg") and noun.get("pl") and noun["sg"] != noun["pl"]:
-            swaps[noun["sg"]] = noun["pl"]
-            swaps[noun["pl"]] = noun["sg"]
-    return swaps
