@@ -14,7 +14,7 @@ engine (restart at the patched layer, patched copies stacked, prefix tries, unem
 Sizing. The issue asks for 200 pairs and all 270 heads of SmolLM2; the TL loop at that size runs over an
 hour on this machine's CPU (about 10 s per head for 186 pairs, measured), so the full mode asks for 200
 pairs (186 remain after duplicate prompts and unequal token lengths are dropped) and patches the 9 heads
-of layer 15 (the middle layer; all heads' mean is 14.5), one timed repetition (``repeats`` overrides)
+of layer 15 (the middle layer; all heads' mean is 14.5), one timed repetition unless ``--repeats`` says more
 after a warm-up on 8 pairs: about 2.5 minutes in all. ``quick`` runs ``tiny-llama`` with 8 pairs and all
 heads. The ratio is measured in one run (both variants interleaved). probekit's cost has a fixed part
 (the counterfactual run, the clean and counterfactual metrics) that more heads amortise. Nothing is
@@ -129,22 +129,14 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         }
         for r in timed.itertuples(index=False)
     ]
-    out = pd.DataFrame(rows)
-    out.insert(0, "benchmark", "mediation")
-    out.insert(2, "model", model_name)
-    out["n_sentences"] = out["n_items"]
-    out["tokens_per_s"] = np.nan
-    out["peak_rss_mb"] = np.nan
-    out["threads"] = ctx.threads
-    lead = [c for c in bench.COLUMNS if c in out.columns]
-    out = out[lead + [c for c in out.columns if c not in lead]]
+    out = bench.item_frame(rows, "mediation", model_name, ctx.threads)
     med = out.groupby("variant")["seconds"].median()
     ratio = med.get("tl-loop", np.nan) / med.get("probekit", np.nan)
     sizing = (
         "quick: tiny-llama, all heads"
         if quick
-        else f"full: {len(pp)} pairs on the 9 heads of layer 15, one repetition (the TL loop on all 270 "
-        "heads would take over an hour on this CPU)"
+        else f"full: {len(pp)} pairs on the 9 heads of layer 15, {repeats} timed repetition(s) (the TL "
+        "loop on all 270 heads would take over an hour on this CPU)"
     )
     out.attrs["notes"] = (
         f"Exact per-head mediation patching (counterfactual -> clean, all positions), {len(heads)} heads x "

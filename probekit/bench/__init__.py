@@ -10,7 +10,8 @@ The benchmarks live in the repository's ``benchmarks/bench_<name>.py`` and use t
   `torch_profile_top`;
 - `probekit.bench.memory`: `RssSampler`, `sampling`, `mark_baseline`, `measure_in_subprocess`,
   `measure_in_process`;
-- `probekit.bench.runner`: `run_benchmark`, `run_all`, `render_only`, `load_module`, `check_rows`;
+- `probekit.bench.runner`: `run_benchmark`, `run_all`, `render_only`, `load_module`, `check_rows`,
+  `item_frame`;
 - `probekit.bench.render`: `summarize`, `render_report`;
 - ``python -m probekit.bench child SPEC_JSON`` (`probekit.bench.__main__`): the fresh process of
   `measure_in_subprocess`.
@@ -42,6 +43,7 @@ from probekit.bench.runner import (
     POSITIVE_COLUMNS,
     check_rows,
     default_benchmarks_dir,
+    item_frame,
     load_module,
     render_only,
     run_all,
@@ -70,6 +72,7 @@ __all__ = [
     "default_benchmarks_dir",
     "interleaved",
     "interleaved_chunks",
+    "item_frame",
     "load_module",
     "machine_info",
     "mark_baseline",

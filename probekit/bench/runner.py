@@ -104,6 +104,29 @@ def check_rows(frame: pd.DataFrame) -> str | None:
     return None
 
 
+def item_frame(rows: list[dict], benchmark: str, model: str, threads: int) -> pd.DataFrame:
+    """A benchmark's rows over items (pairs, not sentences) in the common layout: `COLUMNS` first.
+
+    ``n_sentences`` is the rows' ``n_items``; ``tokens_per_s`` and ``peak_rss_mb`` are not measured (NaN).
+
+    Examples
+    --------
+    >>> item_frame([{"variant": "fast", "repeat": 0, "seconds": 1.5, "n_items": 8}], "ablation", "m", 1)[
+    ...     ["benchmark", "variant", "model", "n_sentences", "threads"]
+    ... ].iloc[0].tolist()
+    ['ablation', 'fast', 'm', 8, 1]
+    """
+    out = pd.DataFrame(rows)
+    out.insert(0, "benchmark", benchmark)
+    out.insert(2, "model", model)
+    out["n_sentences"] = out["n_items"]
+    out["tokens_per_s"] = np.nan
+    out["peak_rss_mb"] = np.nan
+    out["threads"] = threads
+    lead = [c for c in COLUMNS if c in out.columns]
+    return out[lead + [c for c in out.columns if c not in lead]]
+
+
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(columns=list(COLUMNS))
 
