@@ -111,10 +111,10 @@ def item_frame(rows: list[dict], benchmark: str, model: str, threads: int) -> pd
 
     Examples
     --------
-    >>> item_frame([{"variant": "fast", "repeat": 0, "seconds": 1.5, "n_items": 8}], "ablation", "m", 1)[
-    ...     ["benchmark", "variant", "model", "n_sentences", "threads"]
-    ... ].iloc[0].tolist()
-    ['ablation', 'fast', 'm', 8, 1]
+    >>> rows = [{"variant": "fast", "repeat": 0, "seconds": 1.5, "n_items": 8}]
+    >>> frame = item_frame(rows, "ablation", "m", 1)
+    >>> frame.columns.tolist()[:4], int(frame.n_sentences.iloc[0])
+    (['benchmark', 'variant', 'model', 'n_sentences'], 8)
     """
     out = pd.DataFrame(rows)
     out.insert(0, "benchmark", benchmark)
