@@ -9,6 +9,7 @@ test; the best fixed offset is chosen on train. The method: ``docs/methods/trees
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -396,11 +397,8 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
         lh = len(run.layers) * run.n_heads
         dev, tst = run.hits["dev"], run.hits["test"]
 
-        def mean(a):
-            return a.mean(axis=0) if len(a) else np.full(lh, np.nan)
-
-        dev_u, dev_d, dev_r = mean(dev["undirected"]), mean(dev["directed"]), mean(dev["reverse"])
-        t_u, t_d, t_r = mean(tst["undirected"]), mean(tst["directed"]), mean(tst["reverse"])
+        dev_u, dev_d, dev_r = (_mean(dev[k], lh) for k in ("undirected", "directed", "reverse"))
+        t_u, t_d, t_r = (_mean(tst[k], lh) for k in ("undirected", "directed", "reverse"))
         best = int(np.nanargmax(dev_u)) if lh else 0
         dev_dir = np.concatenate([dev_d, dev_r])  # [2 * LH]: dep_to_head then head_to_dep
         best_dir = int(np.nanargmax(dev_dir))
@@ -424,7 +422,7 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
                     "best_on_dev": k == best,
                 }
             )
-        name_of = lambda k: f"L{run.layers[k // run.n_heads]}.H{k % run.n_heads}"  # noqa: E731
+        name_of = functools.partial(_head_name, run.layers, run.n_heads)
         summary.append(
             row(run.name, "best_head", name_of(best), tst["undirected"][:, best], tst["directed"][:, best])
         )
@@ -501,6 +499,14 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
         relations=pd.DataFrame(rel_rows),
         drawings=[d for run in runs[:1] for d in run.drawn],
     )
+
+
+def _mean(a: np.ndarray, lh: int) -> np.ndarray:
+    return a.mean(axis=0) if len(a) else np.full(lh, np.nan)
+
+
+def _head_name(layers: list[int], n_heads: int, k: int) -> str:
+    return f"L{layers[k // n_heads]}.H{k % n_heads}"
 
 
 def _relations(model, method, rels, und, dirs) -> list[dict]:
