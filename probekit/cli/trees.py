@@ -32,7 +32,7 @@ def register(sub) -> None:
         default="0.5,0.2,0.3",
         help="train,dev,test fractions of the usable sentences (default 0.5,0.2,0.3)",
     )
-    p.add_argument("--probe-sentences", type=int, default=500, help="at most N train sentences fit the probe")
+    p.add_argument("--probe-sentences", type=int, default=300, help="at most N train sentences fit the probe")
     p.add_argument("--random-baseline", action="store_true", help="also run random:<model> the same way")
     p.add_argument("--seed", type=int, default=0, help="split / bootstrap seed")
     p.add_argument("--n-boot", type=int, default=1000)

@@ -141,7 +141,7 @@ def analyze_trees(
     *,
     split=DEFAULT_SPLIT,
     max_words: int = 40,
-    probe_sentences: int = 500,
+    probe_sentences: int = 300,
     l2: float = DEFAULT_L2,
     seed: int = 0,
     n_boot: int = 1000,

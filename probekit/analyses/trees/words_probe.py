@@ -9,7 +9,8 @@ attention-only variant of Clark et al.'s probe (their "Attn" row); the "Attn + G
 bilinear word-embedding term, which probekit does not implement. For a causal model ``A_k[d, h]`` is
 zero for ``h > d``, so the probe reads the leftward attention of whichever word comes later, which is
 exactly the information the model has. The weights ``(w, u)`` are fitted by cross-entropy with a small
-L2 penalty, full batch with L-BFGS (torch, float64 weights, zero start: deterministic), on the *train*
+L2 penalty, full batch with L-BFGS (torch; float32 features, float64 weights and loss; zero start:
+deterministic), on the *train*
 part; predicted heads are the argmax per dependent (Clark et al.'s UAS), and for trees the
 Chu-Liu/Edmonds arborescence of ``score`` with the gold root fixed.
 """
@@ -102,7 +103,7 @@ def fit_words_probe(
             where="fit_words_probe",
             fix="build the rows with pair_features from dependents whose gold head is a kept word",
         )
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # [P, F], float32 to save memory
     g = torch.from_numpy(groups)
     gold_t = torch.from_numpy(gold)
     theta = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
@@ -110,7 +111,7 @@ def fit_words_probe(
 
     def loss_fn():
         opt.zero_grad()
-        logits = x @ theta  # [P]
+        logits = (x @ theta.to(torch.float32)).to(torch.float64)  # [P]
         m = torch.full((n_groups,), -torch.inf, dtype=torch.float64)
         m = m.scatter_reduce(0, g, logits.detach(), reduce="amax")
         z = torch.zeros(n_groups, dtype=torch.float64).index_add(0, g, torch.exp(logits - m[g]))
