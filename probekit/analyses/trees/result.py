@@ -32,7 +32,17 @@ LINE_METHODS = ("words_probe_tree", "chain_head_right", "best_offset")
 
 @dataclass
 class TreesResult:
-    """What `analyze_trees` found; ``.write(folder)`` writes the tables, ``summary.md`` and the figures."""
+    """What `analyze_trees` found; ``.write(folder)`` writes the tables, ``summary.md`` and the figures.
+
+    Examples
+    --------
+    >>> import tempfile, probekit as pk
+    >>> res = pk.analyze_trees(pk.load_model("tiny-bert"), pk.load_dataset("template:svo_adj?n=12"),
+    ...                        n_boot=50, progress=False)
+    >>> names = {p.name for p in res.write(tempfile.mkdtemp())}
+    >>> {"trees_summary.csv", "trees_heads.csv", "trees_layers.png"} <= names
+    True
+    """
 
     model: str
     data: str
