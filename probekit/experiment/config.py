@@ -172,7 +172,9 @@ class TreesOptions(_Strict):
     """Whole trees from attention: per-head MSTs, Clark et al.'s attention probe, chain/offset baselines."""
 
     data: str = Field(..., description="data name or spec with gold trees (ud:)")
-    max_sentences: int | None = Field(None, ge=1, description="first N sentences")
+    max_sentences: int | None = Field(
+        None, ge=3, description="first N usable sentences (the whole data is captured, reusing the cache)"
+    )
     max_words: int = Field(40, ge=2, description="skip sentences longer than this many words")
     split: list[float] = Field(
         [0.5, 0.2, 0.3],

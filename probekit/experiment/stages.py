@@ -358,13 +358,14 @@ def trees(run: Run, opts) -> None:
     for data_name, spec, name in _combinations(run, "trees", [opts.data]):
 
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
-            data = run.dataset(data_name, opts.max_sentences)
+            data = run.dataset(data_name)  # whole, so the heads stage's capture cache is reused
             model = run.model(name)
             result = analyze_trees(
                 model,
                 data,
                 split=tuple(opts.split),
                 max_words=opts.max_words,
+                max_sentences=opts.max_sentences,
                 probe_sentences=opts.probe_sentences,
                 seed=run.cfg.seed,
                 n_boot=opts.n_boot,

@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 
 from probekit.analyses.trees.attention import head_trees
 from probekit.analyses.trees.baselines import chain_heads, edges_of, offset_heads, offsets
-from probekit.analyses.trees.mst import mst_directed, punctuation_words
+from probekit.analyses.trees.mst import mst_directed, mst_undirected_batch, punctuation_words
 from probekit.analyses.trees.result import TreesResult
 from probekit.analyses.trees.words_probe import (
     DEFAULT_L2,
     argmax_heads,
     fit_words_probe,
     pair_features,
+    probe_probabilities,
     probe_scores,
 )
 from probekit.data import Dataset
@@ -103,10 +104,13 @@ def split_parts(ids, split=DEFAULT_SPLIT, seed: int = 0) -> np.ndarray:
     return parts.astype(str)
 
 
-def usable_items(dataset: Dataset, max_words: int, split, seed: int) -> list[Item]:
-    """The sentences with a gold tree, 2..max_words words and at least one arc between kept words."""
+def usable_items(dataset: Dataset, max_words: int, split, seed: int, max_sentences=None) -> list[Item]:
+    """The first ``max_sentences`` (all if None) sentences with a gold tree, 2..max_words words and at
+    least one arc between kept words, each assigned to its part."""
     chosen = []
     for idx, s in enumerate(dataset.sentences):
+        if max_sentences is not None and len(chosen) >= max_sentences:
+            break
         if s.heads is None or not 2 <= len(s.words) <= max_words:
             continue
         ignore = tuple(punctuation_words(s))
@@ -141,6 +145,7 @@ def analyze_trees(
     *,
     split=DEFAULT_SPLIT,
     max_words: int = 40,
+    max_sentences: int | None = None,
     probe_sentences: int = 300,
     l2: float = DEFAULT_L2,
     seed: int = 0,
@@ -164,6 +169,8 @@ def analyze_trees(
     max_words : int
         Sentences longer than this are skipped (the rest of the data is still captured whole, so the
         capture cache of the ``heads`` stage is reused).
+    max_sentences : int, optional
+        Use only the first N usable sentences (the whole data is still captured, as with ``max_words``).
     probe_sentences : int
         At most this many train sentences feed the probe (its features are held in memory).
     l2 : float
@@ -203,7 +210,13 @@ def analyze_trees(
     for name, v in (("max_words", max_words), ("probe_sentences", probe_sentences), ("n_boot", n_boot)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ProbekitError(f"{name} must be a positive integer, got {v!r}", where="analyze_trees")
-    items = usable_items(dataset, max_words, split, seed)
+    if max_sentences is not None and (
+        isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 3
+    ):
+        raise ProbekitError(
+            f"max_sentences must be an integer >= 3, got {max_sentences!r}", where="analyze_trees"
+        )
+    items = usable_items(dataset, max_words, split, seed, max_sentences)
     label = data_label or dataset.spec
     base = _baselines(items)
     runs = [_run_model(model, dataset, items, probe_sentences, l2, batch_size, progress)]
@@ -285,28 +298,30 @@ def _gold_heads(it: Item) -> np.ndarray:
 
 
 def _probe_test(cap, items, lh, layers, n_heads, theta, per_layer):
-    """Second pass: the fitted probes on the test part (argmax heads, and trees with the gold root)."""
-    out = {"argmax": [], "argmax_undirected": [], "tree_directed": [], "tree_undirected": []}
+    """Second pass: the fitted probes on the test part. UAS: each dependent's argmax head (Clark et al.);
+    UUAS: the undirected MST of the probe's probabilities; ``tree_*``: its Chu-Liu/Edmonds tree."""
+    out = {"argmax": [], "mst_undirected": [], "tree_directed": [], "tree_undirected": []}
     lay = {"uuas": np.zeros(len(layers)), "uas": np.zeros(len(layers))}
     total = 0
     for it in items:
         if it.part != "test":
             continue
         att = np.asarray(cap.attention(it.index), dtype=np.float64).reshape(lh, it.n, it.n)
-        pred = argmax_heads(probe_scores(att, theta), it.kept, it.deps)
-        out["argmax"].append(pred == it.heads)
-        pred_edges = {(min(d, int(p)), max(d, int(p))) for d, p in zip(it.deps.tolist(), pred, strict=True)}
-        arcs = zip(it.deps.tolist(), it.heads.tolist(), strict=True)
-        out["argmax_undirected"].append(np.array([(min(d, h), max(d, h)) in pred_edges for d, h in arcs]))
-        tree = mst_directed(probe_scores(att, theta), it.root, ignore=it.ignore)
+        scores = probe_scores(att, theta)  # [n, n]
+        out["argmax"].append(argmax_heads(scores, it.kept, it.deps) == it.heads)
+        parents = mst_undirected_batch(probe_probabilities(scores, it.kept)[None], ignore=it.ignore)[0]
+        out["mst_undirected"].append(_undirected_hits(parents, it))
+        tree = mst_directed(scores, it.root, ignore=it.ignore)
         out["tree_directed"].append(tree[it.deps] == it.heads)
         out["tree_undirected"].append(_undirected_hits(tree, it))
         total += len(it.deps)
+        probs = []
         for li in range(len(layers)):
-            sl = att[li * n_heads : (li + 1) * n_heads]
-            tree = mst_directed(probe_scores(sl, per_layer[li]), it.root, ignore=it.ignore)
-            lay["uas"][li] += np.sum(tree[it.deps] == it.heads)
-            lay["uuas"][li] += np.sum(_undirected_hits(tree, it))
+            sc = probe_scores(att[li * n_heads : (li + 1) * n_heads], per_layer[li])
+            lay["uas"][li] += np.sum(argmax_heads(sc, it.kept, it.deps) == it.heads)
+            probs.append(probe_probabilities(sc, it.kept))
+        parents = mst_undirected_batch(np.stack(probs), ignore=it.ignore)  # [n_layers, n]
+        lay["uuas"] += ((parents[:, it.deps] == it.heads) | (parents[:, it.heads] == it.deps)).sum(axis=1)
     out = {k: (np.concatenate(v) if v else np.zeros(0, bool)) for k, v in out.items()}
     lay = {k: v / max(total, 1) for k, v in lay.items()}
     return out, lay
@@ -431,13 +446,13 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
             row(
                 run.name,
                 "best_head_directed",
-                f"{name_of(bd_head)} {'head_to_dep' if bd_rev else 'dep_to_head'}",
+                f"{name_of(bd_head)} {_direction(run.causal, bd_rev)}",
                 tst["undirected"][:, bd_head],
                 col[:, bd_head],
             )
         )
         summary.append(
-            row(run.name, "words_probe", "argmax", run.probe["argmax_undirected"], run.probe["argmax"])
+            row(run.name, "words_probe", "argmax; MST", run.probe["mst_undirected"], run.probe["argmax"])
         )
         summary.append(
             row(
@@ -466,7 +481,7 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
                     "model": run.name,
                     "layer": layer,
                     "method": "words_probe_layer",
-                    "detail": "gold root",
+                    "detail": "argmax; MST",
                     "uuas": run.layer_probe["uuas"][li],
                     "uas": run.layer_probe["uas"][li],
                 }
@@ -499,6 +514,12 @@ def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesRe
         relations=pd.DataFrame(rel_rows),
         drawings=[d for run in runs[:1] for d in run.drawn],
     )
+
+
+def _direction(causal: bool, reverse: bool) -> str:
+    if causal:
+        return "A+A^T oriented from the gold root"
+    return "head_to_dep" if reverse else "dep_to_head"
 
 
 def _mean(a: np.ndarray, lh: int) -> np.ndarray:

@@ -151,6 +151,28 @@ def probe_scores(att: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return np.tensordot(w, a, axes=1) + np.tensordot(u, a, axes=1).T
 
 
+def probe_probabilities(scores: np.ndarray, kept) -> np.ndarray:
+    """``p(h | d)``: each kept dependent's softmax over the other kept words (zero elsewhere).
+
+    The undirected MST of these (`mst_undirected_batch` symmetrises them) gives the probe's UUAS.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = probe_probabilities(np.zeros((3, 3)), [0, 2])
+    >>> p.tolist()
+    [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    """
+    kept = np.asarray(list(kept), dtype=np.int64)
+    n = scores.shape[0]
+    sub = np.asarray(scores, dtype=np.float64)[np.ix_(kept, kept)].copy()  # [k, k]
+    np.fill_diagonal(sub, -np.inf)
+    sub = np.exp(sub - sub.max(axis=1, keepdims=True))
+    out = np.zeros((n, n))
+    out[np.ix_(kept, kept)] = sub / sub.sum(axis=1, keepdims=True)
+    return out
+
+
 def argmax_heads(scores: np.ndarray, kept, deps) -> np.ndarray:
     """Each dependent's highest-scoring kept word other than itself (ties: the lowest index).
 
