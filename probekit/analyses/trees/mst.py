@@ -200,26 +200,21 @@ def _chu_liu_edmonds(scores: np.ndarray, root: int) -> np.ndarray:
     m = len(rest)  # contracted graph: rest (0..m-1) + the cycle node c = m
     c = m
     cs = np.full((m + 1, m + 1), -np.inf)
-    cs[:m, :m] = s[np.ix_(rest, rest)]
+    cs[:m, :m] = s[rest][:, rest]
     cyc = np.asarray(cycle)
     # an arc from outside h into the cycle, entering at d, breaks the cycle arc into d
-    gain = s[np.ix_(cyc, rest)] - s[cyc, heads[cyc]][:, None]  # [len(cyc), m]
+    gain = s[cyc][:, rest] - s[cyc, heads[cyc]][:, None]  # [len(cyc), m]
     enter = np.argmax(gain, axis=0)  # which cycle word each outside head would enter at
     cs[c, :m] = gain[enter, np.arange(m)]
     # an arc from the cycle to an outside dependent leaves from its best cycle word
-    out = s[np.ix_(rest, cyc)]  # [m, len(cyc)]
+    out = s[rest][:, cyc]  # [m, len(cyc)]
     leave = np.argmax(out, axis=1)
     cs[:m, c] = out[np.arange(m), leave]
     sub = _chu_liu_edmonds(cs, int(np.flatnonzero(rest == root)[0]))
     result = heads.copy()
-    for a in range(m):
-        h = sub[a]
-        if h == -1:
-            result[rest[a]] = -1
-        elif h == c:
-            result[rest[a]] = cyc[leave[a]]
-        else:
-            result[rest[a]] = rest[h]
+    # sub's heads in the original numbering: -1 stays, the cycle node -> the cycle word the arc leaves
+    safe = np.where((sub[:m] >= 0) & (sub[:m] < m), sub[:m], 0)
+    result[rest] = np.where(sub[:m] == -1, -1, np.where(sub[:m] == c, cyc[leave], rest[safe]))
     h_in = sub[c]  # the outside head of the cycle
     d_in = cyc[enter[h_in]]
     result[d_in] = rest[h_in]  # the other cycle words keep their heads
@@ -228,13 +223,14 @@ def _chu_liu_edmonds(scores: np.ndarray, root: int) -> np.ndarray:
 
 def _find_cycle(heads: np.ndarray) -> list[int] | None:
     n = len(heads)
-    state = np.zeros(n, dtype=np.int8)
+    heads = heads.tolist()  # plain ints: faster to walk than numpy scalars
+    state = [0] * n
     for start in range(n):
         path, i = [], start
         while i != -1 and state[i] == 0:
             state[i] = 1
             path.append(i)
-            i = int(heads[i])
+            i = heads[i]
         if i != -1 and state[i] == 1:
             return path[path.index(i) :]
         for j in path:
