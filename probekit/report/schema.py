@@ -268,8 +268,7 @@ SCHEMAS = (
     MINIMAL_PAIRS,
     SPECIALISTS_VS_RANDOM,
     SPECIALISTS,
-    TREES_SUMMARY,
-    TREES_PARTS,
-    STRUCTURAL_PROBES,
     CLAIM_VERDICTS,
 )
+# TREES_SUMMARY, TREES_PARTS and STRUCTURAL_PROBES join SCHEMAS once a committed run has them
+# (tests/unit/test_report.py checks every schema in SCHEMAS against results/: add "trees_ewt" to its RUNS)
