@@ -5,7 +5,7 @@ Tables (each as CSV, Markdown and LaTeX, `probekit.report.write_tables`):
 - ``trees_summary``: one row per (model, method) on the test part: ``uuas``/``uas`` with cluster-bootstrap
   95% CIs over test sentences (``*_low``/``*_high``; `probekit.stats.bootstrap_ci`). Methods:
   ``best_head`` (selected on dev UUAS), ``best_head_directed`` (selected on dev UAS over both attention
-  directions), ``words_probe`` (argmax head per dependent; UUAS counts gold edges among its arcs),
+  directions), ``words_probe`` (UAS: argmax head per dependent; UUAS: undirected MST of its probabilities),
   ``words_probe_tree`` (its Chu-Liu/Edmonds tree with the gold root), ``chain_head_right``,
   ``chain_head_left``, ``best_offset`` (offset chosen on train). The random-init model has its own rows.
 - ``trees_heads``: every head's test ``uuas``/``uas``/``uas_reverse`` and dev scores, ``best_on_dev``.
