@@ -236,3 +236,31 @@ def test_trees_stage_and_report_section(tmp_path):
     assert (run / "trees" / "tiny-bert__tiny" / "trees_summary.csv").exists()
     report = (run / "REPORT.md").read_text()
     assert f"## {TREES_TITLE}" in report and "attention probe UAS" in report
+
+
+def test_report_section_renders_the_structural_probes_when_present(tmp_path):
+    from probekit.report import write_table
+    from probekit.report.markdown import TREES_TITLE, trees_section
+
+    folder = tmp_path / "trees" / "m__d"
+    common = {"model": "m", "data": "d", "detail": "", "n_sentences": 5, "n_arcs": 50}
+    summary = pd.DataFrame(
+        [
+            {**common, "method": "best_head", "uuas": 0.6, "uuas_low": 0.55, "uuas_high": 0.65}
+            | {"uas": 0.5, "uas_low": 0.45, "uas_high": 0.55},
+            {**common, "method": "chain_head_right", "uuas": 0.4, "uuas_low": 0.35, "uuas_high": 0.45}
+            | {"uas": 0.3, "uas_low": 0.25, "uas_high": 0.35},
+        ]
+    )
+    write_table(summary, folder / "trees_summary.csv")
+    parts = pd.DataFrame({"part": ["test"], "fraction": [0.3], "n_sentences": [5]})
+    write_table(parts, folder / "trees_parts.csv")
+    assert "Hewitt & Manning" not in "\n".join(trees_section(tmp_path))
+    structural = pd.DataFrame(
+        {"model": ["m", "m"], "layer": [1, 2], "probe": "distance", "baseline": "none", "uuas": [0.5, 0.7]}
+    )
+    write_table(structural, folder / "structural_probes.csv")
+    text = "\n".join(trees_section(tmp_path))
+    assert text.startswith(f"## {TREES_TITLE}")
+    assert "Hewitt & Manning" in text and "| m | 2 | distance | none | 0.7 |" in text
+    assert "UUAS 0.600 [0.550, 0.650] vs 0.400 [0.350, 0.450] (+0.200; above it, the intervals apart)" in text

@@ -27,7 +27,7 @@ from probekit.report import atomic_write_text, markdown_table, write_tables
 from probekit.report.figures import pyplot, save_fig
 
 #: the summary methods drawn as horizontal lines in the per-layer plot
-LINE_METHODS = ("words_probe_tree", "chain_head_right", "best_offset")
+LINE_METHODS = ("words_probe", "chain_head_right", "best_offset")
 
 
 @dataclass
