@@ -54,6 +54,12 @@ _EXPORTS = {
     "specialists_vs_random": "probekit.analyses.interventions",
     "mediate": "probekit.analyses.mediation",
     "MediationResult": "probekit.analyses.mediation",
+    "analyze_trees": "probekit.analyses.trees",
+    "TreesResult": "probekit.analyses.trees",
+    "mst_undirected": "probekit.analyses.trees",
+    "mst_directed": "probekit.analyses.trees",
+    "uuas": "probekit.analyses.trees",
+    "uas": "probekit.analyses.trees",
     # running
     "run_experiment": "probekit.experiment",
     "ExperimentConfig": "probekit.experiment",

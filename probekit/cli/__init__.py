@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     "score",
     "ablate",
     "mediate",
+    "trees",
 ]
 
 

@@ -168,6 +168,30 @@ class ExploreOptions(_Strict):
     max_words: int = Field(20, ge=2, le=60, description="skip sentences longer than this many words")
 
 
+class TreesOptions(_Strict):
+    """Whole trees from attention: per-head MSTs, Clark et al.'s attention probe, chain/offset baselines."""
+
+    data: str = Field(..., description="data name or spec with gold trees (ud:)")
+    max_sentences: int | None = Field(
+        None, ge=3, description="first N usable sentences (the whole data is captured, reusing the cache)"
+    )
+    max_words: int = Field(40, ge=2, description="skip sentences longer than this many words")
+    split: list[float] = Field(
+        [0.5, 0.2, 0.3],
+        min_length=3,
+        max_length=3,
+        description="train, dev, test fractions (probe and offset fit on train, heads chosen on dev)",
+    )
+    probe_sentences: int = Field(300, ge=1, description="at most N train sentences fit the attention probe")
+    random_baseline: bool = Field(True, description="also run random:<model>")
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples over test sentences")
+    structural: bool = Field(
+        False,
+        description="also fit Hewitt & Manning structural probes (probekit.analyses.trees.structural), "
+        "written as structural_probes.csv next to the trees tables",
+    )
+
+
 class Analyses(_Strict):
     """The analyses to run: one optional section per stage of `probekit.experiment.stages.STAGES`."""
 
@@ -179,6 +203,7 @@ class Analyses(_Strict):
     ablate: AblateOptions | None = None
     mediate: MediateOptions | None = None
     explore: ExploreOptions | None = None
+    trees: TreesOptions | None = None
 
     @field_validator("probes")
     @classmethod

@@ -334,6 +334,43 @@ def explore(run: Run, opts) -> None:
         run.stage("explore", name, data_name, opts.model_dump(), work)
 
 
+def trees(run: Run, opts) -> None:
+    """Whole trees from attention (`analyze_trees`): every head's MST, the attention probe, baselines;
+    with ``structural: true`` also the Hewitt & Manning structural probes in the same folder."""
+    from probekit.analyses.trees import analyze_trees
+
+    for data_name, spec, name in _combinations(run, "trees", [opts.data]):
+
+        def work(folder: Path, name=name, data_name=data_name, spec=spec):
+            data = run.dataset(data_name)  # whole, so the heads stage's capture cache is reused
+            model = run.model(name)
+            result = analyze_trees(
+                model,
+                data,
+                split=tuple(opts.split),
+                max_words=opts.max_words,
+                max_sentences=opts.max_sentences,
+                probe_sentences=opts.probe_sentences,
+                seed=run.cfg.seed,
+                n_boot=opts.n_boot,
+                batch_size=run.cfg.batch_size,
+                random_model=run.model(f"random:{name}") if opts.random_baseline else None,
+                progress=run.progress,
+                data_label=display_spec(spec),
+            )
+            result.write(folder)
+            if opts.structural:
+                # --- structural probes (Hewitt & Manning 2019): plugged in by the lead --------------
+                # probekit/analyses/trees/structural.py (another branch) provides fit_structural_probes;
+                # its .write(folder) must leave structural_probes.csv (columns: report.schema
+                # STRUCTURAL_PROBES), which REPORT.md's trees section renders when present.
+                from probekit.analyses.trees.structural import fit_structural_probes
+
+                fit_structural_probes(model, data, seed=run.cfg.seed).write(folder)
+
+        run.stage("trees", name, data_name, opts.model_dump(), work)
+
+
 #: every stage, in the order `run_experiment` runs them; the keys are exactly the fields of
 #: `probekit.experiment.config.Analyses` (tests/unit/test_layout.py checks both)
 STAGES: dict[str, Callable[[Run, Any], None]] = {
@@ -345,4 +382,5 @@ STAGES: dict[str, Callable[[Run, Any], None]] = {
     "ablate": ablate,
     "mediate": mediate,
     "explore": explore,
+    "trees": trees,
 }

@@ -272,6 +272,44 @@ CLAIM_VERDICTS = TableSchema(
     writer="`probekit report` (probekit.experiment.verdicts)",
 )
 
+#: the trees stage (`probekit.analyses.trees.analyze_trees`): one row per (model, method) on the test part
+TREES_SUMMARY = TableSchema(
+    "trees_summary.csv",
+    "trees",
+    (
+        "model",
+        "data",
+        "method",
+        "detail",
+        "n_sentences",
+        "n_arcs",
+        "uuas",
+        "uuas_low",
+        "uuas_high",
+        "uas",
+        "uas_low",
+        "uas_high",
+    ),
+    writer="the trees stage or `probekit trees` (probekit.analyses.trees.TreesResult)",
+)
+
+#: the train/dev/test parts of the trees stage
+TREES_PARTS = TableSchema(
+    "trees_parts.csv",
+    "trees",
+    ("part", "fraction", "n_sentences"),
+    writer="the trees stage or `probekit trees` (probekit.analyses.trees.TreesResult)",
+)
+
+#: Hewitt & Manning structural probes, written into the trees stage's folders when it runs them
+STRUCTURAL_PROBES = TableSchema(
+    "structural_probes.csv",
+    "trees",
+    ("model", "layer", "probe", "baseline", "uuas"),
+    optional=("dspr", "root_acc", "nspr"),
+    writer="the trees stage with structural: true (probekit.analyses.trees.structural)",
+)
+
 #: every schema, for checks over a whole run folder
 SCHEMAS = (
     CHECK_ATTENTION,
@@ -285,3 +323,5 @@ SCHEMAS = (
     SPECIALISTS,
     CLAIM_VERDICTS,
 )
+# TREES_SUMMARY, TREES_PARTS and STRUCTURAL_PROBES join SCHEMAS once a committed run has them
+# (tests/unit/test_report.py checks every schema in SCHEMAS against results/: add "trees_ewt" to its RUNS)
