@@ -76,6 +76,15 @@ class WeightingComparison:
     - ``sink``: per head, the mean attention on the sink/[CLS]/[SEP] under raw and norm weighting
       (``model, layer, head, sink_raw, sink_norm``); empty without ``norm``.
     - ``analyses``: the `HeadAnalysis` of each weighting.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> sink = pd.DataFrame({"model": "m", "layer": [0, 1], "head": [0, 0], "sink_raw": [0.9, 0.1],
+    ...                      "sink_norm": [0.3, 0.2]})
+    >>> s = WeightingComparison("m", "d", pd.DataFrame(), pd.DataFrame(), sink).sink_summary()
+    >>> round(s["share_removed"], 2), s["sink_heads_raw"], s["sink_heads_still_norm"]
+    (0.5, 1, 0)
     """
 
     model: str
