@@ -71,8 +71,9 @@ class HeadsOptions(_Strict):
 
 
 class WeightingOptions(_Strict):
-    """C4 under other attention weightings: the head analysis on raw, norm-weighted and rollout attention,
-    whether each relation's conclusion changes, and the sink attention the norm weighting removes."""
+    """C4 on norm-weighted and rollout attention vs raw, and the sink mass the norm weighting removes.
+
+    Runs `probekit.analyses.heads.compare_weightings`; see ``docs/methods/weighting.md``."""
 
     data: list[str] = Field(..., description="data names or specs to score on")
     relations: list[str] | None = Field(
