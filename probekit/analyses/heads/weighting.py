@@ -164,7 +164,7 @@ def rollout(patterns) -> np.ndarray:
     below = np.eye(n)  # [q_tok, k_tok]: the rollout of the layers below (none: identity)
     out = np.empty_like(a)
     for layer in range(a.shape[0]):
-        out[layer] = np.einsum("hqk,kj->hqj", a[layer], below)
+        out[layer] = a[layer] @ below  # [head, q_tok, k_tok] @ [k_tok, k_tok]
         mixed = 0.5 * a[layer].mean(0) + 0.5 * np.eye(n)
         mixed /= mixed.sum(-1, keepdims=True)
         below = mixed @ below
