@@ -268,6 +268,10 @@ def test_weighting_stage_and_heads_option_run_in_an_experiment(tmp_path):
     folder = tmp_path / "weighting" / "tiny-bert__svo"
     table = pd.read_csv(folder / "weighting_comparison.csv")
     assert set(table.weighting) == {"raw", "norm"} and (folder / "weighting_sink.csv").exists()
+    from probekit.report.markdown import weighting_lines
+
+    (line,) = weighting_lines(tmp_path)  # REPORT.md's "Attention weighting" line for this folder
+    assert line.startswith("- **tiny-bert** on `template:svo_adj?n=12`:") and "disappears" in line
     stages.STAGES["heads"](run, cfg.analyses.heads)
     summary = (tmp_path / "heads" / "tiny-bert__svo" / "summary.md").read_text()
     assert "**rollout**-weighted attention" in summary
