@@ -125,7 +125,7 @@ def norm_weighted(pattern, v, w_o, kv=None, renormalize: bool = True) -> np.ndar
     >>> import numpy as np
     >>> pattern = np.array([[[1.0, 0.0], [0.5, 0.5]]])          # [head=1, q_tok=2, k_tok=2]
     >>> v = np.array([[[3.0, 4.0]], [[1.0, 0.0]]])               # ||v_0|| = 5, ||v_1|| = 1
-    >>> norm_weighted(pattern, v, np.eye(2)[None])[0, 1].round(4).tolist()   # [2.5, 0.5] / 3
+    >>> [round(float(x), 4) for x in norm_weighted(pattern, v, np.eye(2)[None])[0, 1]]  # [2.5, 0.5] / 3
     [0.8333, 0.1667]
     >>> norm_weighted(pattern, v, np.eye(2)[None], renormalize=False)[0, 1].tolist()
     [2.5, 0.5]
