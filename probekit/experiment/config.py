@@ -63,6 +63,29 @@ class HeadsOptions(_Strict):
     random_baseline: bool = Field(True, description="also score random:<model>")
     n_boot: int = Field(1000, ge=100, description="bootstrap resamples over sentences")
     n_perm: int = Field(200, ge=10, description="permutations for the best-of-all-heads null")
+    weighting: Literal["raw", "norm", "rollout"] = Field(
+        "raw",
+        description="attention the heads are scored on: raw pattern, norm-weighted (Kobayashi et al. 2020) "
+        "or rollout (Abnar & Zuidema 2020)",
+    )
+
+
+class WeightingOptions(_Strict):
+    """C4 on norm-weighted and rollout attention vs raw, and the sink mass the norm weighting removes.
+
+    Runs `probekit.analyses.heads.compare_weightings`; see ``docs/methods/weighting.md``."""
+
+    data: list[str] = Field(..., description="data names or specs to score on")
+    relations: list[str] | None = Field(
+        None, description="relations (None = nsubj, amod, det, obj + positional)"
+    )
+    weightings: list[Literal["raw", "norm", "rollout"]] = Field(
+        ["raw", "norm", "rollout"], description="weightings to compare (raw is always scored)"
+    )
+    max_sentences: int | None = Field(None, ge=1, description="first N sentences of each dataset")
+    random_baseline: bool = Field(False, description="also score random:<model> under each weighting")
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples over sentences")
+    n_perm: int = Field(200, ge=10, description="permutations for the best-of-all-heads null")
 
 
 class ProbesOptions(_Strict):
@@ -198,6 +221,7 @@ class Analyses(_Strict):
     check_attention: CheckAttentionOptions | None = None
     claims: ClaimsOptions | None = None
     heads: HeadsOptions | None = None
+    weighting: WeightingOptions | None = None
     probes: list[ProbesOptions] | None = None
     score: ScoreOptions | None = None
     ablate: AblateOptions | None = None

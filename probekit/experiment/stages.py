@@ -101,10 +101,46 @@ def heads(run: Run, opts) -> None:
                 progress=run.progress,
                 random_model=run.model(f"random:{name}") if opts.random_baseline else None,
                 data_label=display_spec(spec),
+                weighting=opts.weighting,
             )
             result.write(folder)
 
-        run.stage("heads", name, data_name, opts.model_dump(), work)
+        run.stage("heads", name, data_name, heads_options(opts), work)
+
+
+def heads_options(opts) -> dict:
+    """The heads stage's options as hashed for resuming: ``weighting`` is left out at its default (raw), so
+    configs written before it existed keep their stage hashes (their finished stages are reused)."""
+    options = opts.model_dump()
+    if options.get("weighting") == "raw":
+        del options["weighting"]
+    return options
+
+
+def weighting(run: Run, opts) -> None:
+    """C4 under norm-weighted and rollout attention vs raw (`compare_weightings`), with the sink table."""
+    from probekit.analyses.heads import compare_weightings
+
+    for data_name, spec, name in _combinations(run, "weighting", opts.data):
+
+        def work(folder: Path, name=name, data_name=data_name, spec=spec):
+            result = compare_weightings(
+                run.model(name),
+                run.dataset(data_name, opts.max_sentences),
+                relations=opts.relations,
+                weightings=opts.weightings,
+                seed=run.cfg.seed,
+                n_boot=opts.n_boot,
+                n_perm=opts.n_perm,
+                batch_size=run.cfg.batch_size,
+                random_baseline=opts.random_baseline,
+                random_model=run.model(f"random:{name}") if opts.random_baseline else None,
+                progress=run.progress,
+                data_label=display_spec(spec),
+            )
+            result.write(folder)
+
+        run.stage("weighting", name, data_name, opts.model_dump(), work)
 
 
 def _combinations(run: Run, analysis: str, data_names: list[str], needs_lm_head: bool = False):
@@ -377,6 +413,7 @@ STAGES: dict[str, Callable[[Run, Any], None]] = {
     "check_attention": check_attention,
     "claims": claims,
     "heads": heads,
+    "weighting": weighting,
     "probes": probes,
     "score": score,
     "ablate": ablate,

@@ -21,6 +21,8 @@ from probekit.report.schema import (
     STRUCTURAL_PROBES,
     TREES_PARTS,
     TREES_SUMMARY,
+    WEIGHTING_COMPARISON,
+    WEIGHTING_SINK,
 )
 from probekit.report.tables import atomic_write_text, markdown_table, read_table, stage_tables
 
@@ -206,6 +208,41 @@ def c4_rule_markdown(table: pd.DataFrame, link: str = "c4_rule.csv") -> str:
     return "\n".join(lines)
 
 
+def weighting_lines(run_dir: str | os.PathLike) -> list[str]:
+    """One Markdown line per ``weighting/<model>__<data>/`` folder of a run (the weighting stage): the C4
+    conclusions that change against raw and the sink mass the norm weighting removes; ``[]`` without one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> weighting_lines(tempfile.mkdtemp())
+    []
+    """
+    run_dir = Path(run_dir)
+    lines = []
+    for folder, (c,) in stage_tables(run_dir, WEIGHTING_COMPARISON):
+        changed = c[c.conclusion_changed.astype(bool)]
+        what = (
+            "no C4 conclusion changes against raw"
+            if changed.empty
+            else "conclusions that change against raw: "
+            + "; ".join(
+                f"{r.relation}/{r.direction} ({r.weighting}: {r.conclusion})" for r in changed.itertuples()
+            )
+        )
+        if (folder / WEIGHTING_SINK.file).is_file():
+            sink = read_table(folder / WEIGHTING_SINK.file, WEIGHTING_SINK)
+            raw, norm = float(sink.sink_raw.sum()), float(sink.sink_norm.sum())
+            gone = f"{100 * (1 - norm / raw):.1f}%" if raw > 0 else "n/a"
+            what += (
+                f"; mean sink mass {sink.sink_raw.mean():.3f} raw vs {sink.sink_norm.mean():.3f} "
+                f"norm-weighted ({gone} disappears)"
+            )
+        link = _rel(run_dir, folder / WEIGHTING_COMPARISON.file)
+        lines.append(f"- **{c.model.iloc[0]}** on `{c.data.iloc[0]}`: {what}. Table: [{link}]({link})")
+    return lines
+
+
 def write_report(
     run_dir: str | os.PathLike,
     verdicts: pd.DataFrame,
@@ -300,6 +337,17 @@ def write_report(
         ]
         lines.append("")
     lines += trees_section(run_dir)
+    weighting = weighting_lines(run_dir)
+    if weighting:
+        lines += [
+            "## Attention weighting",
+            "",
+            "C4 rerun on norm-weighted (Kobayashi et al. 2020) and rollout (Abnar & Zuidema 2020) attention "
+            "(`compare_weightings`, `docs/methods/weighting.md`).",
+            "",
+            *weighting,
+            "",
+        ]
     pngs = sorted(run_dir.rglob("*.png"))
     if pngs:
         lines += ["## Plots", ""]

@@ -265,6 +265,22 @@ SPECIALISTS = TableSchema(
 )
 
 #: the claim verdicts of a run (`probekit.experiment.verdicts`), in the run folder itself
+#: the weighting stage's tables, read by REPORT.md's "Attention weighting" section; not in `SCHEMAS` until a
+#: committed run has the stage (tests/unit/test_report.py checks every schema against the committed runs)
+WEIGHTING_COMPARISON = TableSchema(
+    "weighting_comparison.csv",
+    "weighting",
+    ("model", "data", "weighting", "relation", "direction", "conclusion", "conclusion_changed"),
+    writer="the weighting stage (probekit.analyses.heads.compare_weightings)",
+)
+
+WEIGHTING_SINK = TableSchema(
+    "weighting_sink.csv",
+    "weighting",
+    ("model", "layer", "head", "sink_raw", "sink_norm"),
+    writer="the weighting stage (probekit.analyses.heads.compare_weightings)",
+)
+
 CLAIM_VERDICTS = TableSchema(
     "verdicts.csv",
     None,

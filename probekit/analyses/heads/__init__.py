@@ -1,10 +1,13 @@
 """Head specialization (claim C4): score every attention head per relation against baselines.
 
 `analyze_heads` returns a `HeadAnalysis` (``.write(folder)``); `score_heads` its per-head frame;
-`positional_heads` Voita et al.'s (2019) positional heads. Method: ``docs/methods/heads.md``.
+`positional_heads` Voita et al.'s (2019) positional heads; `compare_weightings` reruns them on
+norm-weighted and rollout attention (`weighted_attention`, ``docs/methods/weighting.md``). Method:
+``docs/methods/heads.md``.
 """
 
 from probekit.analyses.heads.collect import POSITIONAL_DIRECTION
+from probekit.analyses.heads.compare import WeightingComparison, compare_weightings
 from probekit.analyses.heads.positional import (
     DETECTOR_PATTERNS,
     POSITIONAL_SHARE,
@@ -30,6 +33,7 @@ from probekit.analyses.heads.score import (
     score_heads,
 )
 from probekit.analyses.heads.table import HEAD_COLUMNS, signflip_p
+from probekit.analyses.heads.weighting import WEIGHTINGS, WeightedAttention, weighted_attention
 
 __all__ = [
     "ALPHA",
@@ -43,8 +47,12 @@ __all__ = [
     "SPECIALIST_MARGIN",
     "UD_RELATIONS",
     "VERDICT_COLUMNS",
+    "WEIGHTINGS",
     "HeadAnalysis",
+    "WeightedAttention",
+    "WeightingComparison",
     "analyze_heads",
+    "compare_weightings",
     "detector_scores",
     "offset_baselines",
     "plot_heatmaps",
@@ -55,5 +63,6 @@ __all__ = [
     "specificity",
     "summary_markdown",
     "verdicts",
+    "weighted_attention",
     "write_report",
 ]

@@ -118,6 +118,12 @@ def summary_markdown(res: HeadAnalysis) -> str:
         "## Verdicts",
         "",
     ]
+    if s.get("weighting", "raw") != "raw":
+        lines[2:2] = [
+            f"Heads are scored on **{s['weighting']}**-weighted attention, not the raw pattern "
+            "(`docs/methods/weighting.md`).",
+            "",
+        ]
     v = res.verdicts
     b = res.baselines
     show = v[

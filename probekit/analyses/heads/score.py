@@ -25,6 +25,7 @@ from probekit.analyses.heads.positional import detector_scores, positional_frame
 from probekit.analyses.heads.result import HeadAnalysis
 from probekit.analyses.heads.rules import specificity, verdicts
 from probekit.analyses.heads.table import attach_random, best_offset, head_table, offset_share
+from probekit.analyses.heads.weighting import check_weighting, weighted_attention
 from probekit.data import Dataset
 from probekit.data.relations import DIRECTIONS, POSITIONAL_RELATIONS, RELATION_ALIASES, present_relations
 from probekit.errors import ProbekitError
@@ -54,13 +55,14 @@ def score_heads(
     random_baseline: bool = False,
     progress: bool = True,
     test_size: float = 0.5,
+    weighting: str = "raw",
 ) -> pd.DataFrame:
     """Score every head on every relation: the tidy ``heads`` frame of `analyze_heads`.
 
     Parameters
     ----------
     model, dataset, relations, directions, capture, batch_size, seed, n_boot, n_perm, random_baseline,
-    progress, test_size : as in `analyze_heads` (the TransformerLens detector is not run).
+    progress, test_size, weighting : as in `analyze_heads` (the TransformerLens detector is not run).
 
     Returns
     -------
@@ -94,6 +96,7 @@ def score_heads(
         progress=progress,
         test_size=test_size,
         detector=False,
+        weighting=weighting,
     ).heads
 
 
@@ -114,6 +117,7 @@ def analyze_heads(
     detector_texts: int = 30,
     random_model=None,
     data_label: str | None = None,
+    weighting: str = "raw",
 ) -> HeadAnalysis:
     """Score heads, baselines, permutation null, verdicts and positional heads (``docs/methods/heads.md``).
 
@@ -135,6 +139,12 @@ def analyze_heads(
     detector : also run TransformerLens ``detect_head`` on the first ``detector_texts`` sentences.
     data_label : the name written in the ``data`` columns and the summary title (default
         ``dataset.spec``; an experiment passes the spec without machine-specific paths).
+    weighting : the attention the heads are scored on (`WEIGHTINGS`): ``raw`` (default, the pattern),
+        ``norm`` (Kobayashi et al. 2020: ``alpha_ij * ||f_h(x_j)||``, rows renormalised to 1) or
+        ``rollout`` (Abnar & Zuidema 2020, per head), computed by
+        `probekit.analyses.heads.weighting.weighted_attention` for the model and the random-init model;
+        ``capture`` must then be such an object of the same weighting (or None). The detector always
+        reads the raw pattern. See ``docs/methods/weighting.md``.
 
     Returns
     -------
@@ -153,6 +163,7 @@ def analyze_heads(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     check_arguments(dataset, n_boot, n_perm, test_size)
+    weighting = check_weighting(weighting)
     names = resolve_relations(dataset, relations)
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
     causal = bool(model.is_causal)
@@ -161,8 +172,9 @@ def analyze_heads(
     counts.insert(0, "model", model.name)
     fams = families(names, directions)
 
-    cap = capture if capture is not None else capture_attention(model, dataset, batch_size, progress)
+    cap = capture if capture is not None else attention_of(model, dataset, batch_size, progress, weighting)
     check_capture(cap, dataset)
+    check_capture_weighting(cap, weighting)
     timings["capture"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -183,7 +195,7 @@ def analyze_heads(
 
             random_model = load_model(rname, device="cpu")
         rmodel, rname = random_model, random_model.name
-        rcap = capture_attention(rmodel, dataset, batch_size, progress)
+        rcap = attention_of(rmodel, dataset, batch_size, progress, weighting)
         rscored = collect(rcap, inst, causal, progress, desc=f"score heads {rname}")
         rheads, rfam = head_table(rname, label, rscored, inst, fams, n_boot, n_perm, seed, test_size)
         baselines = attach_random(fam, rfam)
@@ -214,6 +226,8 @@ def analyze_heads(
         "layers": list(cap.attn_layers),
         "n_heads": int(cap.n_heads),
     }
+    if weighting != "raw":  # absent under the default, so the default's outputs are unchanged
+        settings["weighting"] = weighting
     return HeadAnalysis(
         model=model.name,
         data=label,
@@ -227,6 +241,25 @@ def analyze_heads(
         settings=settings,
         timings=timings,
     )
+
+
+def attention_of(model, dataset, batch_size, progress, weighting):
+    """The word attention to score: the disk-cached capture (``raw``) or `weighted_attention`."""
+    if weighting == "raw":
+        return capture_attention(model, dataset, batch_size, progress)
+    return weighted_attention(model, dataset, weighting, batch_size=batch_size, progress=progress)
+
+
+def check_capture_weighting(cap, weighting: str) -> None:
+    """Raise `ProbekitError` when ``cap`` holds another weighting than ``weighting`` (a plain capture
+    holds ``raw``)."""
+    held = getattr(cap, "weighting", "raw")
+    if held != weighting:
+        raise ProbekitError(
+            f"the capture holds {held!r} attention but weighting={weighting!r} was asked for",
+            where="score_heads(capture=...)",
+            fix=f"pass weighted_attention(model, dataset, {weighting!r}) or capture=None",
+        )
 
 
 def resolve_relations(dataset: Dataset, relations=None) -> list[str]:
