@@ -39,7 +39,6 @@ from sklearn.base import BaseEstimator
 from probekit.errors import ProbekitError
 
 __all__ = [
-    "PUNCT_UPOS",
     "DepthProbe",
     "DistanceProbe",
     "StructuralProbeResult",
@@ -50,8 +49,6 @@ __all__ = [
     "tree_distances",
 ]
 
-#: UPOS tags excluded from UUAS and root accuracy (Hewitt & Manning exclude punctuation)
-PUNCT_UPOS: tuple[str, ...] = ("PUNCT",)
 #: sentence lengths over which DSpr. and NSpr. are averaged (Hewitt & Manning 2019)
 SPEARMAN_LENGTHS: tuple[int, int] = (5, 50)
 #: a dev loss counts as better only if below ``best * (1 - _IMPROVE_RTOL)`` (so rounding cannot decide)
@@ -195,37 +192,15 @@ def _prufer_edges(sequence: list[int], n: int) -> list[tuple[int, int]]:
 # ==================================================================================================
 
 
-def _mst_edges(dist: np.ndarray) -> list[tuple[int, int]]:
-    """The minimum spanning tree of a full distance matrix ``[n, n]`` (Prim; ties go to the lowest index)."""
-    n = dist.shape[0]
-    if n < 2:
-        return []
-    in_tree = np.zeros(n, dtype=bool)
-    in_tree[0] = True
-    best = dist[0].astype(np.float64).copy()  # [n] distance of each word to the tree
-    link = np.zeros(n, dtype=int)
-    edges = []
-    for _ in range(n - 1):
-        cand = np.where(in_tree, np.inf, best)
-        j = int(np.argmin(cand))
-        edges.append((min(j, int(link[j])), max(j, int(link[j]))))
-        in_tree[j] = True
-        closer = dist[j] < best
-        best = np.where(closer, dist[j], best)
-        link = np.where(closer, j, link)
-    return edges
+def _uuas_hits(pred_dist: np.ndarray, heads: Sequence[int], ignore: Sequence[int]) -> np.ndarray:
+    """One value per gold arc between kept words: 1 if the minimum spanning tree of ``pred_dist  # [n, n]``
+    over the kept words has it (`mst_undirected` of the negated distances, `uuas`)."""
+    from probekit.analyses.trees.mst import mst_undirected, uuas
 
-
-def _uuas_counts(pred_dist: np.ndarray, heads: Sequence[int], keep: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per gold arc between kept words: 1 if the MST of ``pred_dist`` over the kept words has it."""
-    idx = np.flatnonzero(keep)
-    heads = np.asarray(heads)
-    gold = [(min(i, int(heads[i])), max(i, int(heads[i]))) for i in idx if heads[i] >= 0 and keep[heads[i]]]
-    if len(idx) < 2 or not gold:
-        return np.zeros(0), 0
-    pred = {(int(idx[a]), int(idx[b])) for a, b in _mst_edges(pred_dist[np.ix_(idx, idx)])}
-    hits = np.array([e in pred for e in gold], dtype=float)
-    return hits, len(gold)
+    n_kept = len(heads) - len(set(ignore))
+    edges = mst_undirected(-pred_dist, ignore=ignore) if n_kept >= 2 else []
+    hits, total = uuas(edges, heads, ignore=ignore)
+    return np.r_[np.ones(hits), np.zeros(total - hits)]
 
 
 def _row_spearman(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -258,7 +233,7 @@ def structural_metrics(
     *,
     distances: Sequence[np.ndarray] | None = None,
     depths: Sequence[np.ndarray] | None = None,
-    punct: Sequence[Sequence[bool]] | None = None,
+    ignore: Sequence[Sequence[int]] | None = None,
     sentence_ids: Sequence[str] | None = None,
     n_boot: int = 1000,
     ci: float = 0.95,
@@ -281,7 +256,8 @@ def structural_metrics(
     heads : the gold (or control) trees, one ``heads`` per sentence (0-based, -1 for the root).
     distances : predicted ``[n, n]`` distances per sentence (None: no ``uuas``/``dspr``).
     depths : predicted ``[n]`` depths per sentence (None: no ``root_acc``/``nspr``).
-    punct : per sentence, which words are punctuation (None: none).
+    ignore : per sentence, the words left out of ``uuas`` and ``root_acc`` (e.g. its
+        `probekit.analyses.trees.mst.punctuation_words`); None: none.
     sentence_ids : bootstrap units (default: the sentence's position).
     n_boot, ci, seed : the bootstrap.
 
@@ -301,15 +277,14 @@ def structural_metrics(
     from probekit.stats import bootstrap_ci
 
     n_sent = len(heads)
-    punct = [np.zeros(len(h), dtype=bool) for h in heads] if punct is None else punct
+    ignore = [[] for _ in heads] if ignore is None else [[int(i) for i in x] for x in ignore]
     units = np.asarray(sentence_ids if sentence_ids is not None else np.arange(n_sent)).astype(str)
     out = dict.fromkeys(_COLUMNS[_COLUMNS.index("uuas") :], float("nan"))
     if distances is not None:
         hits, groups = [], []
         rows: dict[int, list[np.ndarray]] = {}
         for s, (h, dist) in enumerate(zip(heads, distances, strict=True)):
-            keep = ~np.asarray(punct[s], dtype=bool)
-            sent_hits, _ = _uuas_counts(np.asarray(dist, dtype=np.float64), h, keep)
+            sent_hits = _uuas_hits(np.asarray(dist, dtype=np.float64), h, ignore[s])
             hits.append(sent_hits)
             groups.append(np.full(len(sent_hits), units[s]))
             n = len(h)
@@ -328,7 +303,7 @@ def structural_metrics(
         per_length: dict[int, list[np.ndarray]] = {}
         for s, (h, dep) in enumerate(zip(heads, depths, strict=True)):
             dep = np.asarray(dep, dtype=np.float64)
-            keep = np.flatnonzero(~np.asarray(punct[s], dtype=bool))
+            keep = np.setdiff1d(np.arange(len(h)), ignore[s])
             gold_depth = tree_depths(h)
             roots = np.flatnonzero(np.asarray(h) == -1)
             if keep.size:
@@ -1120,17 +1095,13 @@ def _targets(sentences: list, trees: dict, targets: list[str]) -> dict[tuple[str
     return {k: out[k] for k in sorted(out, key=lambda k: (_PROBES.index(k[0]), targets.index(k[1])))}
 
 
-def _punct(sentence) -> np.ndarray:
-    if sentence.upos is None:
-        return np.zeros(len(sentence.words), dtype=bool)
-    return np.isin(np.asarray(sentence.upos, dtype=object), PUNCT_UPOS)
-
-
 def _score(probe: str, pred: list, sentences: list, trees: dict, n_boot: int, ci: float, seed: int) -> dict:
+    from probekit.analyses.trees.mst import punctuation_words
+
     kwargs = {"distances": pred} if probe == "distance" else {"depths": pred}
     return structural_metrics(
         [trees[s.id] for s in sentences],
-        punct=[_punct(s) for s in sentences],
+        ignore=[punctuation_words(s) for s in sentences],
         sentence_ids=[s.id for s in sentences],
         n_boot=n_boot,
         ci=ci,
