@@ -780,6 +780,15 @@ class StructuralProbeResult:
     ``table()`` is the tidy frame, ``selectivity()`` the gold-minus-control differences and
     ``write(folder)`` writes ``structural_probes`` and ``structural_selectivity`` (CSV, Markdown,
     LaTeX) and ``structural_probes.png`` (UUAS, DSpr., root accuracy and NSpr. against layer).
+    ``split`` describes the train/dev/test parts.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"model": "m", "model_kind": "trained", "layer": [3, 3], "probe": "distance",
+    ...                       "target": ["gold", "control"], "uuas": [0.8, 0.3], "dspr": [0.9, 0.5]})
+    >>> StructuralProbeResult(frame).selectivity()[["metric", "selectivity"]].round(2).values.tolist()
+    [['uuas', 0.5], ['dspr', 0.4]]
     """
 
     frame: pd.DataFrame
