@@ -181,8 +181,10 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         cap = None
         shutil.rmtree(tmp, ignore_errors=True)
     frame = pd.DataFrame(rows)
-    for col in ("peak_rss_mb", "baseline_rss_mb"):  # check_rows: finite and > 0, or NaN
+    for col in RSS_KEYS:  # None where not sampled
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    for col in frame.select_dtypes("float").columns:  # as benchmarks.csv keeps them (%.6g), so that
+        frame[col] = [float(f"{v:.6g}") for v in frame[col]]  # render_only gives the same report
     frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
 
