@@ -45,6 +45,18 @@ def test_tree_distances_and_depths_by_hand():
     assert tree_depths(heads).tolist() == [2, 1, 0, 1, 2]
 
 
+def test_tree_distances_equal_shortest_paths_of_the_tree_graph():
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    for heads in [random_tree_heads(n, seed=f"2:{n}") for n in range(1, 30)] + [(-1, 0, -1, 2)]:  # + a forest
+        h = np.asarray(heads)
+        child = np.flatnonzero(h >= 0)
+        graph = scipy.sparse.coo_matrix((np.ones(len(child)), (child, h[child])), shape=(len(h), len(h)))
+        expected = scipy.sparse.csgraph.shortest_path(graph.tocsr(), directed=False, unweighted=True)
+        np.testing.assert_array_equal(tree_distances(heads), expected)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 9, 40])
 def test_random_tree_heads_is_a_seeded_tree_of_n_words(n):
     heads = random_tree_heads(n, seed=f"0:s{n}")

@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse
-import scipy.sparse.csgraph
 import scipy.stats
 from sklearn.base import BaseEstimator
 
@@ -104,9 +102,15 @@ def tree_distances(heads: Sequence[int]) -> np.ndarray:
     """
     heads = np.asarray(heads, dtype=int)
     n = len(heads)
-    child = np.flatnonzero(heads >= 0)
-    graph = scipy.sparse.coo_matrix((np.ones(len(child)), (child, heads[child])), shape=(n, n))
-    return scipy.sparse.csgraph.shortest_path(graph.tocsr(), directed=False, unweighted=True)
+    depth = tree_depths(heads)
+    ancestors = np.eye(n)  # [n, n]: ancestors[i, a] = 1 if a is i or an ancestor of i
+    for i in np.argsort(depth, kind="stable"):  # a head comes before its dependents
+        if heads[i] >= 0:
+            ancestors[i] += ancestors[heads[i]]
+    common = ancestors @ ancestors.T  # [n, n] shared ancestors = depth of the lowest one + 1
+    dist = (depth[:, None] + depth[None, :] - 2 * (common - 1)).astype(np.float64)
+    dist[common == 0] = np.inf  # different trees of a forest
+    return dist
 
 
 def tree_depths(heads: Sequence[int]) -> np.ndarray:
@@ -282,14 +286,13 @@ def structural_metrics(
     out = dict.fromkeys(_COLUMNS[_COLUMNS.index("uuas") :], float("nan"))
     if distances is not None:
         hits, groups = [], []
-        rows: dict[int, list[np.ndarray]] = {}
+        rows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # length -> (pred, gold) [n, n] each
         for s, (h, dist) in enumerate(zip(heads, distances, strict=True)):
             sent_hits = _uuas_hits(np.asarray(dist, dtype=np.float64), h, ignore[s])
             hits.append(sent_hits)
             groups.append(np.full(len(sent_hits), units[s]))
-            n = len(h)
-            if n >= 2:
-                rows.setdefault(n, []).append(_row_spearman(np.asarray(dist), tree_distances(h)))
+            if len(h) >= 2:
+                rows.setdefault(len(h), []).append((np.asarray(dist, dtype=np.float64), tree_distances(h)))
         hits_all, groups_all = np.concatenate(hits), np.concatenate(groups)
         if hits_all.size:
             out["uuas"] = float(hits_all.mean())
@@ -297,7 +300,16 @@ def structural_metrics(
                 out["uuas_ci_low"], out["uuas_ci_high"] = bootstrap_ci(
                     hits_all, groups_all, n_boot=n_boot, ci=ci, seed=seed
                 )
-        out["dspr"] = _length_averaged(rows)
+        out["dspr"] = _length_averaged(
+            {
+                n: [
+                    _row_spearman(
+                        np.concatenate([p for p, _ in pairs]), np.concatenate([g for _, g in pairs])
+                    )
+                ]
+                for n, pairs in rows.items()
+            }
+        )
     if depths is not None:
         correct = []
         per_length: dict[int, list[np.ndarray]] = {}
