@@ -407,33 +407,27 @@ def _sentence_loss(kind: str, z, target):
     return (z.pow(2).sum(-1) - target).abs().sum() / n
 
 
-def _batch_loss(kind: str, z, target, mask, lengths):
-    """The summed per-sentence losses of a padded batch: ``z  # [B, L, k]``, ``mask  # [B, L]``, target
-    ``[B, L, L]`` or ``[B, L]``; the same numbers as `_sentence_loss` (the diagonal is left out: 0 - 0)."""
+def _batch_loss(kind: str, z, target, batch: _Padded):
+    """The summed per-sentence losses of a padded batch: ``z  # [B, L, k]``, target ``[B, L, L]`` or
+    ``[B, L]``; the same numbers as `_sentence_loss` (the diagonal is left out: 0 - 0)."""
     if kind == "distance":
         sq = z.pow(2).sum(-1)  # [B, L]
         pred = sq[:, :, None] + sq[:, None, :] - 2 * (z @ z.transpose(1, 2))  # [B, L, L]
-        pairs = mask[:, :, None] & mask[:, None, :]
-        pairs &= ~_eye(mask.shape[1])[None]
-        err = ((pred - target).abs() * pairs).sum((1, 2)) / lengths.pow(2)
+        err = ((pred - target).abs() * batch.pairs).sum((1, 2)) / batch.lengths.pow(2)
     else:
-        err = ((z.pow(2).sum(-1) - target).abs() * mask).sum(1) / lengths
+        err = ((z.pow(2).sum(-1) - target).abs() * batch.mask).sum(1) / batch.lengths
     return err.sum()
-
-
-def _eye(n: int):
-    import torch
-
-    return torch.eye(n, dtype=torch.bool)
 
 
 @dataclass
 class _Padded:
-    """A padded batch: ``h  # [B, L, d]`` float64, ``mask  # [B, L]``, ``lengths  # [B]`` and the targets
-    of every probe (``[B, L, L]`` or ``[B, L]``)."""
+    """A padded batch: ``h  # [B, L, d]`` float64, ``mask  # [B, L]`` (1.0 on words), ``pairs  # [B, L, L]``
+    (1.0 on pairs of distinct words), ``lengths  # [B]`` and the targets of every probe (``[B, L, L]`` or
+    ``[B, L]``)."""
 
     h: object
     mask: object
+    pairs: object
     lengths: object
     targets: dict
 
@@ -457,9 +451,11 @@ def _pad(X: Sequence[np.ndarray], idx: np.ndarray, targets: dict[tuple[str, str]
                 padded[key][b, : n[b], : n[b]] = values[i]
             else:
                 padded[key][b, : n[b]] = values[i]
+    pairs = mask[:, :, None] & mask[:, None, :] & ~np.eye(L, dtype=bool)[None]  # [B, L, L]
     return _Padded(
         torch.from_numpy(h),
-        torch.from_numpy(mask),
+        torch.from_numpy(mask.astype(np.float64)),
+        torch.from_numpy(pairs.astype(np.float64)),
         torch.from_numpy(n.astype(np.float64)),
         {k: torch.from_numpy(v) for k, v in padded.items()},
     )
@@ -493,13 +489,7 @@ def _train_batched(
             opt.zero_grad(set_to_none=True)
             proj = batch.h @ torch.cat([weights[k] for k in active], dim=1)  # [B, L, P*k]
             loss = sum(
-                _batch_loss(
-                    k[0],
-                    proj[..., j * s.rank : (j + 1) * s.rank],
-                    batch.targets[k],
-                    batch.mask,
-                    batch.lengths,
-                )
+                _batch_loss(k[0], proj[..., j * s.rank : (j + 1) * s.rank], batch.targets[k], batch)
                 for j, k in enumerate(active)
             ) / len(batch.lengths)
             loss.backward()
@@ -511,7 +501,7 @@ def _train_batched(
                 proj = batch.h @ W
                 for j, k in enumerate(active):
                     z = proj[..., j * s.rank : (j + 1) * s.rank]
-                    totals[k] += float(_batch_loss(k[0], z, batch.targets[k], batch.mask, batch.lengths))
+                    totals[k] += float(_batch_loss(k[0], z, batch.targets[k], batch))
         active = [k for k in active if not stoppers[k].update(epoch, totals[k] / len(X_dev), weights[k])]
         if not active:
             break
