@@ -198,6 +198,28 @@ def test_an_untrained_probe_does_not_recover_the_trees(synthetic):
     assert structural_metrics(trees_test, distances=probe.predict(X_test), n_boot=20)["uuas"] < 0.9
 
 
+def test_feature_scaling_copes_with_a_massive_feature(synthetic):
+    """A decoder's residual stream has a few huge features (massive activations); dividing every feature
+    by its RMS keeps them from swamping the distances. coef_ maps the raw vectors."""
+    (X, trees), (X_test, trees_test) = synthetic
+    big = [
+        np.concatenate([x, 1000.0 * np.random.default_rng(i).normal(size=(len(x), 1))], 1)
+        for i, x in enumerate(X)
+    ]
+    big_test = [np.concatenate([x, 1000.0 * np.ones((len(x), 1))], 1) for x in X_test]
+    y = [tree_distances(h) for h in trees]
+    settings = {"rank": 29, "lr": 0.01, "max_epochs": 60, "patience": 5, "batch_size": 10}
+    scaled = DistanceProbe(**settings).fit(big, y)
+    raw = DistanceProbe(scale=False, **settings).fit(big, y)
+    assert structural_metrics(trees_test, distances=scaled.predict(big_test), n_boot=20)["uuas"] == 1.0
+    assert structural_metrics(trees_test, distances=raw.predict(big_test), n_boot=20)["uuas"] < 0.9
+    assert np.allclose(raw.scale_, 1.0) and scaled.scale_[-1] > 100
+    z = big_test[0] @ scaled.coef_
+    np.testing.assert_allclose(
+        scaled.predict(big_test[:1])[0], ((z[:, None] - z[None]) ** 2).sum(-1), atol=1e-9
+    )
+
+
 def test_fit_is_deterministic_and_the_seed_matters(synthetic):
     (X, trees), _ = synthetic
     y = [tree_depths(h) for h in trees]

@@ -549,6 +549,20 @@ def _train_loop(
 _ENGINES = {"batched": _train_batched, "loop": _train_loop}
 
 
+def _feature_scale(X: Sequence[np.ndarray]) -> np.ndarray:
+    """The root mean square of every feature over the words of ``X`` (float64 ``[d]``; 1 where it is 0).
+
+    The probes see ``h / scale``: a rescaling of each feature, so ``B`` on the scaled features is the
+    linear map ``B diag(1/scale)`` on the raw ones (the same family of probes, Hewitt & Manning's), but the
+    few huge "massive activation" features of a decoder's residual stream (Sun et al. 2024) no longer
+    swamp the squared distances at the start of training."""
+    total = np.zeros(X[0].shape[1])
+    for x in X:
+        total += np.square(x, dtype=np.float64).sum(axis=0)
+    rms = np.sqrt(total / sum(x.shape[0] for x in X))
+    return np.where(rms > 0, rms, 1.0)
+
+
 def _lengths(X: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([x.shape[0] for x in X])
 
@@ -576,13 +590,16 @@ class _StructuralProbe(BaseEstimator):
 
     _kind = ""
 
-    def __init__(self, rank=64, lr=1e-3, max_epochs=30, patience=3, batch_size=20, dev_size=0.1, seed=0):
+    def __init__(
+        self, rank=64, lr=1e-3, max_epochs=30, patience=3, batch_size=20, dev_size=0.1, scale=True, seed=0
+    ):
         self.rank = rank
         self.lr = lr
         self.max_epochs = max_epochs
         self.patience = patience
         self.batch_size = batch_size
         self.dev_size = dev_size
+        self.scale = scale
         self.seed = seed
 
     def fit(self, X, y, X_dev=None, y_dev=None):
@@ -613,8 +630,11 @@ class _StructuralProbe(BaseEstimator):
         else:
             X_dev, y_dev = self._check_xy(X_dev, y_dev, where, d=X[0].shape[1])
         key = (self._kind, "gold")
+        scale = _feature_scale(X) if self.scale else np.ones(X[0].shape[1])  # [d]
+        X, X_dev = [x / scale for x in X], [x / scale for x in X_dev]
         fit = _train_batched(X, X_dev, {key: y}, {key: y_dev}, settings)[key]
-        self.coef_ = fit.W  # [d, rank]
+        self.scale_ = scale
+        self.coef_ = fit.W / scale[:, None]  # [d, rank], in the original feature space
         self.n_features_in_ = int(X[0].shape[1])
         self.n_epochs_, self.best_epoch_, self.dev_loss_ = fit.epochs, fit.best_epoch, fit.dev_loss
         self.dev_loss_curve_ = np.asarray(fit.history)
@@ -712,12 +732,18 @@ class DistanceProbe(_StructuralProbe):
     max_epochs, patience : the epoch limit and the early-stopping patience (epochs).
     batch_size : sentences per step.
     dev_size : share of the sentences held out for early stopping when ``fit`` gets no ``X_dev``.
+    scale : divide every feature by its root mean square over the training words before training (a
+        rescaling, so the probe is still a linear map of the raw vectors; it keeps the few huge features
+        of a decoder's residual stream from swamping the distances). ``coef_`` is in the raw space.
     seed : initial weights, batch order and the dev part.
 
     Attributes
     ----------
-    coef_ : ``[d, rank]``, float64. n_features_in_ : d. n_epochs_, best_epoch_ : epochs run, best epoch
-    (1-based). dev_loss_ : the best dev loss. dev_loss_curve_ : the dev loss of every epoch.
+    coef_ : ``[d, rank]``, float64, in the raw feature space (``z = x @ coef_``).
+    scale_ : ``[d]``, the feature scale used (ones without ``scale``).
+    n_features_in_ : d.
+    n_epochs_, best_epoch_ : epochs run, best epoch (1-based).
+    dev_loss_ : the best dev loss; dev_loss_curve_ : the dev loss of every epoch.
 
     Examples
     --------
@@ -1003,7 +1029,8 @@ def fit_structural_probes(
         found = {p: _in_capture(ss, cap, where) for p, ss in parts.items()}  # part -> (sentences, rows)
         for layer in resolve_layers(layers, cap):
             stream = np.asarray(cap.stream(layer))  # [n_words_total, d]: this layer only
-            X = {p: [stream[r] for r in rows] for p, (_, rows) in found.items()}
+            scale = _feature_scale([stream[r] for r in found["train"][1]])  # [d], train words only
+            X = {p: [stream[r] / scale for r in rows] for p, (_, rows) in found.items()}
             y = {p: _targets(ss, trees, targets) for p, (ss, _) in found.items()}
             fits = _ENGINES[engine](X["train"], X["dev"], y["train"], y["dev"], settings)
             test_ss = found["test"][0]
