@@ -1027,11 +1027,11 @@ def fit_structural_probes(
             cap = capture_streams(m, sentences, layers)
         model_name = m if isinstance(m, str) else getattr(m, "name", type(m).__name__)
         found = {p: _in_capture(ss, cap, where) for p, ss in parts.items()}  # part -> (sentences, rows)
+        y = {p: _targets(ss, trees, targets) for p, (ss, _) in found.items()}
         for layer in resolve_layers(layers, cap):
             stream = np.asarray(cap.stream(layer))  # [n_words_total, d]: this layer only
             scale = _feature_scale([stream[r] for r in found["train"][1]])  # [d], train words only
             X = {p: [stream[r] / scale for r in rows] for p, (_, rows) in found.items()}
-            y = {p: _targets(ss, trees, targets) for p, (ss, _) in found.items()}
             fits = _ENGINES[engine](X["train"], X["dev"], y["train"], y["dev"], settings)
             test_ss = found["test"][0]
             for (probe, target), fit in fits.items():
