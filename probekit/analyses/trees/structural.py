@@ -51,7 +51,6 @@ __all__ = [
 SPEARMAN_LENGTHS: tuple[int, int] = (5, 50)
 #: a dev loss counts as better only if below ``best * (1 - _IMPROVE_RTOL)`` (so rounding cannot decide)
 _IMPROVE_RTOL = 1e-9
-_INIT_SCALE = 0.05  # uniform(-0.05, 0.05) initialisation, as in Hewitt & Manning's code
 _PROBES = ("distance", "depth")
 _COLUMNS = [
     "model",
@@ -383,7 +382,8 @@ def _init_weights(d: int, s: _Settings):
     import torch
 
     gen = torch.Generator().manual_seed(int(s.seed))
-    W = torch.empty(d, s.rank, dtype=torch.float64).uniform_(-_INIT_SCALE, _INIT_SCALE, generator=gen)
+    a = np.sqrt(3.0 / (d * s.rank))  # uniform(-a, a): E ||W^T x||^2 = 1 for features of mean square 1
+    W = torch.empty(d, s.rank, dtype=torch.float64).uniform_(-a, a, generator=gen)
     return W.requires_grad_(True)
 
 
@@ -718,7 +718,8 @@ class DistanceProbe(_StructuralProbe):
 
     ``B`` is a rank-``rank`` linear map (``coef_ = Bᵀ  # [d, rank]``), fitted with Adam on the L1 loss
     ``sum_ij |d_B(h_i, h_j)^2 - d_T(i, j)| / n^2`` averaged over the sentences of a batch, in float64
-    (deterministic at any thread count), from ``uniform(-0.05, 0.05)`` weights seeded by ``seed``;
+    (deterministic at any thread count), from ``uniform(-a, a)`` weights seeded by ``seed``
+    (``a = sqrt(3 / (d * rank))``, so the initial squared norms are about 1 on RMS-scaled features);
     batches hold sentences of similar length, visited in a seeded order every epoch. Training stops when
     the dev loss has not improved for ``patience`` epochs (or after ``max_epochs``) and the best dev
     epoch's weights are kept. A scikit-learn estimator (``clone``, ``get_params``, ``Pipeline``), but
