@@ -1,1 +1,0 @@
-"""Whole dependency trees: from attention heads (this package) and from the residual stream."""
