@@ -340,6 +340,9 @@ def test_table_covers_every_layer_probe_target_and_the_baselines(ewt_capture):
     assert set(t.model_kind) == {"trained", "linear-position"}
     linear = t[t.model_kind == "linear-position"]
     assert linear.layer.isna().all() and len(linear) == 4
+    assert (
+        t.baseline.tolist() == ["none", "control"] * 6 + ["linear-position", "linear-position, control"] * 2
+    )
     n = sum(len(s.words) >= 2 for s in ewt_capture[1])  # one-word sentences have no pairs: left out
     assert n == 39 and (t.n_train + t.n_dev + t.n_sentences).dropna().eq(n).all()
     assert t.n_sentences.eq(8).all() and trained.n_dev.eq(4).all()  # 20% test, then 10% dev

@@ -59,6 +59,7 @@ _COLUMNS = [
     "layer",
     "probe",
     "target",
+    "baseline",
     "rank",
     "seed",
     "n_train",
@@ -825,11 +826,13 @@ class StructuralProbeResult:
     split: str = ""
 
     def table(self) -> pd.DataFrame:
-        """The tidy table (a copy): columns ``model, model_kind, data, layer, probe, target, rank, seed,
-        n_train, n_dev, n_sentences, epochs, best_epoch, dev_loss, uuas, uuas_ci_low, uuas_ci_high, dspr,
-        root_acc, root_acc_ci_low, root_acc_ci_high, nspr``. ``model_kind`` is ``trained``,
-        ``random-init`` or ``linear-position`` (no layer, no training); ``target`` is ``gold`` or
-        ``control``; ``n_sentences`` counts the test sentences scored."""
+        """The tidy table (a copy): columns ``model, model_kind, data, layer, probe, target, baseline,
+        rank, seed, n_train, n_dev, n_sentences, epochs, best_epoch, dev_loss, uuas, uuas_ci_low,
+        uuas_ci_high, dspr, root_acc, root_acc_ci_low, root_acc_ci_high, nspr``. ``model_kind`` is
+        ``trained``, ``random-init`` or ``linear-position`` (no layer, no training); ``target`` is ``gold`` or
+        ``control``; ``baseline`` names the row in one column (``none``: the trained model on gold trees;
+        ``control``, ``random-init``, ``random-init, control``, ``linear-position``, ...);
+        ``n_sentences`` counts the test sentences scored."""
         return self.frame.copy()
 
     def selectivity(self) -> pd.DataFrame:
@@ -1076,6 +1079,7 @@ def fit_structural_probes(
                 }
             )
     frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
+    frame["baseline"] = [_baseline(k, t) for k, t in zip(frame.model_kind, frame.target, strict=True)]
     for col in ("layer", "rank", "n_train", "n_dev", "epochs", "best_epoch"):
         frame[col] = frame[col].astype("Int64")
     split = (
@@ -1083,6 +1087,15 @@ def fit_structural_probes(
         f"(Dataset.split, seed {seed})"
     )
     return StructuralProbeResult(frame, title=f"structural probes, {data_name}", split=split)
+
+
+def _baseline(model_kind: str, target: str) -> str:
+    """What a row is a baseline of, in one word set: ``none`` (the trained model on the gold trees),
+    ``control`` (its control structure), ``random-init`` (+ ``control``), ``linear-position``."""
+    if model_kind == "linear-position":
+        return "linear-position" if target == "gold" else "linear-position, control"
+    kind = "none" if model_kind == "trained" else model_kind
+    return kind if target == "gold" else ("control" if kind == "none" else f"{kind}, control")
 
 
 def _in_capture(sentences: list, cap, where: str) -> tuple[list, list[slice]]:
