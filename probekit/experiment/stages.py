@@ -395,14 +395,22 @@ def trees(run: Run, opts) -> None:
                 data_label=display_spec(spec),
             )
             result.write(folder)
-            if opts.structural:
-                # --- structural probes (Hewitt & Manning 2019): plugged in by the lead --------------
-                # probekit/analyses/trees/structural.py (another branch) provides fit_structural_probes;
-                # its .write(folder) must leave structural_probes.csv (columns: report.schema
-                # STRUCTURAL_PROBES), which REPORT.md's trees section renders when present.
+            if opts.structural:  # the same usable sentences as the attention trees, split 70/10/20
+                from probekit.analyses.trees.analysis import usable_items
                 from probekit.analyses.trees.structural import fit_structural_probes
+                from probekit.data.dataset import Dataset
 
-                fit_structural_probes(model, data, seed=run.cfg.seed).write(folder)
+                items = usable_items(
+                    data, opts.max_words, tuple(opts.split), run.cfg.seed, opts.max_sentences
+                )
+                used = Dataset(data.spec, tuple(data.sentences[it.index] for it in items))
+                fit_structural_probes(
+                    model,
+                    used,
+                    seed=run.cfg.seed,
+                    n_boot=opts.n_boot,
+                    random_model=run.model(f"random:{name}") if opts.random_baseline else False,
+                ).write(folder)
 
         run.stage("trees", name, data_name, opts.model_dump(), work)
 

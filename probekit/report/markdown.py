@@ -471,13 +471,18 @@ def trees_section(run_dir: str | os.PathLike) -> list[str]:
     structural = list(stage_tables(run_dir, STRUCTURAL_PROBES))
     if structural:
         lines += [
-            "Residual stream: Hewitt & Manning's (2019) structural probes, the best layer per model, probe "
-            "and baseline (UUAS of the distance probe's minimum spanning tree).",
+            "Residual stream: Hewitt & Manning's (2019) structural probes, the best layer per model, probe, "
+            "target and baseline: the distance probe's by UUAS (the minimum spanning tree of its predicted "
+            "distances), the depth probe's by root accuracy.",
             "",
         ]
+        shown = ["model", "probe", "target", "baseline", "layer", "uuas", "uuas_ci_low", "uuas_ci_high"]
+        shown += ["dspr", "root_acc", "nspr"]
         for folder, (frame,) in structural:
-            best = frame.loc[frame.groupby(["model", "probe", "baseline"], sort=True).uuas.idxmax()]
-            lines += [markdown_table(best[[c for c in best.columns if c != "data"]]), ""]
+            frame = frame.assign(key=frame.uuas.where(frame.probe == "distance", frame.root_acc))
+            frame = frame.dropna(subset=["key"])  # the depth probe has no UUAS, the distance probe no root
+            best = frame.loc[frame.groupby(["model", "probe", "target", "baseline"], sort=True).key.idxmax()]
+            lines += [markdown_table(best[[c for c in shown if c in best.columns]]), ""]
             rel = _rel(run_dir, folder / STRUCTURAL_PROBES.file)
             lines += [f"Table: [{rel}]({rel})", ""]
     return lines

@@ -322,7 +322,7 @@ STRUCTURAL_PROBES = TableSchema(
     "structural_probes.csv",
     "trees",
     ("model", "layer", "probe", "baseline", "uuas"),
-    optional=("dspr", "root_acc", "nspr"),
+    optional=("target", "dspr", "root_acc", "nspr"),
     writer="the trees stage with structural: true (probekit.analyses.trees.structural)",
 )
 
