@@ -264,7 +264,6 @@ SPECIALISTS = TableSchema(
     writer="the ablate stage (probekit.analyses.interventions.specialists_vs_random)",
 )
 
-#: the claim verdicts of a run (`probekit.experiment.verdicts`), in the run folder itself
 #: the weighting stage's tables, read by REPORT.md's "Attention weighting" section; not in `SCHEMAS` until a
 #: committed run has the stage (tests/unit/test_report.py checks every schema against the committed runs)
 WEIGHTING_COMPARISON = TableSchema(
@@ -281,6 +280,7 @@ WEIGHTING_SINK = TableSchema(
     writer="the weighting stage (probekit.analyses.heads.compare_weightings)",
 )
 
+#: the claim verdicts of a run (`probekit.experiment.verdicts`), in the run folder itself
 CLAIM_VERDICTS = TableSchema(
     "verdicts.csv",
     None,
@@ -333,6 +333,9 @@ SCHEMAS = (
     BANK_CUE_SUMMARY,
     EXPLORED_SUMMARY,
     HEAD_VERDICTS,
+    HEAD_SCORES,
+    MEDIATION_SUMMARY,
+    MEDIATION_EFFECTS,
     PROBES_SUMMARY,
     MINIMAL_PAIRS,
     SPECIALISTS_VS_RANDOM,
