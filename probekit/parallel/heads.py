@@ -63,13 +63,15 @@ class ShardedModel:
             raise AttributeError(attr)
         return getattr(local, attr)
 
-    def random_twin(self) -> ShardedModel:
+    def random_twin(self, device: str | None = "cpu") -> ShardedModel:
         """The random-init model ``random:<name>`` (same architecture and tokenizer), sharded the same
-        way and loaded by the workers as `analyze_heads` loads it (``device="cpu"``)."""
+        way and loaded by the workers on ``device`` (`analyze_heads` loads it on the CPU, the probes on
+        the default device)."""
+        twin = self.name.startswith("random:")
         return ShardedModel(
-            name=f"random:{self.name}",
-            device="cpu",
-            fingerprint=f"random:{self.fingerprint}",
+            name=self.name if twin else f"random:{self.name}",
+            device=device,
+            fingerprint=self.fingerprint if twin else f"random:{self.fingerprint}",
             is_causal=self.is_causal,
             n_layers=self.n_layers,
             n_heads=self.n_heads,

@@ -167,7 +167,8 @@ class RayOptions:
     """How `run_on_ray` uses Ray: ``workers`` actors of ``cpus_per_worker`` CPUs (and torch threads)
     and ``gpus_per_worker`` GPUs each; ``address`` of an existing cluster (None: start Ray here, or
     use the session this process already has); ``max_retries`` per shard; ``faults`` maps a shard id
-    to ``"raise"`` or ``"exit"`` for its first attempt (fault injection for tests)."""
+    to ``"raise"`` or ``"exit"`` (the worker process dies) on its first attempt, or ``"raise-always"``
+    (fault injection for tests)."""
 
     workers: int = 2
     cpus_per_worker: float = 1
@@ -201,7 +202,7 @@ class ShardWorker:
         return self.models[(name, device)]
 
     def run(self, method: str, spec: dict, attempt: int, fault: str | None) -> dict:
-        if fault is not None and attempt == 0:
+        if fault is not None and (attempt == 0 or fault == "raise-always"):
             if fault == "exit":
                 os._exit(1)  # a lost worker (crash, OOM kill, node gone)
             raise RuntimeError(f"injected fault in shard {spec.get('shard')}")
