@@ -18,7 +18,7 @@ from probekit.data.bundled import EWT_DEV
 from probekit.errors import ProbekitError
 
 #: benchmark names, in report order; each is ``benchmarks/bench_<name>.py``
-BENCHMARKS: tuple[str, ...] = ("capture", "memory", "ablation", "probes", "e2e", "mediation")
+BENCHMARKS: tuple[str, ...] = ("capture", "memory", "ablation", "probes", "e2e", "mediation", "throughput")
 #: the columns every benchmark row has (benchmarks add metric columns after these)
 COLUMNS: tuple[str, ...] = (
     "benchmark",
@@ -39,6 +39,7 @@ TITLES: dict[str, str] = {
     "probes": "4. Probe sweep: every residual-stream layer, UPOS",
     "e2e": "5. End to end: `make run` by stage",
     "mediation": "6. Mediation patching: probekit vs the transformer_lens.patching loop",
+    "throughput": "7. Data-parallel heads on Ray: sentences per second, 1M-sentence projection",
 }
 
 __all__ = [
