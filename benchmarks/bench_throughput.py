@@ -123,8 +123,9 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
         f"{speedup:.2f}x (this machine has 2 cores, shared with the driver).",
         "",
         f"Projected time for {PROJECT_SENTENCES:,} sentences (EWT dev's mean length; the shard part, "
-        f"{per_sentence * 1000:.1f} ms per sentence in the one-thread local run, divides evenly over N one-core "
-        f"workers; the driver's statistics, {stats_per_sentence * 1000:.2f} ms per sentence, stay serial; "
+        f"{per_sentence * 1000:.1f} ms per sentence in the one-thread local run, divides evenly over N "
+        f"one-core workers; the driver's statistics, {stats_per_sentence * 1000:.2f} ms per sentence, "
+        "stay serial; "
         f"Ray's start-up and model loads, {overhead:.0f} s (ray-1 minus local), are paid once):",
         "",
         "| workers | projected hours |",
