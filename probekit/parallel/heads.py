@@ -172,7 +172,7 @@ class ShardedAttention:
                 "causal": bool(causal),
                 "batch_size": int(self.batch_size),
             }
-            jobs.append(ShardJob(shard, shard_key("heads", payload), "heads", spec))
+            jobs.append(ShardJob(shard, shard_key("heads", payload), reduce_shard, spec))
         results = run_on_ray(jobs, self.model.options, self.model.store)
         return combine(shards, rows_of, results, len(inst), self.attn_layers, self.n_heads, causal)
 

@@ -94,7 +94,7 @@ def sharded_streams(model: ShardedModel, sentences: list, layers="all") -> Shard
             "layers": spec["layers"],
             "sentences": [[s.id, list(s.words), list(s.space_after or [])] for s in chosen],
         }
-        jobs.append(ShardJob(shard, shard_key("streams", payload), "streams", spec))
+        jobs.append(ShardJob(shard, shard_key("streams", payload), capture_shard, spec))
     results = run_on_ray(jobs, model.options, model.store, usable=_usable)
     captures = []
     for shard in shards:

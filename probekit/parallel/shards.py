@@ -154,11 +154,12 @@ class ShardStore:
 
 @dataclass
 class ShardJob:
-    """One shard to compute: ``method`` of `ShardWorker` called with ``spec``; ``key`` for the store."""
+    """One shard to compute: ``compute(model, spec)`` in a `ShardWorker` (a module-level function, e.g.
+    `probekit.parallel.heads.reduce_shard`); ``key`` names its entry in the store."""
 
     shard: Shard
     key: str
-    method: str
+    compute: Callable[[Any, dict], dict]
     spec: dict
 
 
@@ -201,14 +202,11 @@ class ShardWorker:
             self.loads += 1
         return self.models[(name, device)]
 
-    def run(self, method: str, spec: dict, attempt: int, fault: str | None) -> dict:
+    def run(self, compute: Callable, spec: dict, attempt: int, fault: str | None) -> dict:
         if fault is not None and (attempt == 0 or fault == "raise-always"):
             if fault == "exit":
                 os._exit(1)  # a lost worker (crash, OOM kill, node gone)
             raise RuntimeError(f"injected fault in shard {spec.get('shard')}")
-        from probekit.parallel import heads, probes
-
-        compute: Callable = {"heads": heads.reduce_shard, "streams": probes.capture_shard}[method]
         return compute(self.model(spec["model"], spec["device"]), spec)
 
     def stats(self) -> dict[str, int]:
@@ -285,7 +283,7 @@ def run_on_ray(
                     actor, job = idle.pop(), todo.popleft()
                     attempt = attempts.get(job.shard.id, 0)
                     fault = options.faults.get(job.shard.id)
-                    ref = actor.run.remote(job.method, job.spec, attempt, fault)
+                    ref = actor.run.remote(job.compute, job.spec, attempt, fault)
                     in_flight[ref] = (actor, job)
                 [ref], _ = ray.wait(list(in_flight), num_returns=1)
                 actor, job = in_flight.pop(ref)
@@ -303,7 +301,7 @@ def run_on_ray(
                     if attempts[job.shard.id] > options.max_retries:
                         raise ProbekitError(
                             f"shard {job.shard.id} failed {attempts[job.shard.id]} times: {_last_line(err)}",
-                            where=f"{job.method} shard {job.shard.id}",
+                            where=f"{job.compute.__name__} shard {job.shard.id}",
                             fix="see the worker logs under /tmp/ray/session_latest/logs; finished "
                             "shards are kept, so rerunning computes only the rest",
                         ) from None
