@@ -118,12 +118,18 @@ def sharded(args, model):
     """``model`` wrapped for the Ray backend (`probekit.parallel.sharded_model`), or None for local."""
     if args.backend != "ray":
         return None
-    from probekit.parallel import RayOptions, sharded_model
+    from probekit.parallel import sharded_model
 
-    options = RayOptions(
+    return sharded_model(model, sharded_options(args), shard_size=args.shard_size)
+
+
+def sharded_options(args):
+    """The `probekit.parallel.RayOptions` of ``--workers``, ``--cpus-per-worker``, ... ."""
+    from probekit.parallel import RayOptions
+
+    return RayOptions(
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
         address=args.ray_address,
     )
-    return sharded_model(model, options, shard_size=args.shard_size)

@@ -56,6 +56,7 @@ class ShardedModel:
     shard_size: int = DEFAULT_SHARD_SIZE
     store: ShardStore | None = None
     local: Any = None
+    seed: int = 0
 
     def __getattr__(self, attr):
         local = self.__dict__.get("local")
@@ -63,15 +64,17 @@ class ShardedModel:
             raise AttributeError(attr)
         return getattr(local, attr)
 
-    def random_twin(self, device: str | None = "cpu") -> ShardedModel:
+    def random_twin(self, device: str | None = "cpu", seed: int | None = None) -> ShardedModel:
         """The random-init model ``random:<name>`` (same architecture and tokenizer), sharded the same
-        way and loaded by the workers on ``device`` (`analyze_heads` loads it on the CPU, the probes on
-        the default device)."""
+        way and loaded by the workers with ``load_model(name, device, seed=seed)`` (`analyze_heads`
+        loads it on the CPU, the probes and an experiment on the default device; ``seed`` defaults to
+        this model's)."""
+        seed = self.seed if seed is None else seed
         twin = self.name.startswith("random:")
         return ShardedModel(
             name=self.name if twin else f"random:{self.name}",
             device=device,
-            fingerprint=self.fingerprint if twin else f"random:{self.fingerprint}",
+            fingerprint=self.fingerprint if twin else f"random:{self.fingerprint}:seed={seed}",
             is_causal=self.is_causal,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
@@ -79,6 +82,7 @@ class ShardedModel:
             options=self.options,
             shard_size=self.shard_size,
             store=self.store,
+            seed=seed,
         )
 
     def capture_attention(self, dataset, batch_size: int, progress: bool) -> ShardedAttention:
@@ -86,7 +90,7 @@ class ShardedModel:
 
 
 def sharded_model(
-    model, options: RayOptions | None = None, shard_size: int = DEFAULT_SHARD_SIZE, store=True
+    model, options: RayOptions | None = None, shard_size: int = DEFAULT_SHARD_SIZE, store=True, seed: int = 0
 ) -> ShardedModel:
     """Wrap a loaded `probekit.Model` so that `analyze_heads` runs its capture and reduction on Ray.
 
@@ -97,6 +101,7 @@ def sharded_model(
     shard_size : sentences per shard (rounded up to a multiple of the capture batch size).
     store : True for `ShardStore.default` (``$PROBEKIT_CACHE/shards``), a `ShardStore`, or None/False
         to keep no finished shards.
+    seed : the ``seed`` the workers pass to ``load_model`` (it only changes random-init weights).
 
     Returns
     -------
@@ -117,6 +122,7 @@ def sharded_model(
         shard_size=shard_size,
         store=store or None,
         local=model,
+        seed=seed,
     )
 
 
@@ -158,6 +164,7 @@ class ShardedAttention:
                 "shard": shard.id,
                 "model": self.model.name,
                 "device": self.model.device,
+                "seed": self.model.seed,
                 "sentences": [self.sentences[i] for i in shard.indices],
                 "inst": sub,
                 "causal": bool(causal),

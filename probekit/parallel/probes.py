@@ -85,7 +85,8 @@ def sharded_streams(model: ShardedModel, sentences: list, layers="all") -> Shard
     jobs = []
     for shard in shards:
         chosen = [sentences[i] for i in shard.indices]
-        spec = {"shard": shard.id, "model": model.name, "device": model.device, "sentences": chosen}
+        spec = {"shard": shard.id, "model": model.name, "device": model.device, "seed": model.seed}
+        spec["sentences"] = chosen
         spec["layers"] = layers if isinstance(layers, str) else [int(x) for x in layers]
         payload = {
             "model": model.name,

@@ -194,20 +194,21 @@ class ShardWorker:
         self.models: dict[tuple, Any] = {}
         self.loads = 0
 
-    def model(self, name: str, device: str | None):
-        if (name, device) not in self.models:
+    def model(self, name: str, device: str | None, seed: int):
+        key = (name, device, seed)
+        if key not in self.models:
             from probekit.models import load_model
 
-            self.models[(name, device)] = load_model(name, device)
+            self.models[key] = load_model(name, device, seed=seed)
             self.loads += 1
-        return self.models[(name, device)]
+        return self.models[key]
 
     def run(self, compute: Callable, spec: dict, attempt: int, fault: str | None) -> dict:
         if fault is not None and (attempt == 0 or fault == "raise-always"):
             if fault == "exit":
                 os._exit(1)  # a lost worker (crash, OOM kill, node gone)
             raise RuntimeError(f"injected fault in shard {spec.get('shard')}")
-        return compute(self.model(spec["model"], spec["device"]), spec)
+        return compute(self.model(spec["model"], spec["device"], spec["seed"]), spec)
 
     def stats(self) -> dict[str, int]:
         return {"loads": self.loads, "pid": os.getpid()}

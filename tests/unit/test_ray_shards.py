@@ -143,3 +143,31 @@ def test_probes_on_a_two_node_cluster_match_the_local_run(cluster, tiny_llama, t
     local.write(tmp_path / "local")
     ray.write(tmp_path / "ray")
     assert (tmp_path / "ray" / "probes.csv").read_bytes() == (tmp_path / "local" / "probes.csv").read_bytes()
+
+
+def test_an_experiment_run_with_the_ray_backend_writes_the_local_tables(cluster, tmp_path):
+    """`probekit run --backend ray`: the heads and probes stages shard over the cluster, same tables."""
+    from functools import partial
+
+    from probekit.experiment import validate_config
+    from probekit.experiment.run import run_experiment
+
+    cfg = validate_config(
+        {
+            "name": "shards",
+            "seed": 0,
+            "out": str(tmp_path / "unused"),
+            "models": ["tiny-llama"],
+            "batch_size": 4,
+            "data": {"svo": "template:svo_adj?n=12"},
+            "analyses": {
+                "heads": {"data": ["svo"], "relations": ["nsubj"], "n_boot": 100, "n_perm": 10},
+                "probes": [{"data": "svo", "tasks": ["upos"], "layers": [0, 2], "seeds": [0]}],
+            },
+        }
+    )
+    local = _one_thread(lambda: run_experiment(cfg, out=tmp_path / "local", progress=False))
+    parallel = partial(sharded_model, options=RayOptions(workers=2), shard_size=8, store=False)
+    ray = run_experiment(cfg, out=tmp_path / "ray", progress=False, parallel=parallel)
+    for table in ("heads/tiny-llama__svo/heads.csv", "probes/tiny-llama__svo/probes.csv"):
+        assert (ray / table).read_bytes() == (local / table).read_bytes(), table
