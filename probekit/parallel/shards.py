@@ -169,7 +169,9 @@ class RayOptions:
     and ``gpus_per_worker`` GPUs each; ``address`` of an existing cluster (None: start Ray here, or
     use the session this process already has); ``max_retries`` per shard; ``faults`` maps a shard id
     to ``"raise"`` or ``"exit"`` (the worker process dies) on its first attempt, or ``"raise-always"``
-    (fault injection for tests)."""
+    (fault injection for tests). ``pool`` holds the live workers between calls in one Ray session, so
+    every shard pool of a command (trained and random-init model, every stage of a run) reuses the same
+    worker processes; it is filled in by `run_on_ray`."""
 
     workers: int = 2
     cpus_per_worker: float = 1
@@ -177,14 +179,26 @@ class RayOptions:
     address: str | None = None
     max_retries: int = 2
     faults: dict[int, str] = field(default_factory=dict)
+    pool: WorkerPool | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class WorkerPool:
+    """The `ShardWorker` actors of one Ray session (``session``: the driver's node and job ids)."""
+
+    session: tuple[str, str]
+    actors: list = field(default_factory=list)
 
 
 class ShardWorker:
     """The Ray actor: loads each model it needs once (on first use) and computes shards with it.
 
     ``env`` carries the driver's offline/cache settings to workers on other nodes; torch is pinned to
-    ``threads`` intra-op threads, the count the local run must use to give the same bits.
+    ``threads`` intra-op threads, the count the local run must use to give the same bits. It keeps at
+    most `MAX_MODELS` models (the least recently used goes first).
     """
+
+    MAX_MODELS = 2
 
     def __init__(self, env: dict[str, str], threads: int):
         os.environ.update(env)
@@ -199,8 +213,11 @@ class ShardWorker:
         if key not in self.models:
             from probekit.models import load_model
 
+            while len(self.models) >= self.MAX_MODELS:
+                self.models.pop(next(iter(self.models)))
             self.models[key] = load_model(name, device, seed=seed)
             self.loads += 1
+        self.models[key] = self.models.pop(key)  # most recently used last
         return self.models[key]
 
     def run(self, compute: Callable, spec: dict, attempt: int, fault: str | None) -> dict:
@@ -258,6 +275,12 @@ def run_on_ray(
             results[job.shard.id] = cached
     if not todo:
         return results
+    try:
+        import ray as ray_module
+
+        owned = not ray_module.is_initialized()  # a session started here ends here, with its workers
+    except ImportError:  # ray_session says what to install
+        owned = True
     with ray_session(options.address) as ray:
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -275,7 +298,14 @@ def run_on_ray(
         )
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         threads = max(1, int(options.cpus_per_worker))
-        idle = [actor_class.remote(env, threads) for _ in range(min(options.workers, len(todo)))]
+        context = ray.get_runtime_context()
+        session = (context.get_node_id(), context.get_job_id())
+        if options.pool is None or options.pool.session != session:
+            options.pool = WorkerPool(session)
+        pool = options.pool
+        while len(pool.actors) < min(options.workers, len(todo)):
+            pool.actors.append(actor_class.remote(env, threads))
+        idle = list(pool.actors)
         attempts: dict[int, int] = {}
         in_flight: dict[Any, tuple[Any, ShardJob]] = {}
         try:
@@ -294,7 +324,9 @@ def run_on_ray(
                     if isinstance(err, RayActorError):  # the worker died: replace it
                         with contextlib.suppress(Exception):
                             ray.kill(actor)
+                        pool.actors.remove(actor)
                         actor = actor_class.remote(env, threads)
+                        pool.actors.append(actor)
                     cause = getattr(err, "cause", None)
                     if isinstance(cause, ProbekitError):
                         raise cause from None
@@ -313,9 +345,11 @@ def run_on_ray(
                     results[job.shard.id] = result
                 idle.append(actor)
         finally:
-            for actor in idle + [a for a, _ in in_flight.values()]:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+            if owned or in_flight:  # interrupted, or the session ends now: no worker is kept
+                for actor in pool.actors:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                options.pool = None
     return results
 
 
