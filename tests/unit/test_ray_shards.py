@@ -68,7 +68,7 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
         pytest.skip(f"a local Ray cluster could not start: {err}")
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    yield ray
+    yield RayOptions(workers=2)  # one worker per node; the tests share its pool of worker processes
     ray.shutdown()
     c.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -97,9 +97,12 @@ def heads_runs(cluster, tiny_llama, tmp_path_factory):
     local.write(root / "local", heatmaps=False)
     store = ShardStore(root / "store")
     # shard 0 raises on its first try, shard 1's worker dies on its first try: both are retried
-    options = RayOptions(workers=2, faults={0: "raise", 1: "exit"})
-    model = sharded_model(tiny_llama, options, shard_size=8, store=store)
-    ray = analyze_heads(model, data, random_baseline=True, random_model=model.random_twin(), **HEADS)
+    cluster.faults = {0: "raise", 1: "exit"}
+    try:
+        model = sharded_model(tiny_llama, cluster, shard_size=8, store=store)
+        ray = analyze_heads(model, data, random_baseline=True, random_model=model.random_twin(), **HEADS)
+    finally:
+        cluster.faults = {}
     ray.write(root / "ray", heatmaps=False)
     return root, data, model, store
 
@@ -123,10 +126,13 @@ def test_a_rerun_reuses_every_finished_shard(heads_runs):
 
 def test_a_shard_that_keeps_failing_stops_the_run(cluster, tiny_llama, tmp_path):
     data = pk.load_dataset("template:svo_adj?n=8")
-    options = RayOptions(workers=1, max_retries=1, faults={0: "raise-always"})
-    model = sharded_model(tiny_llama, options, shard_size=8, store=ShardStore(tmp_path))
-    with pytest.raises(ProbekitError, match=r"shard 0 failed 2 times: .*injected fault"):
-        analyze_heads(model, data, **{**HEADS, "relations": ["prev_word"]})
+    cluster.faults, cluster.max_retries = {0: "raise-always"}, 1
+    model = sharded_model(tiny_llama, cluster, shard_size=8, store=ShardStore(tmp_path))
+    try:
+        with pytest.raises(ProbekitError, match=r"shard 0 failed 2 times: .*injected fault"):
+            analyze_heads(model, data, **{**HEADS, "relations": ["prev_word"]})
+    finally:
+        cluster.faults, cluster.max_retries = {}, 2
     assert list(tmp_path.iterdir()) == []  # nothing is kept from a failed shard
 
 
@@ -134,9 +140,7 @@ def test_probes_on_a_two_node_cluster_match_the_local_run(cluster, tiny_llama, t
     data = pk.load_dataset("template:svo_adj?n=24")
     kwargs = {"seeds": (0,), "n_boot": 50, "random_model": False}
     local = _one_thread(lambda: analyze_probes(tiny_llama, data, "upos", [0, 2], **kwargs))
-    model = sharded_model(
-        tiny_llama, RayOptions(workers=2), shard_size=8, store=ShardStore(tmp_path / "store")
-    )
+    model = sharded_model(tiny_llama, cluster, shard_size=8, store=ShardStore(tmp_path / "store"))
     capture = sharded_streams(model, list(data.sentences), [0, 2])
     assert len(capture.captures) == 2  # 24 sentences, shard size rounded up to 16 (capture batches of 16)
     ray = analyze_probes(tiny_llama, data, "upos", [0, 2], capture=capture, **kwargs)
@@ -167,7 +171,7 @@ def test_an_experiment_run_with_the_ray_backend_writes_the_local_tables(cluster,
         }
     )
     local = _one_thread(lambda: run_experiment(cfg, out=tmp_path / "local", progress=False))
-    parallel = partial(sharded_model, options=RayOptions(workers=2), shard_size=8, store=False)
+    parallel = partial(sharded_model, options=cluster, shard_size=8, store=False)
     ray = run_experiment(cfg, out=tmp_path / "ray", progress=False, parallel=parallel)
     for table in ("heads/tiny-llama__svo/heads.csv", "probes/tiny-llama__svo/probes.csv"):
         assert (ray / table).read_bytes() == (local / table).read_bytes(), table
