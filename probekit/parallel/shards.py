@@ -80,7 +80,7 @@ def plan_shards(n_tokens, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE)
     Examples
     --------
     >>> [s.indices for s in plan_shards([5, 3, 9, 3, 4], batch_size=2, shard_size=3)]
-    [(1, 3, 4, 0), (2,)]
+    [(0, 1, 3, 4), (2,)]
     """
     for name, v in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
