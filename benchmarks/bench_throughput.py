@@ -53,7 +53,9 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     kw = {"n_boot": 200, "n_perm": 50, "progress": False, "detector": False, "batch_size": 16}
     models_dir = cache_root() / "models"
     rows = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     before = os.environ.get("PROBEKIT_CACHE")
     try:
         for variant, workers in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
@@ -91,7 +93,8 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
             )
             ctx.say(f"throughput {variant}: {seconds:.1f} s, {len(sentences) / seconds:.2f} sentences/s")
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         if before is None:
             os.environ.pop("PROBEKIT_CACHE", None)
         else:
