@@ -18,7 +18,16 @@ from probekit.data.bundled import EWT_DEV
 from probekit.errors import ProbekitError
 
 #: benchmark names, in report order; each is ``benchmarks/bench_<name>.py``
-BENCHMARKS: tuple[str, ...] = ("capture", "memory", "ablation", "probes", "e2e", "mediation", "trees")
+BENCHMARKS: tuple[str, ...] = (
+    "capture",
+    "memory",
+    "ablation",
+    "probes",
+    "e2e",
+    "mediation",
+    "trees",
+    "throughput",
+)
 #: the columns every benchmark row has (benchmarks add metric columns after these)
 COLUMNS: tuple[str, ...] = (
     "benchmark",
@@ -40,6 +49,7 @@ TITLES: dict[str, str] = {
     "e2e": "5. End to end: `make run` by stage",
     "mediation": "6. Mediation patching: probekit vs the transformer_lens.patching loop",
     "trees": "7. Structural probes: every layer, batched trainer vs the plain loop",
+    "throughput": "8. Data-parallel heads on Ray: sentences per second, 1M-sentence projection",
 }
 
 __all__ = [

@@ -66,3 +66,70 @@ def check_layers(layers: list[int] | None, model, *, residual: bool) -> list[int
             fix=f"use {kind} 0..{top} (numbering: docs/layers.md)",
         )
     return layers
+
+
+def add_backend_arguments(p) -> None:
+    """``--backend local|ray`` and the Ray options of the data-parallel commands (`probekit.parallel`)."""
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local (one process, default) or ray: the corpus is split into shards that Ray workers "
+        "capture (and, for heads, reduce); same tables at the same torch thread count (docs/scale-out.md)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Ray workers, each loads the model once (ray)")
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1, help="CPUs (and torch threads) per worker (ray)"
+    )
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (ray)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=256,
+        help="sentences per shard, rounded up to a multiple of the capture batch size (ray)",
+    )
+    p.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster (e.g. auto); default: start Ray here"
+    )
+
+
+def check_backend(args) -> None:
+    """The Ray options must be usable (checked before any model is loaded)."""
+    positive(args, "workers", "shard_size")
+    if not args.cpus_per_worker > 0 or not args.gpus_per_worker >= 0:
+        raise ProbekitError(
+            "--cpus-per-worker must be > 0 and --gpus-per-worker >= 0", fix="e.g. --cpus-per-worker 1"
+        )
+
+
+def backend_session(args):
+    """One Ray session for the whole command with ``--backend ray`` (every shard pool of the command runs
+    in it), a no-op context for local."""
+    import contextlib
+
+    if args.backend != "ray":
+        return contextlib.nullcontext()
+    from probekit.parallel.shards import ray_session
+
+    return ray_session(args.ray_address)
+
+
+def sharded(args, model):
+    """``model`` wrapped for the Ray backend (`probekit.parallel.sharded_model`), or None for local."""
+    if args.backend != "ray":
+        return None
+    from probekit.parallel import sharded_model
+
+    return sharded_model(model, sharded_options(args), shard_size=args.shard_size)
+
+
+def sharded_options(args):
+    """The `probekit.parallel.RayOptions` of ``--workers``, ``--cpus-per-worker``, ... ."""
+    from probekit.parallel import RayOptions
+
+    return RayOptions(
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        address=args.ray_address,
+    )

@@ -6,11 +6,14 @@
 
 Writes heads.csv, baselines.csv, verdicts.csv, counts.csv, positional.csv, specificity.csv, summary.md
 and heatmap_<relation>.png into --out (`HeadAnalysis.write`; every column and rule: docs/methods/heads.md).
+With ``--backend ray`` Ray workers capture and reduce shards of the corpus (`probekit.parallel.heads`).
 """
 
 from __future__ import annotations
 
 import sys
+
+from probekit.cli.common import add_backend_arguments
 
 
 def register(sub) -> None:
@@ -45,36 +48,41 @@ def register(sub) -> None:
     p.add_argument("--no-detector", action="store_true", help="skip TransformerLens detect_head")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_backend_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from probekit.analyses.heads import analyze_heads, resolve_relations
-    from probekit.cli.common import check_outputs, positive
+    from probekit.cli.common import backend_session, check_backend, check_outputs, positive, sharded
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report.outdir import staged_output
 
     positive(args, "max_sentences", "batch_size")
+    check_backend(args)
     check_outputs(args.out)
     data = load_dataset(args.data, max_sentences=args.max_sentences, seed=args.seed)
     relations = resolve_relations(data, args.relations)  # fail fast, before loading the model
     model = load_model(args.model)
-    res = analyze_heads(
-        model,
-        data,
-        relations=relations,
-        directions=args.directions.split(","),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        n_boot=args.n_boot,
-        n_perm=args.n_perm,
-        random_baseline=args.random_baseline,
-        progress=not args.quiet,
-        test_size=args.test_size,
-        detector=not args.no_detector,
-    )
+    ray_model = sharded(args, model)  # None for --backend local
+    with backend_session(args):
+        res = analyze_heads(
+            ray_model or model,
+            data,
+            relations=relations,
+            directions=args.directions.split(","),
+            batch_size=args.batch_size,
+            seed=args.seed,
+            n_boot=args.n_boot,
+            n_perm=args.n_perm,
+            random_baseline=args.random_baseline,
+            progress=not args.quiet,
+            test_size=args.test_size,
+            detector=not args.no_detector,
+            random_model=ray_model.random_twin() if ray_model and args.random_baseline else None,
+        )
     with staged_output(args.out) as tmp:
         res.write(tmp, heatmaps=not args.no_plots)
     for row in res.verdicts.itertuples():

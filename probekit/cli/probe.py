@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from probekit.cli.common import add_backend_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -56,13 +58,22 @@ def register(sub) -> None:
     p.add_argument("--max-sentences", type=int, default=None, help="use the first N sentences")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-init model")
     p.add_argument("--mdl", action="store_true", help="also compute MDL online codelength (slow)")
+    add_backend_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from probekit.analyses.probes import analyze_probes
-    from probekit.cli.common import check_layers, check_outputs, parse_layers, positive
+    from probekit.cli.common import (
+        backend_session,
+        check_backend,
+        check_layers,
+        check_outputs,
+        parse_layers,
+        positive,
+        sharded,
+    )
     from probekit.data import load_dataset
     from probekit.models import load_model
     from probekit.report import atomic_write_text, markdown_table
@@ -71,6 +82,7 @@ def run(args) -> int:
 
     layers = parse_layers(args.layers)
     positive(args, "max_sentences")
+    check_backend(args)
     check_outputs(args.out)
     if args.probe == "linear":
         print("--probe linear is deprecated: the logistic-regression probe is called 'logistic'")
@@ -89,6 +101,16 @@ def run(args) -> int:
         "test_size": args.test_size,
         "mdl": args.mdl,
     }
+    ray_model = sharded(args, model)  # None for --backend local
+    if ray_model is not None:  # workers capture the shards; the probes are fitted here, as locally
+        from probekit.parallel import sharded_streams
+
+        sentences = [s for s in data if hasattr(s, "words")]
+        with backend_session(args):
+            kwargs["capture"] = sharded_streams(ray_model, sentences, kwargs["layers"])
+            if with_random:
+                twin = ray_model.random_twin(None)  # analyze_probes loads random:<name> on the default device
+                kwargs["random_capture"] = sharded_streams(twin, sentences, kwargs["layers"])
     result = analyze_probes(
         model,
         data,

@@ -12,6 +12,8 @@ Both print the files they wrote; the work is `probekit.experiment.run_experiment
 
 from __future__ import annotations
 
+from probekit.cli.common import add_backend_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,6 +31,7 @@ def register(sub) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set analyses.heads.max_sentences=50 (repeatable)",
     )
+    add_backend_arguments(p)
     p.set_defaults(func=run)
 
     r = sub.add_parser(
@@ -46,9 +49,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from functools import partial
+
+    from probekit.cli.common import backend_session, check_backend, sharded_options
     from probekit.experiment.run import run_experiment
 
-    out = run_experiment(args.config, out=args.out, overrides=args.overrides)
+    parallel = None
+    if args.backend == "ray":  # the heads and probes stages shard their corpora over Ray workers
+        from probekit.parallel import sharded_model
+
+        check_backend(args)
+        parallel = partial(sharded_model, options=sharded_options(args), shard_size=args.shard_size)
+    with backend_session(args):
+        out = run_experiment(args.config, out=args.out, overrides=args.overrides, parallel=parallel)
     print(f"wrote {out}/REPORT.md")
     return 0
 

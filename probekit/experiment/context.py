@@ -59,6 +59,7 @@ class Run:
         progress: bool = True,
         load_model: Callable[..., Any] | None = None,
         git: dict | None = None,
+        parallel: Callable[..., Any] | None = None,
     ):
         from probekit.models import load_model as default_loader
 
@@ -70,6 +71,9 @@ class Run:
         self._models: dict[str, Any] = {}
         self._data: dict[Any, Any] = {}
         self.git = git or {"commit": None, "dirty": None}
+        #: None (local), or ``partial(probekit.parallel.sharded_model, options=..., shard_size=...)``:
+        #: the heads and probes stages then capture through Ray workers (same tables; in no options hash)
+        self.parallel = parallel
 
     def spec(self, name_or_spec: str) -> str | None:
         """A data name -> its spec (None if it is optional and absent); anything else is a spec."""

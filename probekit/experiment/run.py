@@ -44,6 +44,7 @@ def run_experiment(
     overrides: list[str] | None = None,
     progress: bool = True,
     load_model: Callable[..., Any] | None = None,
+    parallel: Callable[..., Any] | None = None,
 ) -> Path:
     """Run every stage of a config; return the run folder (which holds REPORT.md).
 
@@ -60,6 +61,10 @@ def run_experiment(
     load_model : callable, optional
         Replaces `probekit.models.load_model` for this run (a sweep worker passes one that keeps models
         resident across runs).
+    parallel : callable, optional
+        ``functools.partial(probekit.parallel.sharded_model, options=RayOptions(...), shard_size=...)``:
+        the heads and probes stages then capture (and, for heads, reduce) shards on Ray workers, with
+        the same tables (``docs/scale-out.md``). Not part of any stage's options hash.
 
     Returns
     -------
@@ -85,7 +90,7 @@ def run_experiment(
     check_writable(default_cache_dir(), what="the capture cache (PROBEKIT_CACHE)")
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = None if isinstance(config, ExperimentConfig) else Path(config)
-    run = Run(cfg, out_dir, progress, load_model, git=git_state())
+    run = Run(cfg, out_dir, progress, load_model, git=git_state(), parallel=parallel)
     total = time.perf_counter()
     for name, stage in STAGES.items():
         options = getattr(cfg.analyses, name)

@@ -63,7 +63,19 @@ def _probes(run: Run, opts) -> None:
 
         def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
-            random_model = run.model(f"random:{name}") if opts.random_baseline else False
+            random_model = f"random:{name}" if opts.random_baseline else False
+            captures = {}
+            if run.parallel is None and opts.random_baseline:
+                random_model = run.model(random_model)
+            if run.parallel is not None:  # Ray workers capture shards, the probes are fitted here
+                from probekit.parallel import sharded_streams
+
+                sharded = run.parallel(run.model(name), seed=run.cfg.seed)
+                sentences = [s for s in data if hasattr(s, "words")]
+                captures["capture"] = sharded_streams(sharded, sentences, opts.layers)
+                if opts.random_baseline:
+                    twin = sharded.random_twin(device=None)
+                    captures["random_capture"] = sharded_streams(twin, sentences, opts.layers)
             result = analyze_probes(
                 run.model(name),
                 data,
@@ -75,6 +87,7 @@ def _probes(run: Run, opts) -> None:
                 random_model=random_model,
                 data_label=display_spec(spec),
                 title=f"{name} on {display_spec(spec)}",
+                **captures,
             )
             result.write(folder)
 
@@ -89,8 +102,14 @@ def heads(run: Run, opts) -> None:
 
         def work(folder: Path, name=name, data_name=data_name, spec=spec):
             data = run.dataset(data_name, opts.max_sentences)
+            model, random_model = run.model(name), None
+            if run.parallel is not None:  # Ray workers capture and reduce shards (docs/scale-out.md)
+                model = run.parallel(model, seed=run.cfg.seed)
+                random_model = model.random_twin(device=None) if opts.random_baseline else None
+            elif opts.random_baseline:
+                random_model = run.model(f"random:{name}")
             result = analyze_heads(
-                run.model(name),
+                model,
                 data,
                 relations=opts.relations,
                 seed=run.cfg.seed,
@@ -99,7 +118,7 @@ def heads(run: Run, opts) -> None:
                 batch_size=run.cfg.batch_size,
                 random_baseline=opts.random_baseline,
                 progress=run.progress,
-                random_model=run.model(f"random:{name}") if opts.random_baseline else None,
+                random_model=random_model,
                 data_label=display_spec(spec),
                 weighting=opts.weighting,
             )

@@ -83,6 +83,9 @@ def capture_attention(model, dataset, batch_size, progress):
     expose attention-pattern hooks."""
     from probekit.activations.capture import capture
 
+    elsewhere = getattr(model, "capture_attention", None)
+    if elsewhere is not None:  # captured by workers (probekit.parallel.heads.ShardedModel)
+        return elsewhere(dataset, batch_size, progress)
     bridge = getattr(model, "bridge", None)
     hook_names = getattr(bridge, "hook_dict", None) or {}
     if not any(hooks.is_pattern(name) for name in hook_names):
@@ -130,7 +133,10 @@ class Scored:
 
 
 def collect(cap, inst: pd.DataFrame, causal: bool, progress: bool, desc: str) -> Scored:
-    """One pass over the sentences: masked argmax rows once per sentence for all heads, then gather."""
+    """One pass over the sentences: masked argmax rows once per sentence for all heads, then gather.
+    A capture reduced by workers (`probekit.parallel.heads.ShardedAttention`) collects itself."""
+    if hasattr(cap, "collect"):
+        return cap.collect(inst, causal, progress, desc)
     n_words = np.asarray(cap.n_words, dtype=np.int64)
     n_sent = len(n_words)
     n_heads = int(cap.n_heads)
