@@ -270,3 +270,29 @@ def test_damage_after_the_check_is_a_probekit_error(tiny_bert, tmp_path):
     (cap.path / "meta.json").write_text("{")
     with pytest.raises(pk.ProbekitError, match="damaged"):
         capmod.Capture(cap.path, cap.sentences)
+
+
+def test_capture_offers_the_heap_back_after_every_batch(tiny_llama, cache_dir, monkeypatch):
+    """The old memory growth came from glibc's heap ratcheting up over length-sorted batches; capture runs
+    its heap guard (`_heap_trimmer`) once after every batch."""
+    import probekit.activations.capture as capmod
+
+    calls = []
+    monkeypatch.setattr(capmod, "_heap_trimmer", lambda: lambda: calls.append(1))
+    sents = [f"The cat number {i} sat on the mat ." for i in range(10)]
+    capmod.capture(tiny_llama, sents, batch_size=4, cache_dir=cache_dir, progress=False)
+    assert len(calls) == 3  # ceil(10 / 4) batches
+
+
+def test_heap_guard_trims_only_past_the_slack(monkeypatch):
+    import platform
+
+    import probekit.activations.capture as capmod
+
+    guard = capmod._heap_trimmer()
+    guard()  # the first batch sets the level
+    guard()  # within the slack: nothing to do
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert guard.__name__ == "guard"  # reads /proc/self/statm and calls malloc_trim, not the no-op
+        monkeypatch.setattr(capmod, "TRIM_SLACK_BYTES", -(2**40))  # any level is past the slack
+        guard()  # calls malloc_trim(0) and raises the level; must not fail
