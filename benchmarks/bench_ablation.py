@@ -187,15 +187,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
             }
         )
 
-    out = pd.DataFrame(rows)
-    out.insert(0, "benchmark", "ablation")
-    out.insert(2, "model", model_name)
-    out["n_sentences"] = out["n_items"]
-    out["tokens_per_s"] = np.nan
-    out["peak_rss_mb"] = np.nan
-    out["threads"] = ctx.threads
-    lead = [c for c in bench.COLUMNS if c in out.columns]
-    out = out[lead + [c for c in out.columns if c not in lead]]
+    out = bench.item_frame(rows, "ablation", model_name, ctx.threads)
     med = out.groupby("variant")["seconds"].median()
     speedup = med.get("naive", np.nan) / med.get("fast", np.nan)
     tl_vs_fast = med.get("tl-exact", np.nan) / med.get("fast-exact", np.nan)
