@@ -264,8 +264,7 @@ SPECIALISTS = TableSchema(
     writer="the ablate stage (probekit.analyses.interventions.specialists_vs_random)",
 )
 
-#: the weighting stage's tables, read by REPORT.md's "Attention weighting" section; not in `SCHEMAS` until a
-#: committed run has the stage (tests/unit/test_report.py checks every schema against the committed runs)
+#: the weighting stage's tables, read by REPORT.md's "Attention weighting" section
 WEIGHTING_COMPARISON = TableSchema(
     "weighting_comparison.csv",
     "weighting",
@@ -341,6 +340,9 @@ SCHEMAS = (
     SPECIALISTS_VS_RANDOM,
     SPECIALISTS,
     CLAIM_VERDICTS,
+    TREES_SUMMARY,
+    TREES_PARTS,
+    STRUCTURAL_PROBES,
+    WEIGHTING_COMPARISON,
+    WEIGHTING_SINK,
 )
-# TREES_SUMMARY, TREES_PARTS and STRUCTURAL_PROBES join SCHEMAS once a committed run has them
-# (tests/unit/test_report.py checks every schema in SCHEMAS against results/: add "trees_ewt" to its RUNS)

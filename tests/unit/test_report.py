@@ -19,7 +19,7 @@ from probekit.report import compare_runs, read_table, stage_tables, write_table
 from probekit.report import schema as sc
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-RUNS = ("seed_claims", "probes_ewt")
+RUNS = ("seed_claims", "probes_ewt", "trees_ewt")
 # step 1 of the redesign renamed the module this sentence of REPORT.md names; nothing else may differ
 OLD_MODULE, NEW_MODULE = "`probekit.probes`", "`probekit.analyses.probes`"
 
