@@ -1,4 +1,4 @@
-"""Benchmark 7: throughput of `probekit heads` on Ray (`probekit.parallel`) at 1 and 2 workers, and the
+"""Benchmark 8: throughput of `probekit heads` on Ray (`probekit.parallel`) at 1 and 2 workers, and the
 projected time for a 1M-sentence corpus on N workers.
 
 Each variant scores the heads of the same sentences (EWT dev's first 256 with SmolLM2 in the full run;
