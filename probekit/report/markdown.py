@@ -444,6 +444,8 @@ def structural_sentences(frame: pd.DataFrame) -> list[str]:
     '- **m**: best distance-probe layer 3, UUAS 0.600 [0.000, 1'
     """
     dist = frame[frame.probe == "distance"].dropna(subset=["uuas"])
+    dist = dist if "target" in dist else dist.assign(target="gold")  # optional columns
+    has_ci = {"uuas_ci_low", "uuas_ci_high"} <= set(dist.columns)
     gold = dist[dist.target == "gold"]
     linear = gold[gold.baseline == "linear-position"]
     out = []
@@ -451,25 +453,23 @@ def structural_sentences(frame: pd.DataFrame) -> list[str]:
         own = gold[(gold.model == model) & (gold.baseline == "none")]
         best = own.loc[own.uuas.idxmax()]
         control = dist[(dist.model == model) & (dist.target == "control") & (dist.layer == best.layer)]
-        text = (
-            f"- **{model}**: best distance-probe layer {int(best.layer)}, UUAS {best.uuas:.3f} "
-            f"[{best.uuas_ci_low:.3f}, {best.uuas_ci_high:.3f}]"
-        )
-        for name, ref in (
-            ("linear position", linear),
-            ("the random-init model", gold[gold.model == f"random:{model}"]),
-        ):
+        text = f"- **{model}**: best distance-probe layer {int(best.layer)}, UUAS {best.uuas:.3f}"
+        text += f" [{best.uuas_ci_low:.3f}, {best.uuas_ci_high:.3f}]" if has_ci else ""
+        random_init = gold[gold.model == f"random:{model}"]
+        for name, ref in (("linear position", linear), ("the random-init model", random_init)):
             if ref.empty:
                 continue
             r = ref.loc[ref.uuas.idxmax()]
             where = (
-                "above it, the intervals apart"
+                ""
+                if not has_ci
+                else "; above it, the intervals apart"
                 if best.uuas_ci_low > r.uuas_ci_high
-                else "below it, the intervals apart"
+                else "; below it, the intervals apart"
                 if best.uuas_ci_high < r.uuas_ci_low
-                else "the intervals overlap"
+                else "; the intervals overlap"
             )
-            text += f"; vs {name} {r.uuas:.3f} ({best.uuas - r.uuas:+.3f}; {where})"
+            text += f"; vs {name} {r.uuas:.3f} ({best.uuas - r.uuas:+.3f}{where})"
         if not control.empty:
             text += f"; selectivity over random control trees {best.uuas - control.uuas.iloc[0]:+.3f}"
         out.append(text + ".")
@@ -529,7 +529,8 @@ def trees_section(run_dir: str | os.PathLike) -> list[str]:
         shown = ["model", "probe", "target", "baseline", "layer", "uuas", "uuas_ci_low", "uuas_ci_high"]
         shown += ["dspr", "root_acc", "nspr"]
         for folder, (frame,) in structural:
-            frame = frame.assign(key=frame.uuas.where(frame.probe == "distance", frame.root_acc))
+            frame = frame if "target" in frame else frame.assign(target="gold")  # optional columns
+            frame = frame.assign(key=frame.uuas.where(frame.probe == "distance", frame.get("root_acc")))
             frame = frame.dropna(subset=["key"])  # the depth probe has no UUAS, the distance probe no root
             best = frame.loc[frame.groupby(["model", "probe", "target", "baseline"], sort=True).key.idxmax()]
             lines += [*structural_sentences(frame), ""]

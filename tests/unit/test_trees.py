@@ -262,5 +262,6 @@ def test_report_section_renders_the_structural_probes_when_present(tmp_path):
     write_table(structural, folder / "structural_probes.csv")
     text = "\n".join(trees_section(tmp_path))
     assert text.startswith(f"## {TREES_TITLE}")
-    assert "Hewitt & Manning" in text and "| m | 2 | distance | none | 0.7 |" in text
+    assert "Hewitt & Manning" in text and "| m | distance | gold | none | 2 | 0.7 |" in text  # the best layer
+    assert "- **m**: best distance-probe layer 2, UUAS 0.700." in text
     assert "UUAS 0.600 [0.550, 0.650] vs 0.400 [0.350, 0.450] (+0.200; above it, the intervals apart)" in text
