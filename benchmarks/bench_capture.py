@@ -231,9 +231,10 @@ class _TokenizerOnly:
     """What `align`/`pad_batch` need from a Model, without loading the bridge."""
 
     def __init__(self, name: str, tok, causal: bool):
-        from probekit.models import SMOLLM_SINK
+        from probekit.models import SMOLLM_SINK, uses_space_prefix
 
         self.tokenizer, self.is_causal, self.name = tok, causal, name
+        self.space_prefix = uses_space_prefix(tok)
         self.n_layers = 0
         self.n_ctx = 10**9
         if causal:
