@@ -52,7 +52,7 @@ def parse_split(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3:
         raise ProbekitError(f"--split {text!r} is not three numbers", fix="e.g. --split 0.5,0.2,0.3")
-    return values  # type: ignore[return-value]  # checked to be three floats
+    return values
 
 
 def run(args) -> int:

@@ -66,7 +66,7 @@ def _probes(run: Run, opts) -> None:
             random_model = f"random:{name}" if opts.random_baseline else False
             captures = {}
             if run.parallel is None and opts.random_baseline:
-                random_model = run.model(random_model)
+                random_model = run.model(random_model)  # type: ignore[arg-type]
             if run.parallel is not None:  # Ray workers capture shards, the probes are fitted here
                 from probekit.parallel import sharded_streams
 
@@ -87,7 +87,7 @@ def _probes(run: Run, opts) -> None:
                 random_model=random_model,
                 data_label=display_spec(spec),
                 title=f"{name} on {display_spec(spec)}",
-                **captures,
+                **captures,  # type: ignore[arg-type]
             )
             result.write(folder)
 

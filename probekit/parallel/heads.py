@@ -1,3 +1,5 @@
+# mypy: disable-error-code="attr-defined,dict-item"
+# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """Head scoring over shards: workers capture and reduce, the driver combines and runs the local tables.
 
 `sharded_model` wraps a model so that `probekit.analyses.heads.analyze_heads` captures through Ray: its

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="attr-defined,misc,var-annotated"
+# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """`analyze_trees`: whole dependency trees from attention heads, a learned mix of heads, and baselines.
 
 One pass over the captured word attention (sentence by sentence, from the capture cache) builds every

