@@ -45,9 +45,9 @@ from probekit.experiment.sweep_backends import (
     RayExecutor,
     SweepRun,
     is_finished,
-    ray_session,
     threads_for,
 )
+from probekit.parallel.shards import ray_session
 from probekit.report.tables import atomic_write_text, markdown_table, write_table
 
 __all__ = [

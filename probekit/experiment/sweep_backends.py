@@ -23,20 +23,12 @@ from typing import Any
 from probekit.errors import ProbekitError
 from probekit.experiment.config import ExperimentConfig
 from probekit.experiment.run import run_experiment
+from probekit.parallel.shards import FORWARDED_ENV
 from probekit.report.tables import atomic_write_text
 
 OK, FAILED = "ok", "failed"
 DONE_MARKER = ".sweep-done"
 ERROR_FILE = "ERROR.txt"
-#: environment variables a Ray worker needs to behave like this process (offline, same cache)
-FORWARDED_ENV = (
-    "PROBEKIT_CACHE",
-    "PROBEKIT_ALLOW_NETWORK",
-    "HF_HOME",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "TOKENIZERS_PARALLELISM",
-)
 
 
 @dataclass(frozen=True)
@@ -320,24 +312,3 @@ class RayExecutor:
                 with contextlib.suppress(Exception):
                     self.ray.kill(actor)
         return stats
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[Any]:
-    """Connect to Ray: reuse a session this process already started (``ray.init`` in a notebook or a
-    test), else start or join one and shut it down afterwards."""
-    try:
-        import ray
-    except ImportError:
-        raise ProbekitError(
-            "the ray backend needs the optional package 'ray'",
-            fix="pip install 'probekit-mi[ray]' (make install does this), or use --backend local",
-        ) from None
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()

@@ -233,8 +233,9 @@ class ShardWorker:
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
-    """Connect to Ray: reuse this process's session (a notebook, a test), else start or join one and
-    shut it down afterwards."""
+    """Connect to Ray: reuse a session this process already started (``ray.init`` in a notebook or a
+    test), else start or join one and shut it down afterwards. The one session helper of the shard pools
+    (`run_on_ray`, ``--backend ray``) and of sweeps (`probekit.experiment.sweep`)."""
     try:
         import ray
     except ImportError:
