@@ -13,6 +13,7 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,42 @@ def _check_tree(heads: tuple[int, ...], where: str) -> None:
                 where=where,
                 fix="heads are 0-based word indices, -1 for the root",
             )
+    cycle = find_cycle(heads)
+    if cycle is not None:
+        raise ProbekitError(
+            f"the heads form a cycle through words {sorted(cycle)}",
+            where=where,
+            fix="check the head column; a dependency tree has no cycles",
+        )
+
+
+def find_cycle(heads: Sequence[int]) -> list[int] | None:
+    """A cycle of the head graph (0-based heads, ``-1`` for a root), or None if every word reaches a root.
+
+    Follows heads from each word in turn, marking the words on the current path; reaching a word of the
+    current path again closes a cycle. Linear in the number of words. Heads must be in range (``-1`` or
+    a word index); `Sentence` checks that before calling it.
+
+    Parameters
+    ----------
+    heads
+        ``heads[i]`` is the head of word i, ``-1`` for a root (plain ints walk faster than numpy scalars;
+        pass ``array.tolist()``).
+
+    Returns
+    -------
+    list of int or None
+        The words of the first cycle found, in the order the walk meets them (starting where it enters
+        the cycle), or None when the heads form a forest.
+
+    Examples
+    --------
+    >>> find_cycle([1, 2, -1]) is None
+    True
+    >>> find_cycle([-1, 2, 3, 1])
+    [1, 2, 3]
+    """
+    n = len(heads)
     state = [0] * n  # 0 unvisited, 1 on the current path, 2 known to reach a root
     for start in range(n):
         path, i = [], start
@@ -107,13 +144,10 @@ def _check_tree(heads: tuple[int, ...], where: str) -> None:
             path.append(i)
             i = heads[i]
         if i != -1 and state[i] == 1:
-            raise ProbekitError(
-                f"the heads form a cycle through words {sorted(path[path.index(i) :])}",
-                where=where,
-                fix="check the head column; a dependency tree has no cycles",
-            )
+            return path[path.index(i) :]
         for j in path:
             state[j] = 2
+    return None
 
 
 @dataclass(frozen=True)

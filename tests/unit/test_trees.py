@@ -74,6 +74,20 @@ def test_directed_mst_with_fixed_root_by_hand():
     assert mst_directed(s, root=2).tolist() == [1, 2, -1]
 
 
+def test_find_cycle_is_the_one_walk_of_sentences_and_chu_liu_edmonds():
+    # one function for both: Sentence's check and the contraction step of mst_directed
+    from probekit.analyses.trees import mst
+    from probekit.data.schema import find_cycle
+
+    assert mst.find_cycle is find_cycle
+    # the walk from word 0 goes 0 -> 3 -> 1 -> 2 -> 3: the cycle in walk order, entered at 3
+    assert find_cycle([3, 2, 3, 1, -1]) == [3, 1, 2]
+    assert find_cycle([1, 2, -1, 2]) is None
+    assert find_cycle([]) is None
+    with pytest.raises(ProbekitError, match=r"cycle through words \[1, 2, 3\]"):
+        pk.Sentence("s", ("a", "b", "c", "d"), heads=(-1, 3, 1, 2))
+
+
 def test_mst_matches_networkx_on_random_matrices():
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from probekit.data.schema import find_cycle
 from probekit.errors import ProbekitError
 
 #: head value given to words left out of a directed tree (``ignore``); the root gets -1
@@ -191,7 +192,7 @@ def _chu_liu_edmonds(scores: np.ndarray, root: int) -> np.ndarray:
         return np.array([-1])
     heads = np.argmax(s, axis=1)  # first maximum: ties go to the lowest index
     heads[root] = -1
-    cycle = _find_cycle(heads)
+    cycle = find_cycle(heads.tolist())  # plain ints: faster to walk than numpy scalars
     if cycle is None:
         return heads
     in_cycle = np.zeros(n, dtype=bool)
@@ -219,23 +220,6 @@ def _chu_liu_edmonds(scores: np.ndarray, root: int) -> np.ndarray:
     d_in = cyc[enter[h_in]]
     result[d_in] = rest[h_in]  # the other cycle words keep their heads
     return result
-
-
-def _find_cycle(heads: np.ndarray) -> list[int] | None:
-    n = len(heads)
-    heads = heads.tolist()  # plain ints: faster to walk than numpy scalars
-    state = [0] * n
-    for start in range(n):
-        path, i = [], start
-        while i != -1 and state[i] == 0:
-            state[i] = 1
-            path.append(i)
-            i = heads[i]
-        if i != -1 and state[i] == 1:
-            return path[path.index(i) :]
-        for j in path:
-            state[j] = 2
-    return None
 
 
 def gold_edges(gold_heads: Sequence[int], ignore: Iterable[int] | None = None) -> list[Edge]:
