@@ -31,7 +31,7 @@ from pathlib import Path
 import conllu
 from conllu.exceptions import ParseException
 
-from probekit.data.schema import Sentence
+from probekit.data.schema import Sentence, find_cycle
 from probekit.errors import ProbekitError
 
 _INT_ID = re.compile(r"[1-9][0-9]*")
@@ -147,22 +147,14 @@ def _check_conllu_tree(heads: list[int], words: list[str], word_lines: list[int]
                 where=f"{path}:{word_lines[i]} ({where})",
                 fix="HEAD must be 0 (root) or the ID of another word of the sentence",
             )
-    state = [0] * len(heads)  # 0 unvisited, 1 on the current path, 2 reaches the root
-    for start in range(len(heads)):
-        path_ids, i = [], start
-        while i != -1 and state[i] == 0:
-            state[i] = 1
-            path_ids.append(i)
-            i = heads[i]
-        if i != -1 and state[i] == 1:
-            cycle = sorted(path_ids[path_ids.index(i) :])
-            raise ProbekitError(
-                f"the HEAD column forms a cycle through word IDs {', '.join(str(j + 1) for j in cycle)}",
-                where=f"{path}:{word_lines[cycle[0]]} ({where})",
-                fix="check the HEAD column of these words; a dependency tree has no cycles",
-            )
-        for j in path_ids:
-            state[j] = 2
+    cycle = find_cycle(heads)
+    if cycle is not None:
+        cycle = sorted(cycle)
+        raise ProbekitError(
+            f"the HEAD column forms a cycle through word IDs {', '.join(str(j + 1) for j in cycle)}",
+            where=f"{path}:{word_lines[cycle[0]]} ({where})",
+            fix="check the HEAD column of these words; a dependency tree has no cycles",
+        )
 
 
 def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
