@@ -43,7 +43,6 @@ FACTORIES = {"sklearn-logreg": _logreg, "probekit-ridge": _ridge}
 
 
 def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFrame:
-    from probekit.activations.capture import capture
     from probekit.models import load_model
 
     ctx = ctx or bench.BenchContext(quick=quick)
@@ -56,16 +55,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     model = load_model(model_name, device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="probekit-bench-probes-")) if quick else None
     start = time.perf_counter()
-    cap = capture(
-        model,
-        sentences,
-        layers=None,
-        resid=("resid_pre", "resid_post"),
-        attention=False,
-        cache=True,
-        cache_dir=tmp,
-        progress=False,
-    )
+    cap = bench.capture_streams(model, sentences, tmp)
     capture_s = time.perf_counter() - start
     try:
         labels = np.array([u for s in sentences for u in s.upos], dtype=object)

@@ -74,7 +74,6 @@ def child(model: str, n: int, variant: str, rank: int, epochs: int, capture_path
 
 
 def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFrame:
-    from probekit.activations.capture import capture
     from probekit.models import load_model
 
     ctx = ctx or bench.BenchContext(quick=quick)
@@ -85,16 +84,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         ctx.say(f"trees: capturing every layer of {model_name} on {n} sentences (not timed)")
         start = time.perf_counter()
         model = load_model(model_name, device="cpu")
-        cap = capture(
-            model,
-            sentences,
-            layers=None,
-            resid=("resid_pre", "resid_post"),
-            attention=False,
-            cache=True,
-            cache_dir=tmp if quick else None,  # full: probekit's cache, so a rerun reuses it
-            progress=False,
-        )
+        cap = bench.capture_streams(model, sentences, tmp if quick else None)  # full: a rerun reuses it
         capture_s = time.perf_counter() - start
         del model
         results: dict[str, pd.DataFrame] = {}

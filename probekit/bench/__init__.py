@@ -5,7 +5,7 @@ The benchmarks live in the repository's ``benchmarks/bench_<name>.py`` and use t
 ``docs/methods/benchmarks.md``.
 
 - `probekit.bench.context`: `BENCHMARKS`, `COLUMNS`, `BenchContext`, `set_threads`, `machine_info`,
-  `bench_sentences`;
+  `bench_sentences`, `capture_streams`;
 - `probekit.bench.timing`: `interleaved`, `interleaved_chunks`, `per_repeat_ratio`, `cprofile_top`,
   `torch_profile_top`;
 - `probekit.bench.memory`: `RssSampler`, `sampling`, `mark_baseline`, `measure_in_subprocess`,
@@ -24,6 +24,7 @@ from probekit.bench.context import (
     TITLES,
     BenchContext,
     bench_sentences,
+    capture_streams,
     machine_info,
     set_threads,
     thread_pools,
@@ -66,6 +67,7 @@ __all__ = [
     "BenchContext",
     "RssSampler",
     "bench_sentences",
+    "capture_streams",
     "check_rows",
     "cprofile_top",
     "current_rss_mb",

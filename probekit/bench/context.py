@@ -59,6 +59,7 @@ __all__ = [
     "TITLES",
     "BenchContext",
     "bench_sentences",
+    "capture_streams",
     "machine_info",
     "set_threads",
     "thread_pools",
@@ -282,3 +283,44 @@ def bench_sentences(n: int, ctx: BenchContext | None = None):
         k += 1
     source = spec if len(base) >= n else f"{spec} cycled to {n} sentences (new ids)"
     return out[:n], source
+
+
+def capture_streams(model, sentences, cache_dir: Path | None = None):
+    """Every layer's residual streams (``resid_pre`` and ``resid_post``, no attention) of ``sentences``:
+    the untimed input of the probe benchmarks (``probes``, ``trees``), through probekit's capture cache.
+
+    Parameters
+    ----------
+    model : Model
+        From `probekit.models.load_model`.
+    sentences : list of Sentence
+        What to capture.
+    cache_dir : Path or None
+        Where the capture is cached; None: probekit's cache (``$PROBEKIT_CACHE``), so a rerun reuses it.
+
+    Returns
+    -------
+    Capture
+        `probekit.activations.capture.Capture` with every stream layer (``stream_layers``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from probekit.models import load_model
+    >>> sentences, _ = bench_sentences(2, BenchContext(data="template:svo_adj?n=2"))
+    >>> cap = capture_streams(load_model("tiny-llama"), sentences, Path(tempfile.mkdtemp()))
+    >>> cap.stream(cap.stream_layers[-1]).shape[0] == sum(len(s) for s in sentences)
+    True
+    """
+    from probekit.activations.capture import capture
+
+    return capture(
+        model,
+        sentences,
+        layers=None,
+        resid=("resid_pre", "resid_post"),
+        attention=False,
+        cache=True,
+        cache_dir=cache_dir,
+        progress=False,
+    )

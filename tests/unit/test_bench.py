@@ -397,3 +397,17 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         and "## 4. Probe sweep" in rebuilt
     )
     assert rebuilt == md
+
+
+def test_capture_streams_is_the_probe_benchmarks_capture(tiny_llama, tmp_path):
+    # bench_probes and bench_trees share this one capture: every stream layer, resid_pre and resid_post,
+    # no attention (the full runs' cache entry, so a rerun of either reuses it)
+    sentences, _ = bench.bench_sentences(3, bench.BenchContext(data="template:svo_adj?n=3"))
+    cap = bench.capture_streams(tiny_llama, sentences, tmp_path)
+    settings = cap.meta["settings"]
+    assert settings["layers"] == list(range(tiny_llama.n_layers)) and settings["attention"] is False
+    assert sorted(settings["resid"]) == ["resid_post", "resid_pre"]
+    assert cap.stream_layers == list(range(tiny_llama.n_layers + 1))
+    assert cap.path.parent == tmp_path
+    again = bench.capture_streams(tiny_llama, sentences, tmp_path)
+    assert again.path == cap.path  # cached: the second call reads the first one's entry
