@@ -214,6 +214,36 @@ def test_compare_weightings_tables_and_files(tiny_bert, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_comparison_and_summary_columns_keep_their_written_order():
+    # COMPARISON_COLUMNS and summary.md's verdict table share SELECTED_HEAD_COLUMNS; the written order is
+    # pinned here so that sharing them cannot reorder a table
+    from probekit.analyses.heads.compare import COMPARISON_COLUMNS
+    from probekit.analyses.heads.result import HeadAnalysis, summary_markdown
+
+    written = [
+        *("model", "data", "weighting", "relation", "direction", "n", "layer", "head", "accuracy"),
+        *("ci_low", "ci_high", "attention_mass", "offset_accuracy", "verdict", "conclusion"),
+        *("relation_verdict", "same_head_as_raw", "conclusion_changed", "relation_conclusion_changed"),
+    ]
+    assert written == COMPARISON_COLUMNS
+    verdict_cols = (
+        *("model", "relation", "direction", "n", "layer", "head", "accuracy", "ci_low", "ci_high", "offset"),
+        *("offset_accuracy", "random_accuracy", "p_holm", "p_perm", "verdict"),
+    )
+    row = dict.fromkeys(verdict_cols, 0) | {"model": "m", "relation": "nsubj", "direction": "d2h"}
+    verdicts = pd.DataFrame([{**row, "relation_verdict": "none", "also_passes": ""}])
+    baselines = pd.DataFrame([{**{k: row[k] for k in ("model", "relation", "direction")}}])
+    baselines["chance_accuracy"], baselines["null_max_q95"] = 0.1, 0.2
+    res = HeadAnalysis(
+        *("m", "d", 1, pd.DataFrame(), baselines, verdicts, pd.DataFrame()),
+        positional=pd.DataFrame({"positional": [False]}),
+        specificity=pd.DataFrame(),
+    )
+    header = summary_markdown(res).split("## Verdicts")[1].strip().splitlines()[0]
+    shown = [c.strip() for c in header.strip("|").split("|")]
+    assert shown == [*verdict_cols, "chance_accuracy", "null_max_q95"]
+
+
 def test_sink_summary_by_hand():
     sink = pd.DataFrame(
         {"model": "m", "layer": [0, 0, 1], "head": [0, 1, 0], "sink_raw": [0.8, 0.6, 0.1],

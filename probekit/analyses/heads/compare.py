@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probekit.analyses.heads.result import SELECTED_HEAD_COLUMNS
 from probekit.analyses.heads.score import analyze_heads
 from probekit.analyses.heads.weighting import WEIGHTINGS, check_weighting
 from probekit.data.relations import DIRECTIONS
@@ -27,14 +28,7 @@ COMPARISON_COLUMNS = [
     "model",
     "data",
     "weighting",
-    "relation",
-    "direction",
-    "n",
-    "layer",
-    "head",
-    "accuracy",
-    "ci_low",
-    "ci_high",
+    *SELECTED_HEAD_COLUMNS,
     "attention_mass",
     "offset_accuracy",
     "verdict",

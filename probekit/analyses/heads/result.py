@@ -21,6 +21,10 @@ from probekit.report import (
     write_table,
 )
 
+#: the dev-selected head of one (relation, direction) and its test score with 95% CI, in the order the
+#: tables show them: the verdicts in ``summary.md`` and `probekit.analyses.heads.compare.COMPARISON_COLUMNS`
+SELECTED_HEAD_COLUMNS = ("relation", "direction", "n", "layer", "head", "accuracy", "ci_low", "ci_high")
+
 
 @dataclass(frozen=True)
 class HeadAnalysis:
@@ -129,14 +133,7 @@ def summary_markdown(res: HeadAnalysis) -> str:
     show = v[
         [
             "model",
-            "relation",
-            "direction",
-            "n",
-            "layer",
-            "head",
-            "accuracy",
-            "ci_low",
-            "ci_high",
+            *SELECTED_HEAD_COLUMNS,
             "offset",
             "offset_accuracy",
             "random_accuracy",
