@@ -120,13 +120,7 @@ def execute_run(name: str, config: dict, models: ModelCache, threads: int | None
         models.clear()
         with contextlib.suppress(OSError):
             atomic_write_text(folder / ERROR_FILE, traceback.format_exc())
-        return {
-            "name": name,
-            "status": FAILED,
-            "error": _one_line(err),
-            "retryable": not isinstance(err, ProbekitError),
-            "seconds": _since(start),
-        }
+        return _failure(name, err, retryable=not isinstance(err, ProbekitError), seconds=_since(start))
     (folder / ERROR_FILE).unlink(missing_ok=True)
     atomic_write_text(folder / DONE_MARKER, run.digest() + "\n")
     return {"name": name, "status": OK, "error": "", "retryable": False, "seconds": _since(start)}
@@ -164,6 +158,17 @@ def is_finished(run: SweepRun) -> bool:
         return all(p.exists() for p in needed) and marker.read_text().strip() == run.digest()
     except OSError:
         return False
+
+
+def _failure(name: str, err: BaseException, retryable: bool, seconds: float) -> dict:
+    """The status record of a failed run (the keys of `execute_run`'s record, in its order)."""
+    return {
+        "name": name,
+        "status": FAILED,
+        "error": _one_line(err),
+        "retryable": retryable,
+        "seconds": seconds,
+    }
 
 
 def _one_line(err: BaseException, limit: int = 500) -> str:
@@ -275,25 +280,13 @@ class RayExecutor:
         try:
             record = self.ray.get(ref)
         except RayActorError as err:  # the worker process died (OOM, node lost): replace it
-            record = {
-                "name": run.name,
-                "status": FAILED,
-                "error": _one_line(err),
-                "retryable": True,
-                "seconds": 0.0,
-            }
+            record = _failure(run.name, err, retryable=True, seconds=0.0)
             self.actors[key].remove(actor)
             with contextlib.suppress(Exception):
                 self.ray.kill(actor)
             actor = self._spawn(key)
         except RayError as err:
-            record = {
-                "name": run.name,
-                "status": FAILED,
-                "error": _one_line(err),
-                "retryable": True,
-                "seconds": 0.0,
-            }
+            record = _failure(run.name, err, retryable=True, seconds=0.0)
         self.idle[key].append(actor)
         self._dispatch(key)
         return run, record
