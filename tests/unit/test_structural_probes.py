@@ -413,3 +413,7 @@ def test_bad_arguments_of_fit_structural_probes(ewt_capture):
         fit_structural_probes(model, data, capture=cap, engine="fast", random_model=False)
     with pytest.raises(ProbekitError, match="need at least 3"):
         fit_structural_probes(model, list(data)[:2], capture=cap, random_model=False)
+    # the random-init twin is named by the probes' helper, with this function's place and advice
+    with pytest.raises(ProbekitError, match="cannot name the random-init model") as err:
+        fit_structural_probes(object(), data, capture=cap, n_boot=20)
+    assert err.value.where == "fit_structural_probes" and "random_model=False" in err.value.fix

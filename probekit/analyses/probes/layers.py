@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ __all__ = [
     "probe_layers",
     "probe_with_baselines",
     "resolve_probe_family",
+    "trained_and_random_runs",
 ]
 
 #: The probe families `probe_layers` builds from a name (``probe="ridge"`` or ``probe="logistic"``).
@@ -436,6 +438,46 @@ def _resolve_probe(probe) -> tuple[BaseEstimator, str]:
     )
 
 
+def trained_and_random_runs(
+    model, capture, random_model, random_capture, where: str, fix: str
+) -> list[tuple[str, Any, Any]]:
+    """The ``(model_kind, model, capture)`` runs of a trained model and of its random-init twin.
+
+    The one place that names the random-init baseline (Belinkov 2022, §4) of `probe_with_baselines` and
+    of the structural probes (`probekit.analyses.trees.fit_structural_probes`).
+
+    Parameters
+    ----------
+    model, capture : the trained model (or its name) and its capture (None: captured later).
+    random_model : the random-init model or its name; None means ``"random:<model name>"``; False: no
+        random-init run.
+    random_capture : its capture (None: captured later).
+    where, fix : the error's place and advice when ``random_model`` is None and ``model`` has no name.
+
+    Returns
+    -------
+    list of (str, model, capture)
+        ``("trained", model, capture)``, then ``("random-init", random_model, random_capture)`` unless
+        ``random_model`` is False.
+
+    Examples
+    --------
+    >>> trained_and_random_runs("tiny-bert", None, None, None, where="example", fix="name the model")
+    [('trained', 'tiny-bert', None), ('random-init', 'random:tiny-bert', None)]
+    >>> trained_and_random_runs("random:tiny-bert", None, False, None, where="example", fix="")
+    [('trained', 'random:tiny-bert', None)]
+    """
+    runs = [("trained", model, capture)]
+    if random_model is None:
+        name = model if isinstance(model, str) else getattr(model, "name", None)
+        if name is None:
+            raise ProbekitError("cannot name the random-init model", where=where, fix=fix)
+        random_model = f"random:{name}"
+    if random_model is not False:
+        runs.append(("random-init", random_model, random_capture))
+    return runs
+
+
 def probe_with_baselines(
     model,
     dataset: Iterable,
@@ -479,18 +521,14 @@ def probe_with_baselines(
     >>> frame[["model_kind", "model"]].values.tolist()
     [['trained', 'tiny-bert'], ['random-init', 'random:tiny-bert']]
     """
-    runs = [("trained", model, capture)]
-    if random_model is None:
-        name = model if isinstance(model, str) else getattr(model, "name", None)
-        if name is None:
-            raise ProbekitError(
-                "cannot name the random-init model",
-                where="probe_with_baselines",
-                fix="pass random_model=load_model('random:<name>')",
-            )
-        random_model = f"random:{name}"
-    if random_model is not False:
-        runs.append(("random-init", random_model, random_capture))
+    runs = trained_and_random_runs(
+        model,
+        capture,
+        random_model,
+        random_capture,
+        where="probe_with_baselines",
+        fix="pass random_model=load_model('random:<name>')",
+    )
     frames, unit_frames = [], []
     for kind, m, cap in runs:
         frame, units = probe_layers(m, dataset, task, layers, capture=cap, return_units=True, **kwargs)

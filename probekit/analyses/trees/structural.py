@@ -986,6 +986,7 @@ def fit_structural_probes(
     >>> result.table()[["layer", "probe", "target"]].head(3).values.tolist()
     [[0, 'distance', 'gold'], [0, 'distance', 'control'], [0, 'depth', 'gold']]
     """
+    from probekit.analyses.probes.layers import trained_and_random_runs
     from probekit.analyses.probes.streams import capture_streams, load_if_name, resolve_layers
     from probekit.data.dataset import Dataset
 
@@ -1013,18 +1014,14 @@ def fit_structural_probes(
         "control": {s.id: random_tree_heads(len(s.words), f"{seed}:{s.id}") for s in sentences},
     }
 
-    runs = [("trained", model, capture)]
-    if random_model is None:
-        name = model if isinstance(model, str) else getattr(model, "name", None)
-        if name is None:
-            raise ProbekitError(
-                "cannot name the random-init model",
-                where=where,
-                fix="pass random_model=load_model('random:<name>') or random_model=False",
-            )
-        random_model = f"random:{name}"
-    if random_model is not False:
-        runs.append(("random-init", random_model, random_capture))
+    runs = trained_and_random_runs(
+        model,
+        capture,
+        random_model,
+        random_capture,
+        where=where,
+        fix="pass random_model=load_model('random:<name>') or random_model=False",
+    )
 
     records = []
     for kind, m, cap in runs:
