@@ -28,6 +28,8 @@ dropped tokens (returned as ``special_mass``); ``renormalize=True`` rescales row
 from __future__ import annotations
 
 import re
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,6 +189,67 @@ def align(model, sentence: Sentence) -> Encoded:
             "sentences before it with --max-sentences)",
         )
     return Encoded(sentence=sentence, input_ids=tuple(int(x) for x in ids), word_spans=tuple(spans))
+
+
+class PackedEncodings(Sequence[Encoded]):
+    """Many sentences' encodings in two flat int32 arrays (token ids, word spans) with offsets: a
+    `Sequence` of `Encoded`, each rebuilt on access.
+
+    `capture` aligns every sentence up front (to sort them by length) and keeps the encodings for the
+    whole run; as `Encoded` objects (tuples of Python ints) they took about 1.5 KB per sentence (15 MB for
+    10,000 EWT sentences on MiniLM, measured with tracemalloc), packed they take about 0.3 KB.
+
+    Examples
+    --------
+    >>> import probekit as pk
+    >>> from probekit.activations.align import PackedEncodings
+    >>> model = pk.load_model("tiny-llama", device="cpu")
+    >>> sents = pk.load_dataset("seed:explored").sentences
+    >>> packed = PackedEncodings.encode(model, sents)
+    >>> packed[0] == pk.align(model, sents[0]), len(packed) == len(sents)
+    (True, True)
+    """
+
+    def __init__(self, sentences: list[Sentence], ids, id_offsets, spans, span_offsets):
+        self.sentences = sentences
+        self.ids = ids  # [tokens of all sentences] int32
+        self.spans = spans  # [words of all sentences, 2] int32: [start, end) into the sentence's tokens
+        self.id_offsets, self.span_offsets = id_offsets, span_offsets  # [n_sentences + 1] int64 each
+        self.n_tokens = np.diff(id_offsets)  # [n_sentences]
+        self.n_words = np.diff(span_offsets)  # [n_sentences]
+
+    @classmethod
+    def encode(cls, model, sentences: list[Sentence]) -> PackedEncodings:
+        """`align` every sentence, keeping only the packed arrays."""
+        ids, spans = array("i"), array("i")  # compact growable buffers (4 bytes an entry)
+        n_tokens, n_words = [], []
+        for sentence in sentences:
+            enc = align(model, sentence)
+            ids.extend(enc.input_ids)
+            spans.extend(x for span in enc.word_spans for x in span)
+            n_tokens.append(enc.n_tokens)
+            n_words.append(len(enc.word_spans))
+
+        def offsets(sizes):
+            return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+        return cls(
+            sentences,
+            np.frombuffer(ids, dtype=np.int32),
+            offsets(n_tokens),
+            np.frombuffer(spans, dtype=np.int32).reshape(-1, 2),
+            offsets(n_words),
+        )
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, i):  # type: ignore[override]  # int access only; slices are not needed
+        ids = self.ids[self.id_offsets[i] : self.id_offsets[i + 1]].tolist()
+        spans = self.spans[self.span_offsets[i] : self.span_offsets[i + 1]].tolist()
+        return Encoded(
+            sentence=self.sentences[i], input_ids=tuple(ids), word_spans=tuple((a, b) for a, b in spans)
+        )
 
 
 def pad_batch(encoded: list[Encoded], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,7 +89,7 @@ class ChunkHasher:
         self.digests = np.zeros((n_chunks, CHUNK_DIGEST_BYTES), dtype=np.uint8)  # [sentence, digest byte]
 
     def add(self, i: int, written: np.ndarray) -> None:
-        """Hash sentence i's chunk, read back from the just-written (resident) pages of the map."""
+        """Hash sentence i's chunk: the bytes just written into the map at its place (C order)."""
         d = hashlib.blake2b(written, digest_size=CHUNK_DIGEST_BYTES).digest()  # type: ignore[arg-type]  # an ndarray is a buffer; numpy's stubs do not say so
         self.digests[i] = np.frombuffer(d, dtype=np.uint8)
 
@@ -99,7 +99,7 @@ class ChunkHasher:
 
 def write_record(folder: Path, meta: dict, hashers: dict[str, ChunkHasher]) -> None:
     """Write ``meta.json`` and then, last, ``checksums.json`` (sizes and digests of every file) into a
-    finished entry folder whose ``.npy`` maps have been flushed."""
+    finished entry folder whose ``.npy`` maps have been written."""
     record = {
         name: {"size": (folder / name).stat().st_size, "blake2b": h.hexdigest()}
         for name, h in hashers.items()

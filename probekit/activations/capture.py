@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import warnings
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,14 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from probekit.activations import hooks as hook_names
-from probekit.activations.align import Encoded, align, as_sentences, pad_batch, pooling_matrix, word_attention
+from probekit.activations.align import (
+    Encoded,
+    PackedEncodings,
+    as_sentences,
+    pad_batch,
+    pooling_matrix,
+    word_attention,
+)
 from probekit.activations.cache import (
     FORMAT_VERSION,
     META,
@@ -131,7 +139,7 @@ def capture(
     pool = pool or ("last" if model.is_causal else "first")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ProbekitError(f"batch_size must be a positive integer, not {batch_size!r}")
-    encs = [align(model, s) for s in sents]
+    encs = PackedEncodings.encode(model, sents)  # kept for the whole run: packed, ~0.3 KB a sentence
     if attention:
         check_windows(model, encs, layers)
     settings = {
@@ -179,7 +187,7 @@ def capture(
     return result
 
 
-def check_windows(model, encs: list[Encoded], layers: list[int]) -> None:
+def check_windows(model, encs: Sequence[Encoded], layers: list[int]) -> None:
     """Refuse word-level attention from a sliding-window layer over a sentence longer than its window.
 
     The word-level analyses (head scores, their offset and positional baselines, the C2/C3 examples) count
@@ -194,7 +202,7 @@ def check_windows(model, encs: list[Encoded], layers: list[int]) -> None:
     if not windows:
         return
     smallest = min(windows.values())
-    long = [e for e in encs if e.n_tokens > smallest]
+    long = [encs[i] for i in range(len(encs)) if encs[i].n_tokens > smallest]
     if long:
         layer = min(windows, key=windows.__getitem__)
         raise ProbekitError(
@@ -252,11 +260,11 @@ def _physical_hooks(resid: list[str], layers: list[int]) -> list[tuple[str, int]
     ]
 
 
-def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress: bool) -> None:
+def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progress: bool) -> None:
     folder.mkdir(parents=True)
     layers, attention = settings["layers"], settings["attention"]
     hooks = _physical_hooks(settings["resid"], layers)
-    n_words = np.array([len(e.word_spans) for e in encs])
+    n_words = encs.n_words  # [sentence]
     n_att_layers, n_heads = (len(layers), model.n_heads) if attention else (0, 0)
     offsets = sentence_offsets(n_words, n_att_layers, n_heads)
     word_offsets, att_offsets, mass_offsets = offsets["words"], offsets["attention"], offsets["special_mass"]
@@ -296,29 +304,39 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
         else [(name, _stop_here) for name in HEAD_ENTRY_HOOKS if name in model.bridge.hook_dict]
     )
 
-    order = sorted(range(len(encs)), key=lambda i: (encs[i].n_tokens, i))
+    order = sorted(range(len(encs)), key=lambda i: (int(encs.n_tokens[i]), i))
     batches = [order[i : i + settings["batch_size"]] for i in range(0, len(order), settings["batch_size"])]
     bar = tqdm(total=len(encs), desc=f"capture {model.name}", unit="sent", disable=not progress, leave=False)
     device = model.device
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=head_stops):
-        for batch in batches:
-            input_ids, attention_mask = pad_batch([encs[i] for i in batch], model.pad_token_id)
+        # Widest batch first: its tensors set the heap's peak, and every later (narrower) batch fits in
+        # blocks already freed. In increasing order each batch needed slightly more than the one before and
+        # the heap ratcheted up with the number of sentences (see `_heap_trimmer`). The batches themselves
+        # are the same either way, so every stored number is too.
+        for batch in reversed(batches):
+            batch_encs = [encs[i] for i in batch]
+            input_ids, attention_mask = pad_batch(batch_encs, model.pad_token_id)
             _, cache = model.bridge.run_with_cache(
                 input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 names_filter=lambda name: name in names,
                 stop_at_layer=stop_at_layer,
             )
-            for b, i in enumerate(batch):
-                enc, n_tok = encs[i], encs[i].n_tokens
-                if hooks:
-                    pool = torch.from_numpy(pooling_matrix(enc, settings["pool"])).to(device)  # [W, T]
-                    rows = slice(word_offsets[i], word_offsets[i + 1])
-                    for h, layer in hooks:
-                        x = cache[hook_names.resid(layer, h)][b, :n_tok].float()  # [T, d_model]
-                        resid_out[(h, layer)][rows] = (pool @ x).cpu().numpy()
-                        hashers[f"{h}.{layer}.npy"].add(i, resid_out[(h, layer)][rows])
-                if attention:
+            if hooks:
+                pooled = _pool_batch(cache, batch_encs, hooks, settings["pool"], device)
+                for (h, layer), words in pooled.items():  # words  # [words in the batch, d_model]
+                    start = 0
+                    for i in batch:
+                        n = int(n_words[i])
+                        resid_out[(h, layer)][word_offsets[i] : word_offsets[i + 1]] = words[
+                            start : start + n
+                        ]
+                        hashers[f"{h}.{layer}.npy"].add(i, words[start : start + n])
+                        start += n
+            if attention:
+                for b, i in enumerate(batch):
+                    enc = batch_encs[b]
+                    n_tok = enc.n_tokens
                     pattern = (
                         torch.stack(
                             [cache[hook_names.pattern(layer)][b, :, :n_tok, :n_tok] for layer in layers]
@@ -332,8 +350,8 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
                     mass_rows = slice(mass_offsets[i], mass_offsets[i + 1])
                     att_out[att_rows] = word_att.ravel()
                     mass_out[mass_rows] = mass.ravel()
-                    hashers["attention.npy"].add(i, att_out[att_rows])
-                    hashers["special_mass.npy"].add(i, mass_out[mass_rows])
+                    hashers["attention.npy"].add(i, word_att)
+                    hashers["special_mass.npy"].add(i, mass)
             bar.update(len(batch))
             heartbeat(folder)
             del cache
@@ -341,8 +359,11 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
                 _release(arr)
             trim_heap()
     bar.close()
-    for arr in files.values():
-        arr.flush()
+    # No msync: the maps are shared file mappings, so every reader sees the data through the page cache
+    # at once, and the kernel writes them back on its own. Waiting for the disk here cost up to a tenth of
+    # SmolLM2's capture time. An entry cut short by a crash before write-back fails its checksums on
+    # reuse and is recomputed (`check_entry`); the maps are closed (and, on NFS, written back) when
+    # this function returns, before `capture` renames the folder into place.
     meta = {
         "version": CACHE_VERSION,
         "format": FORMAT_VERSION,
@@ -351,11 +372,42 @@ def _compute(model, encs: list[Encoded], settings: dict, folder: Path, progress:
         "hooks": [list(hl) for hl in hooks],
         "d_model": model.d_model,
         "n_heads": n_heads,
-        "sentence_ids": [e.sentence.id for e in encs],
-        "words": [list(e.sentence.words) for e in encs],
-        "n_tokens": [e.n_tokens for e in encs],
+        "sentence_ids": [s.id for s in encs.sentences],
+        "words": [list(s.words) for s in encs.sentences],
+        "n_tokens": encs.n_tokens.tolist(),
     }
     write_record(folder, meta, hashers)  # meta.json, then checksums.json last
+
+
+def _pool_batch(
+    cache, batch_encs: list[Encoded], hooks, pool: str, device
+) -> dict[tuple[str, int], np.ndarray]:
+    """Every stored residual hook pooled into words for one batch: ``(hook, layer) -> [words, d_model]``,
+    the batch's sentences one after another.
+
+    ``first``/``last`` pooling picks one token per word, so one gather per hook serves the whole batch
+    (bit-identical to multiplying by the one-hot `pooling_matrix`); ``mean`` multiplies each sentence by its
+    pooling matrix, as before."""
+    if pool == "mean":
+        mats = [torch.from_numpy(pooling_matrix(enc, pool)).to(device) for enc in batch_encs]  # [W, T] each
+        return {
+            (h, layer): np.concatenate(
+                [
+                    (m @ cache[hook_names.resid(layer, h)][b, : enc.n_tokens].float()).cpu().numpy()
+                    for b, (m, enc) in enumerate(zip(mats, batch_encs, strict=True))
+                ]
+            )
+            for h, layer in hooks
+        }
+    picks = [
+        (b, (a if pool == "first" else e - 1)) for b, enc in enumerate(batch_encs) for a, e in enc.word_spans
+    ]
+    rows = torch.tensor([b for b, _ in picks], device=device)  # [words in the batch]
+    tokens = torch.tensor([t for _, t in picks], device=device)  # [words in the batch]
+    return {
+        (h, layer): cache[hook_names.resid(layer, h)][rows, tokens].float().cpu().numpy()
+        for h, layer in hooks
+    }
 
 
 def _heap_trimmer():

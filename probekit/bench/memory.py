@@ -52,6 +52,7 @@ class RssSampler:
         self.interval = interval
         self.peak = {"rss": 0.0, "anon": 0.0, "file": 0.0}
         self.baseline_rss_mb: float | None = None
+        self.baseline_anon_mb: float | None = None  # RssAnon at the mark: input data, model, warm-up
         self.available = Path("/proc/self/status").exists()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -84,9 +85,11 @@ class RssSampler:
         return self
 
     def mark_baseline(self) -> None:
-        """Record the current RSS as ``baseline_rss_mb`` and restart the maxima from the current values."""
+        """Record the current RSS as ``baseline_rss_mb`` (and RssAnon as ``baseline_anon_mb``) and restart
+        the maxima from the current values."""
         self.baseline_rss_mb = current_rss_mb()
         now = self.read()
+        self.baseline_anon_mb = now.get("anon")
         self.peak = {k: now.get(k, 0.0) for k in self.peak}
 
     def stop(self) -> dict[str, float]:
@@ -175,13 +178,15 @@ def memory_record(sampler: RssSampler) -> dict:
     Returns
     -------
     dict
-        ``peak_rss_mb`` (`maxrss_mb`), ``baseline_rss_mb`` and the sampled maxima ``run_peak_rss_mb``,
-        ``run_peak_anon_mb``, ``run_peak_file_mb`` (None unless sampled and a baseline was marked).
+        ``peak_rss_mb`` (`maxrss_mb`), ``baseline_rss_mb``, ``baseline_anon_mb`` and the sampled maxima
+        ``run_peak_rss_mb``, ``run_peak_anon_mb``, ``run_peak_file_mb`` (None unless sampled and a
+        baseline was marked).
     """
     sampled = sampler.sampled
     return {
         "peak_rss_mb": maxrss_mb(),
         "baseline_rss_mb": sampler.baseline_rss_mb,
+        "baseline_anon_mb": sampler.baseline_anon_mb if sampled else None,
         "run_peak_rss_mb": sampler.peak["rss"] if sampled else None,
         "run_peak_anon_mb": sampler.peak["anon"] if sampled else None,
         "run_peak_file_mb": sampler.peak["file"] if sampled else None,

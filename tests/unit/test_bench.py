@@ -340,10 +340,10 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         assert (mem[col] > 0).all(), col
 
     abl = frame[frame.benchmark == "ablation"]
-    assert set(abl.variant) == {"naive", "fast", "tl-exact", "fast-exact", "attribution"}
+    assert set(abl.variant) == {"naive", "fast", "fast-unpacked", "tl-exact", "fast-exact", "attribution"}
     assert (abl.seconds > 0).all() and (abl.heads > 0).all() and (abl.n_items > 0).all()
     sweep, patching = abl[abl.workload == "sweep"], abl[abl.workload == "patching"]
-    assert set(sweep.variant) == {"naive", "fast"} and set(patching.variant) == {
+    assert set(sweep.variant) == {"naive", "fast", "fast-unpacked"} and set(patching.variant) == {
         "tl-exact",
         "fast-exact",
         "attribution",
@@ -353,6 +353,8 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
     assert np.isfinite(patching.speedup_vs_tl).all() and (patching.speedup_vs_tl > 0).all()
     assert np.allclose(patching[patching.variant == "tl-exact"].speedup_vs_tl, 1.0)
     assert (sweep.max_abs_diff < 1e-3).all()  # the fast engine computes what the naive loop computes
+    assert (sweep[sweep.variant == "fast-unpacked"].max_abs_diff == 0).all()  # bit for bit without packing
+    assert (sweep.gflop > 0).all() and (sweep[sweep.variant == "fast"].work_ratio_vs_naive > 1).all()
     assert (patching[patching.variant == "fast-exact"].max_abs_diff < 1e-3).all()
     attribution = patching[patching.variant == "attribution"]
     assert attribution.spearman.between(-1, 1).all() and attribution.topk_overlap.between(0, 1).all()

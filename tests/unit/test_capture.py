@@ -296,3 +296,42 @@ def test_heap_guard_trims_only_past_the_slack(monkeypatch):
         assert guard.__name__ == "guard"  # reads /proc/self/statm and calls malloc_trim, not the no-op
         monkeypatch.setattr(capmod, "TRIM_SLACK_BYTES", -(2**40))  # any level is past the slack
         guard()  # calls malloc_trim(0) and raises the level; must not fail
+
+
+def test_widest_batch_runs_first(tiny_llama, monkeypatch):
+    """Batches run in decreasing width, so the first batch sets the heap's peak and later ones reuse its
+    freed blocks (increasing widths made the heap ratchet up with the number of sentences)."""
+    widths = []
+    pad = capmod.pad_batch
+
+    def spy(encoded, pad_token_id):
+        ids, mask = pad(encoded, pad_token_id)
+        widths.append(ids.shape[1])
+        return ids, mask
+
+    monkeypatch.setattr(capmod, "pad_batch", spy)
+    _capture(tiny_llama, batch_size=2)
+    assert len(widths) == 3 and widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+
+
+def test_capture_does_not_wait_for_the_disk(tiny_model, monkeypatch):
+    """No msync of the output maps: readers see the data through the page cache at once, and an entry a
+    crash cuts short fails its checksums on reuse."""
+    flushed = []
+    monkeypatch.setattr(np.memmap, "flush", lambda self: flushed.append(1))
+    cap = _capture(tiny_model)
+    assert not flushed
+    assert capmod.check_entry(cap.path) is None  # complete and checksummed without a flush
+
+
+def test_packed_encodings_are_the_aligned_sentences(tiny_model):
+    from probekit.activations.align import PackedEncodings
+
+    sents = pk.activations.align.as_sentences(SENTS)
+    packed = PackedEncodings.encode(tiny_model, sents)
+    encs = [pk.align(tiny_model, s) for s in sents]
+    assert len(packed) == len(encs)
+    assert [packed[i] for i in range(len(packed))] == encs
+    assert packed.n_tokens.tolist() == [e.n_tokens for e in encs]
+    assert packed.n_words.tolist() == [len(e.word_spans) for e in encs]
+    assert any(b - a > 1 for e in encs for a, b in e.word_spans)  # multi-token words are covered
