@@ -118,6 +118,11 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "tokens_per_s": out["n_tokens"] / out["seconds"],
                     "threads": ctx.threads,
                     **out,
+                    "capture_anon_mb": (
+                        None
+                        if out.get("baseline_anon_mb") is None
+                        else out["run_peak_anon_mb"] - out["baseline_anon_mb"]
+                    ),
                 }
             )
             ctx.say(
@@ -159,7 +164,7 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
                 "run_peak_rss_mb": g.run_peak_rss_mb.median(),
                 "baseline_anon_mb": g.baseline_anon_mb.median(),
                 "run_peak_anon_mb": g.run_peak_anon_mb.median(),
-                "capture_anon_mb": (g.run_peak_anon_mb - g.baseline_anon_mb).median(),
+                "capture_anon_mb": g.capture_anon_mb.median(),
                 "run_peak_file_mb": g.run_peak_file_mb.median(),
                 "peak_rss_mb (ru_maxrss)": g.peak_rss_mb.median(),
                 "output_mb": g.output_mb.median(),
@@ -182,6 +187,7 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
                 "seconds_per_1k_tokens",
                 "run_peak_anon_mb",
                 "baseline_anon_mb",
+                "capture_anon_mb",
                 "run_peak_file_mb",
                 "run_peak_rss_mb",
                 "baseline_rss_mb",
@@ -224,7 +230,7 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
                 + " → ".join(f"{int(mt[k])}" for k in t.index)
                 + " tokens; the heap peak follows the widest batch (its cached activations)."
             )
-        own = t["run_peak_anon_mb"] - t["baseline_anon_mb"]  # capture's heap above the loaded process
+        own = t["capture_anon_mb"]  # capture's heap above the loaded process
         base = t["baseline_anon_mb"]
         growth = float(own[hi] - own[lo])
         steps = ", ".join(f"{a} → {b}: {own[b] - own[a]:+.0f} MB" for a, b in itertools.pairwise(t.index))
