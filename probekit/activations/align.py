@@ -31,6 +31,7 @@ import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -244,7 +245,16 @@ class PackedEncodings(Sequence[Encoded]):
     def __len__(self) -> int:
         return len(self.sentences)
 
-    def __getitem__(self, i):  # type: ignore[override]  # int access only; slices are not needed
+    @overload
+    def __getitem__(self, i: int) -> Encoded: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Encoded]: ...
+
+    def __getitem__(self, i: int | slice) -> Encoded | list[Encoded]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]  # negative indices count from the end; out of range raises IndexError
         ids = self.ids[self.id_offsets[i] : self.id_offsets[i + 1]].tolist()
         spans = self.spans[self.span_offsets[i] : self.span_offsets[i + 1]].tolist()
         return Encoded(

@@ -335,3 +335,14 @@ def test_packed_encodings_are_the_aligned_sentences(tiny_model):
     assert packed.n_tokens.tolist() == [e.n_tokens for e in encs]
     assert packed.n_words.tolist() == [len(e.word_spans) for e in encs]
     assert any(b - a > 1 for e in encs for a, b in e.word_spans)  # multi-token words are covered
+
+
+def test_packed_encodings_index_like_a_list(tiny_llama):
+    from probekit.activations.align import PackedEncodings
+
+    sents = pk.activations.align.as_sentences(SENTS)
+    packed = PackedEncodings.encode(tiny_llama, sents)
+    encs = [pk.align(tiny_llama, s) for s in sents]
+    assert packed[-1] == encs[-1] and packed[1:3] == encs[1:3] and list(packed) == encs
+    with pytest.raises(IndexError):
+        packed[len(sents)]

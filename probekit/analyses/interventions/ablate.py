@@ -151,7 +151,9 @@ def ablate(
         ``relation_loss, relation_attention`` for sentences, which need ``relation=``), or a callable
         ``fn(logits [B, T, V], input_ids [B, T]) -> [B]``.
     joint : ablate all ``heads`` together (one row per metric, ``layer = head = -1``).
-    sweep : ``"fast"`` (default) or ``"naive"`` (the reference loop); same numbers up to ~1e-5.
+    sweep : ``"fast"`` (default) or ``"naive"`` (the reference loop); same numbers up to float32
+        rounding (up to ~2e-4 in a sentence log-prob, from packing; bit for bit with
+        ``options=EngineOptions(pack=False)``).
     reference : the dataset means/donors come from (default: ``dataset``); ``seed`` seeds the donors
         and the bootstrap.
     preserve_patterns : freeze all attention patterns at their clean values (causal models).
