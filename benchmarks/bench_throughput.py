@@ -8,8 +8,9 @@ off: the time is the capture, the reduction and the driver's statistics.
 
 - ``local``: `analyze_heads` in this process, one torch thread.
 - ``ray-1``, ``ray-2``: `probekit.parallel.sharded_model` with 1 or 2 workers of one CPU each on a local
-  Ray (``ray.init(num_cpus=2)``), shards of 32 sentences; the worker start-up and model loads are inside
-  the timing, since a real run pays them too.
+  Ray (``ray.init(address="local", num_cpus=2)``: always a fresh local instance, never a cluster another
+  job left running), shards of 32 sentences; the worker start-up and model loads are inside the timing,
+  since a real run pays them too.
 
 The projection assumes: the corpus has EWT dev's mean sentence length; the shard part (capture and
 reduction: ``timings["capture"] + timings["score"]`` of the one-thread local run, per sentence) divides
@@ -55,7 +56,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     rows = []
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     before = os.environ.get("PROBEKIT_CACHE")
     try:
         for variant, workers in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
