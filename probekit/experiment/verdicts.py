@@ -249,7 +249,7 @@ def verdict_c2(run_dir: str | os.PathLike) -> list[dict]:
         else:
             verdict = "not supported"
         tables = [_rel(run_dir, folder / BANK_SUMMARY.file), _rel(run_dir, folder / "bank_cue_heads.csv")]
-        for path, r in probe_summaries(run_dir, model, task="sense"):  # type: ignore[assignment]  # r reused for a summary row
+        for path, r in probe_summaries(run_dir, model, task="sense"):
             parts.append(probe_sentence(r))
             tables.append(_rel(run_dir, path))
         rows.append(_row("C2", model, verdict, "; ".join(parts), ", ".join(tables)))
