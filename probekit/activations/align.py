@@ -244,7 +244,7 @@ class PackedEncodings(Sequence[Encoded]):
     def __len__(self) -> int:
         return len(self.sentences)
 
-    def __getitem__(self, i):  # type: ignore[override]  # int access only; slices are not needed
+    def __getitem__(self, i):  # int access only; slices are not needed
         ids = self.ids[self.id_offsets[i] : self.id_offsets[i + 1]].tolist()
         spans = self.spans[self.span_offsets[i] : self.span_offsets[i + 1]].tolist()
         return Encoded(
