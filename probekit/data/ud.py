@@ -187,6 +187,7 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
 
     sent_id = tokenlist.metadata.get("sent_id") or f"{path}#{number}"
     where = f"sentence {sent_id!r}"
+    upos: list[str | None] | None  # None: the sentence has no UPOS column
     words, heads, deprels_full, upos, space_after, number_feats = [], [], [], [], [], []
     range_space: dict[int, bool] = {}
     n = len(word_lines)
@@ -229,7 +230,7 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
             cast(list[int], heads), words, word_lines, path, where
         )  # no None here (checked above)
     if all(u is None for u in upos):
-        upos = None  # type: ignore[assignment]  # None: the sentence has no UPOS column
+        upos = None
     try:
         return Sentence(
             id=sent_id,

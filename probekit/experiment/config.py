@@ -581,6 +581,7 @@ def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     """
     parts = key.split(".")
     node: Any = raw
+    part: str | int  # a list index once node is a list
     for i, part in enumerate(parts):
         here = repr(".".join(parts[:i])) if i else "the top level"
         if isinstance(node, list):
@@ -591,7 +592,7 @@ def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
                     where=where,
                     fix="e.g. analyses.probes.0.data for the first probes entry",
                 )
-            part = int(part)  # type: ignore[assignment]  # the key part becomes a list index
+            part = int(part)  # the key part becomes a list index
         elif not isinstance(node, dict):
             raise ProbekitError(
                 f"key {key!r}: {here} is a value, not a section",
