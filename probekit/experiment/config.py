@@ -16,7 +16,7 @@ import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -666,9 +666,12 @@ def config_reference() -> str:
     **`top level`** — One experiment: models × data × analyses, with an explicit seed.
     """
     lines = []
-    sections = [("top level", ExperimentConfig)]
-    sections += [
-        (f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))  # type: ignore[misc]  # each analyses.<k> is a pydantic model
+    sections: list[tuple[str, type[BaseModel]]] = [("top level", ExperimentConfig)]
+    sections += [  # each analyses.<k> is a pydantic model: _model_at is not None
+        (
+            f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""),
+            cast(type[BaseModel], _model_at(("analyses", k))),
+        )
         for k in Analyses.model_fields
     ]
     for title, model in sections:
