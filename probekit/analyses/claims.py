@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -244,14 +245,14 @@ def bank_summary(frame: pd.DataFrame) -> pd.DataFrame:
         }
         if own_vis and other_vis:
             diff = own.attention - other.attention
-            best = diff.idxmax()
+            best = cast(tuple[int, int], diff.idxmax())  # idxmax over a (layer, head) index
             row.update(
                 testable=True,
                 heads_own_gt_other=int((diff > 0).sum()),
                 n_heads=len(diff),
-                best_head=f"{best[0]}.{best[1]}",  # type: ignore[index]  # idxmax over a (layer, head) index
-                best_own=float(own.attention[best]),  # type: ignore[call-overload]  # best: a (layer, head) label
-                best_other=float(other.attention[best]),  # type: ignore[call-overload]  # best: a (layer, head) label
+                best_head=f"{best[0]}.{best[1]}",
+                best_own=float(own.attention[best]),
+                best_other=float(other.attention[best]),
                 mean_own=float(own.attention.mean()),
                 mean_other=float(other.attention.mean()),
             )
@@ -263,7 +264,9 @@ def bank_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 n_heads=len(own),
                 mean_own=float(own.attention.mean()) if own_vis else np.nan,
                 mean_other=float(other.attention.mean()) if other_vis else np.nan,
-                best_head="" if seen is None else "{}.{}".format(*seen.attention.idxmax()),  # type: ignore[misc]  # a (layer, head) label
+                best_head=""
+                if seen is None
+                else "{}.{}".format(*cast(tuple[int, int], seen.attention.idxmax())),  # a (layer, head) label
             )
         out.append(row)
     return pd.DataFrame(out)
@@ -396,7 +399,7 @@ def explored_summary(frame: pd.DataFrame, is_causal: bool) -> dict:
         f["distance"] = (f.explored_to_cat - CLAIMED["cat"]).abs()
     else:
         f["distance"] = np.hypot(f.explored_to_cat - CLAIMED["cat"], f.explored_to_room - CLAIMED["room"])
-    best = f.loc[f.distance.idxmin()]  # type: ignore[call-overload]  # idxmin: a row label
+    best = f.loc[f.distance.idxmin()]  # type: ignore[call-overload]  # idxmin: a row label (pandas-stubs: idxmin returns Hashable)
     out = {
         "model": f.model.iloc[0],
         "n_heads": len(f),

@@ -8,6 +8,8 @@ stage) and prints each paradigm with the published GPT-2 accuracy where there is
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -47,8 +49,9 @@ def run(args) -> int:
     with staged_output(args.out) as tmp:
         written = [final_path(p, tmp, args.out) for p in res.write(tmp)]
     published = False
+    row: Any  # a namedtuple row (pandas-stubs types its attributes as scalars)
     for row in res.summary.itertuples(index=False):
-        d = row._asdict()  # type: ignore[operator, misc]  # pandas-stubs types row attributes as scalars
+        d = row._asdict()
         gpt2 = PUBLISHED_BLIMP.get(str(d[args.by]), {}).get("GPT-2")
         published |= gpt2 is not None
         print(

@@ -94,8 +94,8 @@ def run(args) -> int:
         f"sweep {sweep.name}: {len(result.results)} runs, {len(result.ran)} ran, {len(result.reused)} "
         f"reused, {len(result.failed)} failed"
     )
-    for r in result.results:  # type: ignore[assignment]  # r reused for the results
-        if r.status != "ok":  # type: ignore[attr-defined]  # a RunResult
-            print(f"  failed: {r.name}: {r.error}")  # type: ignore[attr-defined]  # a RunResult
+    for res in result.results:
+        if res.status != "ok":
+            print(f"  failed: {res.name}: {res.error}")
     print(f"wrote {result.table} and {result.table.with_suffix('.md')}")
     return 1 if result.failed else 0

@@ -38,6 +38,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 import yaml
 
@@ -344,7 +345,11 @@ def _bank_candidates(sense: str, position: str) -> list[tuple[tuple[str, ...], i
     out = []
     for frame in v["frames"][sense][position]:
         words = frame.split()
-        slots = [(i, _SLOT.fullmatch(w).group(1)) for i, w in enumerate(words) if _SLOT.fullmatch(w)]  # type: ignore[union-attr]  # filtered to matches
+        slots = [  # filtered to matches
+            (i, cast("re.Match[str]", _SLOT.fullmatch(w)).group(1))
+            for i, w in enumerate(words)
+            if _SLOT.fullmatch(w)
+        ]
         for fill in itertools.product(*(v["fillers"][name] for _, name in slots)):
             filled = list(words)
             for (i, _), word in zip(slots, fill, strict=True):

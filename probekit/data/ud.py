@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import conllu
 from conllu.exceptions import ParseException
@@ -186,6 +187,7 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
 
     sent_id = tokenlist.metadata.get("sent_id") or f"{path}#{number}"
     where = f"sentence {sent_id!r}"
+    upos: list[str | None] | None  # None: the sentence has no UPOS column
     words, heads, deprels_full, upos, space_after, number_feats = [], [], [], [], [], []
     range_space: dict[int, bool] = {}
     n = len(word_lines)
@@ -224,14 +226,16 @@ def _sentence(block: list[tuple[int, str]], path, number: int) -> Sentence:
             fix="give every word a HEAD and DEPREL, or none of them (a sentence without a tree)",
         )
     if has_tree:
-        _check_conllu_tree(heads, words, word_lines, path, where)  # type: ignore[arg-type]  # no None here
+        _check_conllu_tree(
+            cast(list[int], heads), words, word_lines, path, where
+        )  # no None here (checked above)
     if all(u is None for u in upos):
-        upos = None  # type: ignore[assignment]  # None: the sentence has no UPOS column
+        upos = None
     try:
         return Sentence(
             id=sent_id,
             words=tuple(words),
-            heads=tuple(heads) if has_tree else None,  # type: ignore[arg-type]  # has_tree: no None (checked above)
+            heads=tuple(cast(list[int], heads)) if has_tree else None,  # has_tree: no None (checked above)
             deprels=tuple(d.split(":")[0] for d in deprels_full) if has_tree else None,
             deprels_full=tuple(deprels_full) if has_tree else None,
             upos=tuple(u or "X" for u in upos) if upos else None,

@@ -16,7 +16,7 @@ import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -581,6 +581,7 @@ def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     """
     parts = key.split(".")
     node: Any = raw
+    part: str | int  # a list index once node is a list
     for i, part in enumerate(parts):
         here = repr(".".join(parts[:i])) if i else "the top level"
         if isinstance(node, list):
@@ -591,7 +592,7 @@ def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
                     where=where,
                     fix="e.g. analyses.probes.0.data for the first probes entry",
                 )
-            part = int(part)  # type: ignore[assignment]  # the key part becomes a list index
+            part = int(part)  # the key part becomes a list index
         elif not isinstance(node, dict):
             raise ProbekitError(
                 f"key {key!r}: {here} is a value, not a section",
@@ -665,9 +666,12 @@ def config_reference() -> str:
     **`top level`** — One experiment: models × data × analyses, with an explicit seed.
     """
     lines = []
-    sections = [("top level", ExperimentConfig)]
-    sections += [
-        (f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""), _model_at(("analyses", k)))  # type: ignore[misc]  # each analyses.<k> is a pydantic model
+    sections: list[tuple[str, type[BaseModel]]] = [("top level", ExperimentConfig)]
+    sections += [  # each analyses.<k> is a pydantic model: _model_at is not None
+        (
+            f"analyses.{k}" + (" (a list of these)" if k == "probes" else ""),
+            cast(type[BaseModel], _model_at(("analyses", k))),
+        )
         for k in Analyses.model_fields
     ]
     for title, model in sections:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from probekit.experiment.context import Run, display_spec
 
@@ -43,7 +43,7 @@ def claims(run: Run, opts) -> None:
                 seed=run.cfg.seed,
                 batch_size=run.cfg.batch_size,
                 progress=run.progress,
-                bank_label=display_spec(run.spec(opts.bank)),  # type: ignore[arg-type]  # a required data name
+                bank_label=display_spec(cast(str, run.spec(opts.bank))),  # a required data name: never None
             )
             result.write(folder)
 
@@ -64,9 +64,9 @@ def _probes(run: Run, opts) -> None:
         def work(folder: Path, name=name, spec=spec):
             data = run.dataset(opts.data, opts.max_sentences)
             random_model = f"random:{name}" if opts.random_baseline else False
-            captures = {}
+            captures: dict[str, Any] = {}
             if run.parallel is None and opts.random_baseline:
-                random_model = run.model(random_model)  # type: ignore[arg-type]
+                random_model = run.model(cast(str, random_model))  # the name set above
             if run.parallel is not None:  # Ray workers capture shards, the probes are fitted here
                 from probekit.parallel import sharded_streams
 
@@ -87,7 +87,7 @@ def _probes(run: Run, opts) -> None:
                 random_model=random_model,
                 data_label=display_spec(spec),
                 title=f"{name} on {display_spec(spec)}",
-                **captures,  # type: ignore[arg-type]
+                **captures,
             )
             result.write(folder)
 
@@ -271,8 +271,11 @@ def ablate(run: Run, opts) -> None:
             )
             summary = result.summary.copy()
             summary.insert(0, "relation", f"{opts.relation}/{opts.direction}")
-            summary.insert(1, "data", display_spec(run.spec(opts.data)))  # type: ignore[arg-type]  # a required data name
-            summary.insert(2, "heads_data", display_spec(run.spec(opts.heads_data)))  # type: ignore[arg-type]  # a required data name
+            # data and heads_data are required data names: spec() is not None
+            summary.insert(1, "data", display_spec(cast(str, run.spec(opts.data))))
+            summary.insert(
+                2, "heads_data", display_spec(cast(str, run.spec(opts.heads_data)))
+            )  # a required data name
             columns = [
                 "criterion",
                 "rank",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -249,7 +250,7 @@ def verdict_c2(run_dir: str | os.PathLike) -> list[dict]:
         else:
             verdict = "not supported"
         tables = [_rel(run_dir, folder / BANK_SUMMARY.file), _rel(run_dir, folder / "bank_cue_heads.csv")]
-        for path, r in probe_summaries(run_dir, model, task="sense"):  # type: ignore[assignment]  # r reused for a summary row
+        for path, r in probe_summaries(run_dir, model, task="sense"):
             parts.append(probe_sentence(r))
             tables.append(_rel(run_dir, path))
         rows.append(_row("C2", model, verdict, "; ".join(parts), ", ".join(tables)))
@@ -574,7 +575,7 @@ def verdict_c4(run_dir: str | os.PathLike) -> list[dict]:
     # every heads folder, whichever model it holds (as the report has always listed them)
     tables = ", ".join(
         _rel(run_dir, d / HEAD_VERDICTS.file)
-        for d in stage_folders(run_dir, HEAD_VERDICTS.stage)  # type: ignore[arg-type]  # a stage table: stage is set
+        for d in stage_folders(run_dir, cast(str, HEAD_VERDICTS.stage))  # a stage table: stage is set
     )
     rule = c4_rule_table(run_dir)
     rows = []
@@ -648,7 +649,7 @@ def verdict_c5(run_dir: str | os.PathLike) -> list[dict]:
     # every score folder, whichever model it holds (as the report has always listed them)
     tables = ", ".join(
         _rel(run_dir, d / MINIMAL_PAIRS.file)
-        for d in stage_folders(run_dir, MINIMAL_PAIRS.stage)  # type: ignore[arg-type]  # a stage table: stage is set
+        for d in stage_folders(run_dir, cast(str, MINIMAL_PAIRS.stage))  # a stage table: stage is set
     )
     rows = []
     for model in sorted({f.model.iloc[0] for _, (f,) in scored}):
@@ -660,7 +661,9 @@ def verdict_c5(run_dir: str | os.PathLike) -> list[dict]:
             above = f.ci_low > 0.5
             all_above &= bool(above.all())
             any_above |= bool(above.any())
-            worst = f.loc[f.accuracy.idxmin()]  # type: ignore[call-overload]  # idxmin: a row label
+            worst = f.loc[
+                cast(int, f.accuracy.idxmin())
+            ]  # idxmin: an integer row label (a table read from CSV)
             parts.append(
                 f"{f.data.iloc[0]}: accuracy {f.accuracy.min():.3f}–{f.accuracy.max():.3f} over "
                 f"{len(f)} paradigms (lowest: {worst.paradigm} {worst.accuracy:.3f} "

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="attr-defined,dict-item"
-# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """Head scoring over shards: workers capture and reduce, the driver combines and runs the local tables.
 
 `sharded_model` wraps a model so that `probekit.analyses.heads.analyze_heads` captures through Ray: its
@@ -162,7 +160,7 @@ class ShardedAttention:
             rows_of[shard.id] = rows
             sub = {c: inst[c].to_numpy()[rows] for c in INST_COLUMNS}
             sub["sentence_idx"] = np.searchsorted(idx, sub["sentence_idx"]).astype(np.int64)
-            spec = {
+            spec: dict[str, Any] = {
                 "shard": shard.id,
                 "model": self.model.name,
                 "device": self.model.device,
@@ -259,7 +257,7 @@ class _OneSentence:
         return self.cap.special_mass(self.i)
 
 
-def reduce_shard(model, spec: dict) -> dict[str, np.ndarray]:
+def reduce_shard(model, spec: dict) -> dict[str, np.ndarray | np.int64]:
     """Worker side: capture one shard's attention and reduce it to the statistics `combine` adds up.
 
     Each sentence goes through the local `collect` on its own, so the per-instance argmax words and

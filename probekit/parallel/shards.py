@@ -141,7 +141,7 @@ class ShardStore:
         tmp = self.root / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            np.savez(tmp / DATA, **stats)  # type: ignore[arg-type]
+            np.savez(tmp / DATA, **stats)  # type: ignore[arg-type]  # numpy stub: **kwds also matches allow_pickle: bool
             digest = hashlib.sha256((tmp / DATA).read_bytes()).hexdigest()
             (tmp / DONE).write_text(json.dumps({"key": key, "sha256": digest}) + "\n")
             final = self.root / key
@@ -267,7 +267,9 @@ def run_on_ray(
     in flight. A shard that raises, or whose worker dies, is retried up to ``options.max_retries`` times
     (a dead worker is replaced); a `ProbekitError` is a user error and is raised at once.
     """
-    results, todo = {}, deque()  # type: ignore[var-annotated]
+    results: dict[int, dict]
+    todo: deque[ShardJob]
+    results, todo = {}, deque()
     for job in jobs:
         cached = store.load(job.key) if store is not None else None
         if cached is None or (usable is not None and not usable(cached)):

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -281,16 +282,16 @@ def write_html_report(run_dir: str | os.PathLike, claims: Mapping[str, str] | No
             '<th scope="col">claim</th><th scope="col">model</th><th scope="col">verdict</th>'
             "</tr></thead><tbody>"
         )
-        # itertuples' fields are untyped (mypy): hence the ignore[arg-type] below
+        r: Any  # an itertuples row: its fields are str columns that pandas-stubs types as scalars
         for r in verdicts.itertuples():
             if r.claim not in order:
                 continue
-            anchor = f"claim-{_slug(r.claim)}"  # type: ignore[arg-type]
+            anchor = f"claim-{_slug(r.claim)}"
             body.append(
-                f'<tr data-claim="{esc(r.claim)}" data-model="{esc(r.model)}">'  # type: ignore[arg-type]
-                f'<td><a href="#{anchor}">{esc(r.claim)}'  # type: ignore[arg-type]
-                f'</a></td><td>{esc(r.model)}</td><td><a href="#{anchor}-{_slug(r.model)}" class="verdict '  # type: ignore[arg-type]
-                f'v-{_slug(r.verdict)}">{esc(r.verdict)}</a></td></tr>'  # type: ignore[arg-type]
+                f'<tr data-claim="{esc(r.claim)}" data-model="{esc(r.model)}">'
+                f'<td><a href="#{anchor}">{esc(r.claim)}'
+                f'</a></td><td>{esc(r.model)}</td><td><a href="#{anchor}-{_slug(r.model)}" class="verdict '
+                f'v-{_slug(r.verdict)}">{esc(r.verdict)}</a></td></tr>'
             )
         body.append("</tbody></table></section>")
     for c in order:

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type,call-overload,var-annotated"
-# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """REPORT.md of a run folder and the comparison of runs, rendered from verdict rows and the run's tables.
 
 The claim verdicts are decided in `probekit.experiment.verdicts`, which passes its rows to `write_report`;
@@ -14,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 
@@ -48,7 +47,7 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
 
 def probe_summaries(
     run_dir: str | os.PathLike, model: str | None = None, task: str | None = None
-) -> Iterator[tuple[Path, tuple]]:
+) -> Iterator[tuple[Path, Any]]:
     """(path, row) for every row of every ``probes/*/probes_summary.csv`` of a run folder.
 
     Parameters
@@ -319,7 +318,9 @@ def write_report(
         for r in sub.itertuples():
             lines += [
                 f"- **{r.model}: {r.verdict}.** {r.evidence}. Tables: "
-                + ", ".join(f"[{t.strip()}]({t.strip()})" for t in r.tables.split(",") if t.strip())  # type: ignore[union-attr, str-bytes-safe]  # tables: a str column
+                + ", ".join(
+                    f"[{t.strip()}]({t.strip()})" for t in cast(str, r.tables).split(",") if t.strip()
+                )
             ]
         lines.append("")
         if details and details.get(claim):
@@ -334,7 +335,7 @@ def write_report(
             "",
         ]
         lines += [
-            f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"  # type: ignore[attr-defined]  # r: a named row
+            f"- **{r.model}** — {probe_sentence(r)}. Table: [{_rel(run_dir, p)}]({_rel(run_dir, p)})"
             for p, r in probe_rows
         ]
         lines.append("")
@@ -407,7 +408,7 @@ def trees_sentences(summary: pd.DataFrame) -> list[str]:
     >>> trees_sentences(t)[0][:60]
     '- **m**: best single head (L1.H2, chosen on dev) UUAS 0.400 '
     """
-    out = []
+    out: list[str] = []
     chain = summary[summary.method == "chain_head_right"]
     if chain.empty:
         return out
@@ -461,7 +462,7 @@ def structural_sentences(frame: pd.DataFrame) -> list[str]:
         for name, ref in (("linear position", linear), ("the random-init model", random_init)):
             if ref.empty:
                 continue
-            r = ref.loc[ref.uuas.idxmax()]
+            r = ref.loc[cast(int, ref.uuas.idxmax())]  # tables read from CSV: integer row labels
             where = (
                 ""
                 if not has_ci
@@ -511,7 +512,7 @@ def trees_section(run_dir: str | os.PathLike) -> list[str]:
     cols = ["model", "method", "detail", "uuas", "uuas_low", "uuas_high", "uas", "uas_low", "uas_high"]
     for folder, (summary, parts) in found:
         note = ", ".join(
-            f"{r.part} {r.fraction:g} ({int(r.n_sentences)} sentences)" for r in parts.itertuples()
+            f"{r.part} {r.fraction:g} ({int(cast(int, r.n_sentences))} sentences)" for r in parts.itertuples()
         )
         data = summary.data.iloc[0] if len(summary) else ""
         lines += [f"**{folder.name}** on {data} — parts: {note}.", ""]

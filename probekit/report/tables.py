@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -174,7 +175,7 @@ def stage_tables(
     stages = {s.stage for s in schemas}
     if len(stages) != 1 or None in stages:
         raise ValueError(f"stage_tables needs schemas of one stage, got {sorted(map(str, stages))}")
-    for folder in stage_folders(run_dir, stages.pop()):  # type: ignore[arg-type]  # None excluded above
+    for folder in stage_folders(run_dir, cast(str, stages.pop())):  # None excluded above
         paths = [folder / s.file for s in schemas]
         if all(p.exists() for p in paths):
             yield folder, [read_table(p, s) for p, s in zip(paths, schemas, strict=True)]

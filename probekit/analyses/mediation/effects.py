@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ class ProbeReadout:
     where ``resid`` is the residual stream entering block ``layer`` (``layer == n_layers``: the last
     block's output) and ``sign[i]`` is +1 when the clean item's label is the probe's class 1."""
 
-    probe: object
+    probe: Any  # a fitted classifier with decision_function (sklearn API)
     layer: int
 
     def hook_name(self, model) -> str:
@@ -316,7 +317,7 @@ def _probe_effects(model, pp, items, specs, effects, readout: ProbeReadout, dono
     sign = np.array([1.0 if pp.labels[i]["label"] == 1 else -1.0 for i in items])
 
     def score(x: np.ndarray) -> np.ndarray:
-        return sign * readout.probe.decision_function(x)  # type: ignore[attr-defined]  # a fitted probe
+        return sign * readout.probe.decision_function(x)
 
     seqs = {cf: [(pp.corrupted if cf else pp.clean)[i] for i in items] for cf in (False, True)}
     width = max(len(x) for x in seqs[False])

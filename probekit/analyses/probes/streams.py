@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from numbers import Integral
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,8 @@ def align_instances(inst: TaskInstances, capture, where: str) -> tuple[TaskInsta
         ],
         axis=1,
     )
-    found: np.ndarray = (rows >= 0).all(axis=1)  # type: ignore[assignment]  # [n_instances]; axis=1 gives an array
+    # [n_instances]; axis=1 gives an array (numpy's stubs say a bool)
+    found = cast(np.ndarray, (rows >= 0).all(axis=1))
     if not found.any():
         raise ProbekitError(
             "the capture contains none of the dataset's sentences",

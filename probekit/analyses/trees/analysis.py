@@ -1,5 +1,3 @@
-# mypy: disable-error-code="attr-defined,misc,var-annotated"
-# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """`analyze_trees`: whole dependency trees from attention heads, a learned mix of heads, and baselines.
 
 One pass over the captured word attention (sentence by sentence, from the capture cache) builds every
@@ -13,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ from probekit.analyses.trees.words_probe import (
     probe_probabilities,
     probe_scores,
 )
-from probekit.data import Dataset
+from probekit.data import Dataset, Sentence
 from probekit.data.dataset import holdout_mask
 from probekit.errors import ProbekitError
 from probekit.stats import bootstrap_ci
@@ -109,7 +108,8 @@ def split_parts(ids, split=DEFAULT_SPLIT, seed: int = 0) -> np.ndarray:
 def usable_items(dataset: Dataset, max_words: int, split, seed: int, max_sentences=None) -> list[Item]:
     """The first ``max_sentences`` (all if None) sentences with a gold tree, 2..max_words words and at
     least one arc between kept words, each assigned to its part."""
-    chosen = []
+    # (dataset index, sentence, ignored words, arcs (dep, head), root, deprels)
+    chosen: list[tuple[int, Sentence, tuple[int, ...], list[tuple[int, int]], int, tuple[str, ...]]] = []
     for idx, s in enumerate(dataset.sentences):
         if max_sentences is not None and len(chosen) >= max_sentences:
             break
@@ -123,7 +123,7 @@ def usable_items(dataset: Dataset, max_words: int, split, seed: int, max_sentenc
             continue
         rels = tuple((s.deprels[d] if s.deprels else "?") for d, _ in arcs)
         chosen.append((idx, s, ignore, arcs, roots[0], rels))
-    parts = split_parts([c[1].id for c in chosen], split, seed) if chosen else []
+    parts: np.ndarray | list[str] = split_parts([c[1].id for c in chosen], split, seed) if chosen else []
     return [
         Item(
             index=idx,
@@ -244,7 +244,7 @@ class ModelRun:
     layer_probe: dict  # "uuas"|"uas" -> [n_layers] test scores of the per-layer probes
     drawn: list  # (item, parents [LH, n]) of the drawn sentences (filled in later)
     theta: np.ndarray
-    capture: object
+    capture: Any  # what `capture_attention` returns (untyped): .attention(i), .sentences
 
 
 def _run_model(model, dataset, items, probe_sentences, l2, batch_size, progress) -> ModelRun:
@@ -254,7 +254,9 @@ def _run_model(model, dataset, items, probe_sentences, l2, batch_size, progress)
     causal = bool(model.is_causal)
     layers, n_heads = list(cap.attn_layers), int(cap.n_heads)
     lh = len(layers) * n_heads
-    acc = {p: {"undirected": [], "directed": [], "reverse": []} for p in ("dev", "test")}
+    acc: dict[str, dict[str, list[np.ndarray]]] = {
+        p: {"undirected": [], "directed": [], "reverse": []} for p in ("dev", "test")
+    }
     feats, groups, gold = [], [], []
     n_groups, n_train = 0, 0
     name = getattr(model, "name", str(model))
@@ -302,7 +304,12 @@ def _gold_heads(it: Item) -> np.ndarray:
 def _probe_test(cap, items, lh, layers, n_heads, theta, per_layer):
     """Second pass: the fitted probes on the test part. UAS: each dependent's argmax head (Clark et al.);
     UUAS: the undirected MST of the probe's probabilities; ``tree_*``: its Chu-Liu/Edmonds tree."""
-    out = {"argmax": [], "mst_undirected": [], "tree_directed": [], "tree_undirected": []}
+    found: dict[str, list[np.ndarray]] = {
+        "argmax": [],
+        "mst_undirected": [],
+        "tree_directed": [],
+        "tree_undirected": [],
+    }
     lay = {"uuas": np.zeros(len(layers)), "uas": np.zeros(len(layers))}
     total = 0
     for it in items:
@@ -310,12 +317,12 @@ def _probe_test(cap, items, lh, layers, n_heads, theta, per_layer):
             continue
         att = np.asarray(cap.attention(it.index), dtype=np.float64).reshape(lh, it.n, it.n)
         scores = probe_scores(att, theta)  # [n, n]
-        out["argmax"].append(argmax_heads(scores, it.kept, it.deps) == it.heads)
+        found["argmax"].append(argmax_heads(scores, it.kept, it.deps) == it.heads)
         parents = mst_undirected_batch(probe_probabilities(scores, it.kept)[None], ignore=it.ignore)[0]
-        out["mst_undirected"].append(_undirected_hits(parents, it))
+        found["mst_undirected"].append(_undirected_hits(parents, it))
         tree = mst_directed(scores, it.root, ignore=it.ignore)
-        out["tree_directed"].append(tree[it.deps] == it.heads)
-        out["tree_undirected"].append(_undirected_hits(tree, it))
+        found["tree_directed"].append(tree[it.deps] == it.heads)
+        found["tree_undirected"].append(_undirected_hits(tree, it))
         total += len(it.deps)
         probs = []
         for li in range(len(layers)):
@@ -324,7 +331,7 @@ def _probe_test(cap, items, lh, layers, n_heads, theta, per_layer):
             probs.append(probe_probabilities(sc, it.kept))
         parents = mst_undirected_batch(np.stack(probs), ignore=it.ignore)  # [n_layers, n]
         lay["uuas"] += ((parents[:, it.deps] == it.heads) | (parents[:, it.heads] == it.deps)).sum(axis=1)
-    out = {k: (np.concatenate(v) if v else np.zeros(0, bool)) for k, v in out.items()}
+    out = {k: (np.concatenate(v) if v else np.zeros(0, bool)) for k, v in found.items()}
     lay = {k: v / max(total, 1) for k, v in lay.items()}
     return out, lay
 
@@ -380,7 +387,9 @@ def _baselines(items: list[Item]) -> dict:
 
 def _assemble(runs, base, items, label, split, seed, n_boot, n_drawn) -> TreesResult:
     test = [it for it in items if it.part == "test"]
-    sent_of_arc = np.concatenate([np.full(len(it.deps), k) for k, it in enumerate(test)]) if test else []
+    sent_of_arc: np.ndarray | list[int] = (
+        np.concatenate([np.full(len(it.deps), k) for k, it in enumerate(test)]) if test else []
+    )
     rels = [r for it in test for r in it.deprels]
     n_sent = {p: sum(it.part == p for it in items) for p in PARTS}
     n_arcs_test = int(sum(len(it.deps) for it in test))
@@ -552,7 +561,7 @@ def _relations(model, method, rels, und, dirs) -> list[dict]:
 def _drawn(run: ModelRun, test: list[Item], best: int, n_drawn: int) -> list[dict]:
     """The best head's undirected tree on the first ``n_drawn`` test sentences of 5..15 words."""
     lh = len(run.layers) * run.n_heads
-    out = []
+    out: list[dict] = []
     for it in test:
         if len(out) >= n_drawn:
             break

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type,assignment,attr-defined,index,operator,var-annotated"
-# (typing debt of the issue-17/19 merges: pandas/numpy/torch types; to be annotated properly)
 """Structural probes (Hewitt & Manning 2019): tree distance and tree depth as squared distances and squared
 norms under a learned rank-k linear map, on every residual-stream layer, next to their baselines.
 
@@ -30,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -37,6 +36,9 @@ import scipy.stats
 from sklearn.base import BaseEstimator
 
 from probekit.errors import ProbekitError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DepthProbe",
@@ -86,7 +88,7 @@ _COLUMNS = [
 # ==================================================================================================
 
 
-def tree_distances(heads: Sequence[int]) -> np.ndarray:
+def tree_distances(heads: Sequence[int] | np.ndarray) -> np.ndarray:
     """Path lengths between all word pairs of a tree given by ``heads`` (0-based, -1 for the root).
 
     Parameters
@@ -115,7 +117,7 @@ def tree_distances(heads: Sequence[int]) -> np.ndarray:
     return dist
 
 
-def tree_depths(heads: Sequence[int]) -> np.ndarray:
+def tree_depths(heads: Sequence[int] | np.ndarray) -> np.ndarray:
     """The depth of every word: the number of arcs to its root (the root has depth 0).
 
     Examples
@@ -364,6 +366,9 @@ class _Stopper:
     """Early stopping on the dev loss: keeps the best weights; stops after ``patience`` epochs without a
     relative improvement of more than `_IMPROVE_RTOL`."""
 
+    W: np.ndarray | None  # the best weights so far; None before the first update
+    history: list[float]
+
     def __init__(self, patience: int):
         self.patience = patience
         self.best, self.best_epoch, self.W, self.bad, self.history = np.inf, 0, None, 0, []
@@ -378,7 +383,10 @@ class _Stopper:
         return self.bad >= self.patience
 
     def result(self) -> _Fit:
-        return _Fit(self.W, len(self.history), self.best_epoch, float(self.best), list(self.history))
+        # W is set by the first update(); result() is called after at least one epoch
+        return _Fit(
+            cast(np.ndarray, self.W), len(self.history), self.best_epoch, float(self.best), list(self.history)
+        )
 
 
 def _init_weights(d: int, s: _Settings):
@@ -428,10 +436,10 @@ class _Padded:
     (1.0 on pairs of distinct words), ``lengths  # [B]`` and the targets of every probe (``[B, L, L]`` or
     ``[B, L]``)."""
 
-    h: object
-    mask: object
-    pairs: object
-    lengths: object
+    h: torch.Tensor
+    mask: torch.Tensor
+    pairs: torch.Tensor
+    lengths: torch.Tensor
     targets: dict
 
 
@@ -664,7 +672,7 @@ class _StructuralProbe(BaseEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise _input_error(f"{name} must be a positive integer, got {value!r}", where)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, Real) or not self.lr > 0:
+        if isinstance(self.lr, bool) or not isinstance(self.lr, Real) or not self.lr > 0:  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__
             raise _input_error(f"lr must be a positive number, got {self.lr!r}", where)
         if not isinstance(self.seed, Integral):
             raise _input_error(f"seed must be an integer, got {self.seed!r}", where)
@@ -849,8 +857,10 @@ class StructuralProbeResult:
             by_target = g.set_index("target")
             if not {"gold", "control"} <= set(by_target.index):
                 continue
-            for metric in metrics[key[3]]:
-                gold, control = float(by_target.loc["gold", metric]), float(by_target.loc["control", metric])
+            for metric in metrics[cast(str, key[3])]:  # key: (model, model_kind, layer, probe)
+                # one row per target in a group: .loc[target, metric] is a number
+                gold = float(cast(float, by_target.loc["gold", metric]))
+                control = float(cast(float, by_target.loc["control", metric]))
                 rows.append(
                     {
                         **dict(zip(keys, key, strict=True)),
