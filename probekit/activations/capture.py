@@ -416,15 +416,16 @@ def _heap_trimmer():
     level after the first batch (or after the last trim, if higher); a no-op where there is no glibc or no
     ``/proc/self/statm``.
 
-    Why capture needs it: batches come sorted by length, so every batch asks for slightly larger tensors
+    Why capture has it: batches ran narrowest first, so every batch asked for slightly larger tensors
     (activations, patterns, word-level buffers) than the one before. glibc serves requests above its mmap
     threshold from the heap once a larger block has been freed (the threshold rises to the freed size), and
-    a freed heap block too small for the next, larger request stays resident: the heap ratchets up batch by
+    a freed heap block too small for the next, larger request stays resident: the heap ratcheted up batch by
     batch, so peak anonymous memory grew with the number of sentences (+57 MB from 1,000 to 4,000 EWT
-    sentences on MiniLM, with the longest sentence the same). Trimming hands the free pages back
-    (``MADV_DONTNEED``), which keeps the peak near the widest batch's working set. A trim costs tens of ms
-    and the next batch faults its pages back in, so it runs only past the slack: in practice on the widest
-    batches at the end (trimming after every batch slowed MiniLM's capture by up to a fifth).
+    sentences on MiniLM, with the longest sentence the same). `_compute` now runs the widest batch first,
+    which removes the ratchet; this guard stays as a safety net for whatever else grows the heap. Trimming
+    hands the free pages back (``MADV_DONTNEED``). A trim costs tens of ms and the next batch faults its
+    pages back in, so it runs only past the slack (trimming after every batch slowed MiniLM's capture by up
+    to a fifth).
     """
     import ctypes
     import ctypes.util
