@@ -213,6 +213,25 @@ def test_signflip_p_by_hand():
     assert signflip_p(np.zeros(5), 1000, 0) == 1.0
 
 
+def test_rounding_level_effects_are_not_tested():
+    """A head with no effect shows float32 rounding as per-item "effects": it gets p = 1 (on every
+    machine) with the raw mean as its effect; a head with a real effect is tested on its raw items."""
+    from probekit.analyses.mediation.analysis import _stats, beyond_rounding
+
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(-8, 8, 24)  # logit differences of order 1-10
+    noise = rng.normal(0, 2e-5, 24)  # what another split of the float32 sums does to them
+    st = _stats(clean + noise + 1e-5, clean, te=1.0, n_boot=200, n_perm=1000, seed=0)
+    assert st["p"] == 1.0
+    assert st["effect"] == pytest.approx(np.mean(noise) + 1e-5)  # reported from the raw differences
+    # a real effect on a few items: the test runs on every item's raw difference, rounding-level ones too
+    effect = np.where(np.arange(24) < 6, 0.5, 0.0) + noise
+    real = _stats(clean + effect, clean, te=1.0, n_boot=200, n_perm=1000, seed=0)
+    assert real["p"] == signflip_p(effect, 1000, 0) and real["p"] < 0.05
+    # the floor scales with the read-out: 1e-4 of |8| is 8e-4, of |0.5| still 1e-4
+    assert beyond_rounding(np.array([8.0007, 0.50011]), np.array([8.0, 0.5])).tolist() == [False, True]
+
+
 def test_spearman_perm_by_hand():
     a = np.array([1.0, 2.0, 3.0, 4.0])
     rho, p = spearman_perm(a, np.array([1.0, 3.0, 2.0, 4.0]), 2000, 0)

@@ -41,6 +41,9 @@ from probekit.errors import ProbekitError
 
 #: the level at which a head is named as carrying the effect (Holm-adjusted over all heads)
 ALPHA = 0.05
+#: A per-item change of the read-out within this fraction of its magnitude (at least of 1) is rounding;
+#: a head with no larger change gets p = 1 (`beyond_rounding`, `_stats`).
+READOUT_RESOLUTION = 1e-4
 #: the head analysis' positional relations used as the control set
 POSITIONAL = ("prev_word", "self")
 
@@ -211,9 +214,33 @@ def _swapped(pp: PatchPairs, items) -> PatchPairs:
     )
 
 
-def _stats(d: np.ndarray, te: float, n_boot: int, n_perm: int, seed: int) -> dict:
+def beyond_rounding(patched: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Per item: did the read-out change by more than rounding? ``|patched - clean|`` above
+    `READOUT_RESOLUTION` of the read-out's magnitude (at least 1).
+
+    A read-out is a float32 logit difference (or probe logit) of order 1-10. Two forward passes that
+    only split their sums differently (another batch, another CPU model) already move it by up to
+    ~2e-5, so a head without any effect shows per-item "effects" of that size. A sign-flip test on them
+    tests rounding: one such head (mean effect 3e-7) got p = 0.81 on one CPU model and 0.46 on
+    another. `_stats` therefore gives p = 1 to a head none of whose items changes beyond rounding, and
+    tests every other head on its raw differences, so no power is lost where an effect exists.
+
+    Examples
+    --------
+    >>> beyond_rounding(np.array([5.00001, 5.5, -2.0]), np.array([5.0, 5.0, -2.00002])).tolist()
+    [False, True, False]
+    """
+    patched, clean = np.asarray(patched, dtype=float), np.asarray(clean, dtype=float)
+    floor = READOUT_RESOLUTION * np.maximum(1.0, np.maximum(np.abs(patched), np.abs(clean)))
+    return np.abs(patched - clean) > floor
+
+
+def _stats(patched: np.ndarray, clean: np.ndarray, te: float, n_boot: int, n_perm: int, seed: int) -> dict:
+    """Mean effect ``patched - clean`` over items, its bootstrap CI, share of the total effect, and the
+    sign-flip p-value (1 where no item changed beyond rounding, `beyond_rounding`)."""
     from probekit.stats import bootstrap_ci
 
+    d = np.asarray(patched, dtype=float) - np.asarray(clean, dtype=float)
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed) if d.size > 1 else (np.nan, np.nan)
     mean = float(np.mean(d))
     return {
@@ -222,7 +249,7 @@ def _stats(d: np.ndarray, te: float, n_boot: int, n_perm: int, seed: int) -> dic
         "ci_low": float(lo),
         "ci_high": float(hi),
         "share": mean / te if te != 0 else np.nan,
-        "p": signflip_p(d, n_perm, seed),
+        "p": signflip_p(d, n_perm, seed) if beyond_rounding(patched, clean).any() else 1.0,
     }
 
 
@@ -392,12 +419,12 @@ def mediate(
         te = float(np.mean(d_te))
         # the sign-flip tests need a resolution finer than Holm's smallest threshold over all heads
         n_flip = max(n_perm, int(np.ceil(2 * len(all_heads) / ALPHA)))
-        te_stats = _stats(d_te, te, n_boot, n_flip, seed)
+        te_stats = _stats(res.counterfactual, res.clean, te, n_boot, n_flip, seed)
         exact_share: dict[Head, float] = {}
         for effect in EFFECTS:
             p_of, rows = {}, []
             for j, h in enumerate(exact_heads):
-                st = _stats(res.patched[effect][j] - res.clean, te, n_boot, n_flip, seed)
+                st = _stats(res.patched[effect][j], res.clean, te, n_boot, n_flip, seed)
                 p_of[h] = st["p"]
                 rows.append({"layer": h[0], "head": h[1], **st})
                 if effect == "all_positions":
@@ -467,7 +494,7 @@ def mediate(
         )
         set_share = {}
         for j, (name, hs) in enumerate(named):
-            st = _stats(sres.patched["all_positions"][j] - sres.clean, te, n_boot, n_perm, seed)
+            st = _stats(sres.patched["all_positions"][j], sres.clean, te, n_boot, n_perm, seed)
             set_share[name] = st["share"]
             set_rows.append(
                 {
