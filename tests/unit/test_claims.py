@@ -47,9 +47,13 @@ def test_claims_analysis_matches_the_separate_functions(claims, tiny_bert):
     pd.testing.assert_frame_equal(claims.bank_summary, claims_lib.bank_summary(claims.bank_attention))
     frame = claims_lib.explored_weights(tiny_bert, explored)
     pd.testing.assert_frame_equal(claims.explored_weights, frame)
-    assert (
-        claims.explored_summary.iloc[0].to_dict()
-        == pd.DataFrame([claims_lib.explored_summary(frame, False)]).iloc[0].to_dict()
+    # the analysis captures its sentences in other batches than the separate calls: the float sums may
+    # split differently (bit-equal on some CPUs, 1e-8 apart on others), so compare to rounding
+    pd.testing.assert_frame_equal(
+        claims.explored_summary.iloc[[0]].reset_index(drop=True),
+        pd.DataFrame([claims_lib.explored_summary(frame, False)]),
+        check_dtype=False,
+        rtol=1e-6,
     )
     heads, summary = claims_lib.bank_cue_heads(
         tiny_bert, pk.load_dataset("template:bank_sense?n=12"), n_perm=20
