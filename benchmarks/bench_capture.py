@@ -12,6 +12,10 @@ Same sentences, same right-padded, length-sorted batches of 16 for every variant
   word attention and writing the memory maps included; the folder is deleted after the clock stops).
   It stops before the final norm and the LM/MLM head, which the other variants compute (all but
   ``hf-body-forward``), so it can run faster than the floor.
+- ``capture-hf-hooks``: the same ``capture`` call with the bridge's ``run_with_cache`` replaced by plain
+  torch forward hooks on the pristine HF model (`HfHooks`): what capture would cost without
+  TransformerLens. Not how probekit captures today; its stored bytes are checked identical to
+  ``probekit-capture``'s (``hf_hooks_capture_identical``).
 
 Every variant also runs once in a fresh process for its peak memory (see `probekit.bench`), on the first
 `MEMORY_SENTENCES` sentences.
@@ -26,6 +30,7 @@ it fits in about 10 minutes on 2 cores; the previous report (512 sentences, ever
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -46,6 +51,7 @@ VARIANTS = (
     "tl-cache-all",
     "tl-cache-filter",
     "probekit-capture",
+    "capture-hf-hooks",
 )
 FLOOR = "hf-forward"
 RSS_KEYS = (
@@ -64,28 +70,24 @@ FULL_SENTENCES = 256
 MEMORY_SENTENCES = 64
 #: timed in full mode only when asked for (set PROBEKIT_BENCH_CAPTURE_ALL=1): known from the previous report
 EXTRA_VARIANTS = ("bridge-forward", "tl-cache-all")
-#: the "before" of this benchmark: the report of commit 353f502 (256 sentences, 3 repetitions), for the
-#: before/after comparison in the notes
+#: the "before" of this benchmark: the report of commit 762af5e (256 sentences, 3 repetitions, on the
+#: machine that wrote it, whose CPU model that report did not record), for the before/after comparison
 BEFORE = {
     "smollm2-135m": {
-        "vs_body": 1.29,
-        "profile": "numpy einsum (word attention) 0.40 s, memory-map flush 0.58 s, cache.add 0.23 s, "
-        "_compute's own lines 0.41 s of 10.62 s",
+        "vs_body": 1.25,
+        "profile": "numpy einsum (word attention) 0.57 s, _compute's own lines 0.34 s, cache.add 0.29 s "
+        "of 12.46 s",
     },
     "minilm-l6": {
-        "vs_body": 1.73,
-        "profile": "numpy einsum 0.12 s, memory-map flush 0.11 s, _compute's own lines 0.08 s, "
-        "cache.add 0.04 s of 1.52 s",
+        "vs_body": 1.38,
+        "profile": "numpy einsum 0.12 s, _compute's own lines 0.06 s of 1.36 s",
     },
 }
 #: what changed in capture since `BEFORE`
 CHANGES = (
-    "Since the previous report: no `msync` of the output maps at the end (shared file mappings: readers "
-    "see the data through the page cache, the kernel writes them back; a crash before that fails the "
-    "checksums on reuse), `first`/`last` pooling as one gather per hook and batch instead of a one-hot "
-    "matrix product per sentence and layer, chunk digests taken from the in-memory result instead of "
-    "reading the map back; outputs checked bit-identical (every file's checksum) on all four models and "
-    "pooling modes."
+    "Since the previous report: capture itself is unchanged. This report adds `capture-hf-hooks` (capture "
+    "through plain HF forward hooks instead of the bridge) and runs on another machine (its CPU model is "
+    "in the machine line now), so the before/after ratios compare two machines."
 )
 
 
@@ -130,10 +132,88 @@ def load_pristine_hf(name: str, with_tokenizer: bool = False):
     return (hf.eval(), tokenizer, causal) if with_tokenizer else hf.eval()
 
 
-def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] = VARIANTS) -> dict:
-    """Variant name -> zero-argument callable (returns a cleanup callable or None), for ``include``."""
+class _EndForwardError(Exception):
+    """Raised by a hook to end the HF forward at the first layer not asked for."""
+
+
+class HfHooks:
+    """``run_with_cache`` over a plain HF model: the bridge's hook names, filled by torch forward hooks.
+
+    ``blocks.{l}.hook_resid_pre`` is layer l's input, ``blocks.{l}.hook_resid_post`` its output and
+    ``blocks.{l}.attn.hook_pattern`` the weights its eager attention module returns as second output;
+    the three kinds `probekit.activations.capture` reads. ``stop_at_layer`` ends the forward on
+    entering that layer. A measurement of what capture would cost without the bridge (the
+    ``capture-hf-hooks`` variant), not probekit's capture path.
+    """
+
+    def __init__(self, hf):
+        self.body = hf.base_model
+        self.layers = self.body.layers if hasattr(self.body, "layers") else self.body.encoder.layer
+        self.attns = [ly.self_attn if hasattr(ly, "self_attn") else ly.attention.self for ly in self.layers]
+
+    def run_with_cache(self, input_ids, attention_mask=None, names_filter=None, stop_at_layer=None):
+        store: dict[str, torch.Tensor] = {}
+        wanted = names_filter or (lambda name: True)
+
+        def keep(name, pick):
+            return lambda module, args, *rest: store.__setitem__(name, pick(args, *rest))
+
+        handles = []
+        for i, (layer, attn) in enumerate(zip(self.layers, self.attns, strict=True)):
+            if wanted(f"blocks.{i}.hook_resid_pre"):
+                pre = keep(f"blocks.{i}.hook_resid_pre", lambda a, kw: a[0] if a else kw["hidden_states"])
+                handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+            if wanted(f"blocks.{i}.hook_resid_post"):
+                post = keep(
+                    f"blocks.{i}.hook_resid_post", lambda a, out: out[0] if isinstance(out, tuple) else out
+                )
+                handles.append(layer.register_forward_hook(post))
+            if wanted(f"blocks.{i}.attn.hook_pattern"):
+                handles.append(
+                    attn.register_forward_hook(keep(f"blocks.{i}.attn.hook_pattern", lambda a, out: out[1]))
+                )
+        if stop_at_layer is not None and stop_at_layer < len(self.layers):
+
+            def stop(module, args, kwargs):
+                raise _EndForwardError
+
+            handles.append(self.layers[stop_at_layer].register_forward_pre_hook(stop, with_kwargs=True))
+        try:
+            self.body(input_ids=input_ids, attention_mask=attention_mask)
+        except _EndForwardError:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return None, store
+
+
+def capture_through(model, hooks: HfHooks | None, sentences, cache_dir: Path):
+    """`probekit.activations.capture` of every layer's resid_post and attention into ``cache_dir``; with
+    ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call."""
     from probekit.activations.capture import capture
 
+    shipped = model.bridge.run_with_cache
+    if hooks is not None:
+        model.bridge.run_with_cache = hooks.run_with_cache
+    try:
+        return capture(
+            model,
+            sentences,
+            layers=None,
+            resid=("resid_post",),
+            attention=True,
+            batch_size=BATCH_SIZE,
+            cache=True,
+            cache_dir=cache_dir,
+            progress=False,
+        )
+    finally:
+        model.bridge.run_with_cache = shipped
+
+
+def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] = VARIANTS) -> dict:
+    """Variant name -> zero-argument callable (returns a cleanup callable or None), for ``include``."""
     model = work.model
     names = work.names
 
@@ -166,21 +246,13 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
                 )
                 del cache
 
-    def run_capture():
+    def run_capture(hooks: HfHooks | None = None):
         folder = Path(tempfile.mkdtemp(prefix="cap-", dir=tmp_root))
-        cap = capture(
-            model,
-            work.sentences,
-            layers=None,
-            resid=("resid_post",),
-            attention=True,
-            batch_size=work.batch_size,
-            cache=True,
-            cache_dir=folder,
-            progress=False,
-        )
+        cap = capture_through(model, hooks, work.sentences, folder)
         del cap
         return lambda: shutil.rmtree(folder, ignore_errors=True)
+
+    hf_hooks = HfHooks(hf) if hf is not None else None
 
     variants = {
         "hf-forward": hf_forward,
@@ -189,10 +261,11 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
         "tl-cache-all": cache_all,
         "tl-cache-filter": cache_filter,
         "probekit-capture": run_capture,
+        "capture-hf-hooks": functools.partial(run_capture, hf_hooks),
     }
     if hf is None:
-        variants.pop("hf-forward")
-        variants.pop("hf-body-forward")
+        for needs_hf in ("hf-forward", "hf-body-forward", "capture-hf-hooks"):
+            variants.pop(needs_hf)
     return {k: v for k, v in variants.items() if k in include}
 
 
@@ -217,11 +290,12 @@ def child(model: str, variant: str, n: int, data: str | None = None) -> dict:
             work = Workload(m, sentences)
             fn = make_variants(work, hf, tmp_root)[variant]
             warm = make_variants(Workload(m, sentences[:BATCH_SIZE]), hf, tmp_root)[variant]
-        else:
+        else:  # the bridge (and, to capture through hooks, the plain HF model too)
             m = load_model(model, device="cpu")
+            hf = load_pristine_hf(model) if variant == "capture-hf-hooks" else None
             work = Workload(m, sentences)
-            fn = make_variants(work, None, tmp_root)[variant]
-            warm = make_variants(Workload(m, sentences[:BATCH_SIZE]), None, tmp_root)[variant]
+            fn = make_variants(work, hf, tmp_root)[variant]
+            warm = make_variants(Workload(m, sentences[:BATCH_SIZE]), hf, tmp_root)[variant]
         cleanup = warm()
         if callable(cleanup):
             cleanup()
@@ -296,6 +370,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "padded_tokens": work.n_padded,
                     "threads": ctx.threads,
                     "tokens_per_s": work.n_tokens / r["seconds"],
+                    "cpu_model": cpu_model(),
                     **checks[name],
                     **r,
                 }
@@ -346,6 +421,21 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
     return _table(frame), _notes(frame, ctx)
 
 
+def cpu_model() -> str | None:
+    """The processor as ``/proc/cpuinfo`` names it, with family and model numbers; None without it."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return None
+    numbers = [f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields.get("model name", "?") + (f" ({', '.join(numbers)})" if numbers else "")
+
+
 def _check_same_outputs(model, hf, work: Workload) -> dict:
     """Sanity check on one batch: the pristine HF model and the bridge give the same residual stream (the
     logits are not compared: MiniLM's MLM head is randomly initialised at every load)."""
@@ -363,7 +453,20 @@ def _check_same_outputs(model, hf, work: Workload) -> dict:
         float((hidden[k] - cache[f"blocks.{k - 1}.hook_resid_post"]).abs()[real].max())
         for k in range(1, n_layers)
     )
-    return {"hf_vs_bridge_resid_max_abs_diff": diff}
+    # capture through plain HF hooks must store the same bytes as through the bridge (every file's
+    # checksum), on the first chunk's sentences
+    folder = Path(tempfile.mkdtemp(prefix="probekit-bench-check-"))
+    try:
+        sentences = work.sentences[: BATCH_SIZE * CHUNK_BATCHES]
+        sums = [
+            json.loads(
+                (capture_through(model, hooks, sentences, folder / tag).path / "checksums.json").read_text()
+            )
+            for tag, hooks in (("bridge", None), ("hooks", HfHooks(hf)))
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"hf_vs_bridge_resid_max_abs_diff": diff, "hf_hooks_capture_identical": sums[0] == sums[1]}
 
 
 def _thread_sensitivity(
@@ -502,13 +605,19 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
             get("bridge-forward"),
             get("hf-body-forward"),
         )
+        steps = [f"the bridge with no hooks {bridge:.2f}×"] if bridge == bridge else []
+        if filt == filt:
+            every = get("tl-cache-all")
+            steps.append(
+                f"`run_with_cache` with capture's filter {filt:.2f}×"
+                + (f" (every hook: {every:.2f}×)" if every == every else "")
+            )
         text = (
             f"**{model}.** probekit's capture runs at **{cap:.2f}×** the bare HF forward with its head "
             "(min/max over repetitions "
             f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.min():.2f}–"
             f"{f[f.variant == 'probekit-capture'].ratio_vs_floor.max():.2f}). "
-            f"Where the time goes, as median ratios to the floor: the bridge with no hooks {bridge:.2f}×; "
-            f"`run_with_cache` with capture's filter {filt:.2f}× (every hook: {get('tl-cache-all'):.2f}×); "
+            f"Where the time goes, as median ratios to the floor: {'; '.join(steps)}; "
             "from there, probekit's own work — tokenising, pooling, word attention, writing the memory maps "
             f"— less the head it skips takes capture from {filt:.2f}× to {cap:.2f}×. The head: "
             f"`hf-body-forward` is {body:.2f}×, i.e. {1 - body:.0%} of the floor is the LM/MLM head, which "
@@ -533,6 +642,16 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                     " The bridge's share of that, estimated as `run_with_cache` with capture's filter less "
                     f"the head's share, over `hf-body-forward`: {(filt - (1 - body)) / body:.2f}× (probekit "
                     "cannot remove it short of bypassing the bridge)."
+                )
+            if "capture-hf-hooks" in per_rep:
+                hooked = per_rep["capture-hf-hooks"] / per_rep["hf-body-forward"]
+                same = f["hf_hooks_capture_identical"].iloc[0] if "hf_hooks_capture_identical" in f else None
+                stored = "not checked" if same is None else "identical" if same else "NOT identical"
+                text += (
+                    " Bypassing it: the same capture through plain HF forward hooks (`capture-hf-hooks`; "
+                    f"stored bytes {stored} to probekit-capture's, every file's checksum) runs at "
+                    f"**{hooked.median():.2f}×** `hf-body-forward` (min/max {hooked.min():.2f}–"
+                    f"{hooked.max():.2f}): what is left over 1 is probekit's own post-processing."
                 )
         if "hf_vs_bridge_resid_max_abs_diff" in f and f["hf_vs_bridge_resid_max_abs_diff"].notna().any():
             c = f.iloc[0]
@@ -595,7 +714,12 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
         lines.append("")
     head_share = {m: 1 - _ratios(main, m).get("hf-body-forward", float("nan")) for m in main.model.unique()}
     top = max(head_share, key=lambda m: head_share[m] if head_share[m] == head_share[m] else -1)
-    lines += [CHANGES, ""]
+    cpu = (
+        main["cpu_model"].dropna().iloc[0]
+        if "cpu_model" in main and main["cpu_model"].notna().any()
+        else None
+    )
+    lines += [CHANGES + (f" CPU of this run: {cpu}." if cpu else ""), ""]
     lines += [
         "**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays two "
         "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules "
