@@ -86,8 +86,8 @@ BEFORE = {
 #: what changed in capture since `BEFORE`
 CHANGES = (
     "Since the previous report: capture itself is unchanged. This report adds `capture-hf-hooks` (capture "
-    "through plain HF forward hooks instead of the bridge) and runs on another machine (its CPU model is "
-    "in the machine line now), so the before/after ratios compare two machines."
+    "through plain HF forward hooks instead of the bridge) and runs on another machine (named below; the "
+    "previous report did not record its CPU model), so the before/after ratios compare two machines."
 )
 
 

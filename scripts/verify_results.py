@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from probekit.report import provenance
@@ -51,7 +51,7 @@ TEXT_SUFFIXES = (".csv", ".md", ".tex", ".html", ".json", ".txt")
 class Worst:
     """The number pair furthest beyond the tolerance (or, if all are within, the largest difference)."""
 
-    excess: float  # |a - b| - (atol + rtol * max(|a|, |b|)); > 0 means beyond the tolerance
+    excess: float  # |a - b| - (atol + rtol * max(|a|, |b|) + last printed digit); > 0: beyond tolerance
     old: str
     new: str
     where: str  # "line 76, column p" or "line 3"
@@ -68,7 +68,6 @@ class Comparison:
     n_beyond: int = 0
     max_abs: float = 0.0
     worst: Worst | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def within(self) -> bool:
