@@ -188,9 +188,11 @@ class HfHooks:
         return None, store
 
 
-def capture_through(model, hooks: HfHooks | None, sentences, cache_dir: Path):
-    """`probekit.activations.capture` of every layer's resid_post and attention into ``cache_dir``; with
-    ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call."""
+def capture_through(
+    model, hooks: HfHooks | None, sentences, cache_dir: Path, resid: tuple[str, ...] = ("resid_post",)
+):
+    """`probekit.activations.capture` of every layer's ``resid`` hooks and attention into ``cache_dir``;
+    with ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call."""
     from probekit.activations.capture import capture
 
     shipped = model.bridge.run_with_cache
@@ -201,7 +203,7 @@ def capture_through(model, hooks: HfHooks | None, sentences, cache_dir: Path):
             model,
             sentences,
             layers=None,
-            resid=("resid_post",),
+            resid=resid,
             attention=True,
             batch_size=BATCH_SIZE,
             cache=True,
@@ -346,6 +348,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     if not quick and not os.environ.get("PROBEKIT_BENCH_CAPTURE_ALL"):
         include = tuple(v for v in VARIANTS if v not in EXTRA_VARIANTS)
     sentences, source = bench.bench_sentences(n, ctx)
+    cpu = cpu_model()
     rows, checks = [], {}
     profile_dir = ctx.out / "profiles"
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +373,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "padded_tokens": work.n_padded,
                     "threads": ctx.threads,
                     "tokens_per_s": work.n_tokens / r["seconds"],
-                    "cpu_model": cpu_model(),
+                    "cpu_model": cpu,
                     **checks[name],
                     **r,
                 }
@@ -437,8 +440,9 @@ def cpu_model() -> str | None:
 
 
 def _check_same_outputs(model, hf, work: Workload) -> dict:
-    """Sanity check on one batch: the pristine HF model and the bridge give the same residual stream (the
-    logits are not compared: MiniLM's MLM head is randomly initialised at every load)."""
+    """Sanity checks: on one batch, the pristine HF model and the bridge give the same residual stream (the
+    logits are not compared: MiniLM's MLM head is randomly initialised at every load); on the first
+    chunk, capture through `HfHooks` stores the same bytes as through the bridge (``checksums.json``)."""
     ids, mask = work.padded[0]
     real = mask.bool()
     n_layers = model.n_layers

@@ -23,6 +23,7 @@ It prints its findings and writes nothing under ``results/``. The closing note o
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -37,9 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import probekit as pk  # noqa: E402
-from benchmarks.bench_capture import HfHooks, Workload, load_pristine_hf  # noqa: E402
+from benchmarks.bench_capture import HfHooks, Workload, capture_through, load_pristine_hf  # noqa: E402
 from probekit import bench  # noqa: E402
-from probekit.activations.capture import capture  # noqa: E402
 
 
 def check_hooks(model, hooks: HfHooks, work: Workload) -> tuple[int, int, float]:
@@ -70,11 +70,10 @@ def check_hooks(model, hooks: HfHooks, work: Workload) -> tuple[int, int, float]
     return compared, same, worst
 
 
-def run_capture(model, sentences, root: Path) -> dict:
+def run_capture(model, hooks: HfHooks | None, sentences, root: Path) -> dict:
+    """``checksums.json`` of a capture of resid_pre, resid_post and attention (through ``hooks`` if given)."""
     folder = Path(tempfile.mkdtemp(dir=root))
-    cap = capture(
-        model, sentences, resid=("resid_pre", "resid_post"), attention=True, cache_dir=folder, progress=False
-    )
+    cap = capture_through(model, hooks, sentences, folder, resid=("resid_pre", "resid_post"))
     sums = json.loads((cap.path / "checksums.json").read_text())
     del cap
     shutil.rmtree(folder, ignore_errors=True)
@@ -97,13 +96,8 @@ def main(argv: list[str]) -> int:
     print(f"1. hooks: {same} of {compared} (hook, sentence) tensors bit-identical; max |diff| {worst:.1e}")
 
     root = Path(tempfile.mkdtemp(prefix="bypass-"))
-    bridge_run = model.bridge.run_with_cache
-    try:
-        shipped = run_capture(model, sentences, root)
-        model.bridge.run_with_cache = hooks.run_with_cache
-        bypassed = run_capture(model, sentences, root)
-    finally:
-        model.bridge.run_with_cache = bridge_run
+    shipped = run_capture(model, None, sentences, root)
+    bypassed = run_capture(model, hooks, sentences, root)
     print(
         f"2. capture: checksums.json {'identical' if shipped == bypassed else 'DIFFERENT'} "
         f"({len(shipped.get('files', shipped))} stored files)"
@@ -114,20 +108,10 @@ def main(argv: list[str]) -> int:
             for ids, mask in work.padded:
                 hooks.body(input_ids=ids, attention_mask=mask)
 
-    def capture_shipped():
-        run_capture(model, sentences, root)
-
-    def capture_bypassed():
-        model.bridge.run_with_cache = hooks.run_with_cache
-        try:
-            run_capture(model, sentences, root)
-        finally:
-            model.bridge.run_with_cache = bridge_run
-
     variants = {
         "hf-body": hf_body,
-        "capture (bridge)": capture_shipped,
-        "capture (HF hooks)": capture_bypassed,
+        "capture (bridge)": functools.partial(run_capture, model, None, sentences, root),
+        "capture (HF hooks)": functools.partial(run_capture, model, hooks, sentences, root),
     }
     for fn in variants.values():
         fn()  # warm-up
