@@ -43,6 +43,7 @@ import torch
 
 from probekit import bench
 from probekit.activations.align import align, pad_batch
+from probekit.report.provenance import cpu_model
 
 VARIANTS = (
     "hf-forward",
@@ -422,21 +423,6 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
     frame = frame.copy()
     frame["ratio_vs_floor"] = bench.per_repeat_ratio(frame, FLOOR, by=("model", "n_sentences", "threads"))
     return _table(frame), _notes(frame, ctx)
-
-
-def cpu_model() -> str | None:
-    """The processor as ``/proc/cpuinfo`` names it, with family and model numbers; None without it."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if not key.strip():
-                break
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return None
-    numbers = [f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model") if k in fields]
-    return fields.get("model name", "?") + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 def _check_same_outputs(model, hf, work: Workload) -> dict:

@@ -229,12 +229,8 @@ def compare_file(old: Path, new: Path, *, rtol: float, atol: float) -> Compariso
 def machine() -> str:
     """This machine's CPU model and the code path torch picked for it (results are byte-identical only
     where both match the machine that wrote them)."""
-    import torch
-
-    sys.path.insert(0, str(provenance.REPO))
-    from benchmarks.bench_capture import cpu_model
-
-    return f"{cpu_model() or 'unknown CPU'}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    cpu = provenance.cpu_model() or "unknown CPU"
+    return f"{cpu}, torch CPU capability {provenance.torch_cpu_capability()}"
 
 
 def verify(folder: Path, scratch: Path, args: argparse.Namespace) -> bool:

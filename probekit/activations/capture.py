@@ -19,6 +19,7 @@ import tempfile
 import warnings
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,7 +309,50 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
     batches = [order[i : i + settings["batch_size"]] for i in range(0, len(order), settings["batch_size"])]
     bar = tqdm(total=len(encs), desc=f"capture {model.name}", unit="sent", disable=not progress, leave=False)
     device = model.device
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=head_stops):
+
+    def store(batch: list[int], batch_encs: list[Encoded], cache) -> None:
+        """Pool, turn into word attention, write and hash one batch's hooks (runs on the worker thread)."""
+        with torch.inference_mode():  # thread-local: the worker enters it too
+            if hooks:
+                pooled = _pool_batch(cache, batch_encs, hooks, settings["pool"], device)
+                for (h, layer), words in pooled.items():  # words  # [words in the batch, d_model]
+                    start = 0
+                    for i in batch:
+                        n = int(n_words[i])
+                        resid_out[(h, layer)][word_offsets[i] : word_offsets[i + 1]] = words[
+                            start : start + n
+                        ]
+                        hashers[f"{h}.{layer}.npy"].add(i, words[start : start + n])
+                        start += n
+            if attention:
+                patterns = [cache[hook_names.pattern(layer)] for layer in layers]  # [batch, H, T, T] each
+                for b, i in enumerate(batch):
+                    enc = batch_encs[b]
+                    n_tok = enc.n_tokens
+                    stacked = torch.stack([p[b, :, :n_tok, :n_tok] for p in patterns])  # [L, H, T, T]
+                    pattern = stacked.float().cpu().numpy()
+                    word_att, mass = word_attention(pattern, enc, renormalize=settings["renormalize"])
+                    att_out[att_offsets[i] : att_offsets[i + 1]] = word_att.ravel()
+                    mass_out[mass_offsets[i] : mass_offsets[i + 1]] = mass.ravel()
+                    hashers["attention.npy"].add(i, word_att)
+                    hashers["special_mass.npy"].add(i, mass)
+        for arr in files.values():
+            _release(arr)
+        trim_heap()
+        bar.update(len(batch))
+
+    # The forward of batch k+1 overlaps the post-processing of batch k (`store`) on one worker thread:
+    # numpy's einsum and copies and BLAKE2b release the GIL, so on two cores the worker runs beside the
+    # forward. One batch at a time: `store` calls run in batch order, each writes only its own sentences'
+    # rows and chunk digests, and at most two batches' hook tensors are alive (the one being stored and
+    # the one being computed). The stored bytes are those of a serial loop; any error in `store` is raised
+    # here, at the next batch or at the end.
+    with (
+        torch.inference_mode(),
+        model.bridge.hooks(fwd_hooks=head_stops),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="probekit-capture") as worker,
+    ):
+        pending: Future | None = None
         # Widest batch first: its tensors set the heap's peak, and every later (narrower) batch fits in
         # blocks already freed. In increasing order each batch needed slightly more than the one before and
         # the heap ratcheted up with the number of sentences (see `_heap_trimmer`). The batches themselves
@@ -322,42 +366,13 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
                 names_filter=lambda name: name in names,
                 stop_at_layer=stop_at_layer,
             )
-            if hooks:
-                pooled = _pool_batch(cache, batch_encs, hooks, settings["pool"], device)
-                for (h, layer), words in pooled.items():  # words  # [words in the batch, d_model]
-                    start = 0
-                    for i in batch:
-                        n = int(n_words[i])
-                        resid_out[(h, layer)][word_offsets[i] : word_offsets[i + 1]] = words[
-                            start : start + n
-                        ]
-                        hashers[f"{h}.{layer}.npy"].add(i, words[start : start + n])
-                        start += n
-            if attention:
-                for b, i in enumerate(batch):
-                    enc = batch_encs[b]
-                    n_tok = enc.n_tokens
-                    pattern = (
-                        torch.stack(
-                            [cache[hook_names.pattern(layer)][b, :, :n_tok, :n_tok] for layer in layers]
-                        )
-                        .float()
-                        .cpu()
-                        .numpy()
-                    )  # [L, H, T, T]
-                    word_att, mass = word_attention(pattern, enc, renormalize=settings["renormalize"])
-                    att_rows = slice(att_offsets[i], att_offsets[i + 1])
-                    mass_rows = slice(mass_offsets[i], mass_offsets[i + 1])
-                    att_out[att_rows] = word_att.ravel()
-                    mass_out[mass_rows] = mass.ravel()
-                    hashers["attention.npy"].add(i, word_att)
-                    hashers["special_mass.npy"].add(i, mass)
-            bar.update(len(batch))
-            heartbeat(folder)
+            if pending is not None:
+                pending.result()  # the previous batch is stored (or its error raised) before the next starts
+            pending = worker.submit(store, batch, batch_encs, cache)
             del cache
-            for arr in files.values():
-                _release(arr)
-            trim_heap()
+            heartbeat(folder)
+        if pending is not None:
+            pending.result()
     bar.close()
     # No msync: the maps are shared file mappings, so every reader sees the data through the page cache
     # at once, and the kernel writes them back on its own. Waiting for the disk here cost up to a tenth of

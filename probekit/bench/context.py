@@ -16,6 +16,7 @@ from pathlib import Path
 
 from probekit.data.bundled import EWT_DEV
 from probekit.errors import ProbekitError
+from probekit.report.provenance import cpu_model, torch_cpu_capability
 
 #: benchmark names, in report order; each is ``benchmarks/bench_<name>.py``
 BENCHMARKS: tuple[str, ...] = (
@@ -190,8 +191,9 @@ def machine_info(threads: int) -> dict:
     Returns
     -------
     dict
-        ``python``, ``platform``, ``processor``, ``cpu_count``, ``torch_threads``, ``torch_get_num_threads``,
-        ``load_average_at_start``, ``versions``, ``thread_pools``, ``memory_gib``.
+        ``python``, ``platform``, ``processor``, ``cpu_model``, ``torch_cpu_capability``, ``cpu_count``,
+        ``torch_threads``, ``torch_get_num_threads``, ``load_average_at_start``, ``versions``,
+        ``thread_pools``, ``memory_gib``.
 
     Examples
     --------
@@ -222,6 +224,8 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "torch_cpu_capability": torch_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": int(threads),
         "torch_get_num_threads": torch.get_num_threads(),

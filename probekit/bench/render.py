@@ -210,6 +210,8 @@ def _machine_lines(machine: dict) -> list[str]:
     return [
         f"- {machine['cpu_count']} CPU(s) ({machine['processor']}), {machine['memory_gib']} GiB RAM, "
         f"{machine['platform']}, Python {machine['python']}",
+        f"- CPU model: {machine.get('cpu_model') or 'not recorded'}; torch CPU capability "
+        f"{machine.get('torch_cpu_capability') or 'not recorded'}",
         f"- torch threads: **{machine['torch_threads']}** (`torch.set_num_threads`, BLAS pools via "
         f"threadpoolctl); load average when the run started: {machine['load_average_at_start']} "
         "(other jobs share this machine)",

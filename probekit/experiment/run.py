@@ -145,6 +145,8 @@ def write_manifest(run: Run, config_file: str | os.PathLike | None = None, comma
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "cpu_model": provenance.cpu_model(),
+            "torch_cpu_capability": provenance.torch_cpu_capability(),
             "torch_threads": torch_thread_count(),
         },
         # a stage reused from a run made before its cost was recorded has no timing (null)

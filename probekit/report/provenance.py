@@ -33,6 +33,33 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_RESULTS = ("manifest.json", "STALE")
 
 
+def cpu_model() -> str | None:
+    """The processor as ``/proc/cpuinfo`` names it, with its family and model numbers
+    (``"AMD EPYC (family 25, model 17)"``); None where there is no ``/proc/cpuinfo``.
+
+    Manifests record it because the same code, packages and thread count can print different last digits
+    on another CPU model (other SIMD kernels sum in another order): byte identity holds per CPU model
+    (``docs/methods/experiments.md``)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():  # the first processor's block ends at its blank line
+                break
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return None
+    numbers = [f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields.get("model name", "?") + (f" ({', '.join(numbers)})" if numbers else "")
+
+
+def torch_cpu_capability() -> str:
+    """The SIMD level torch's CPU kernels dispatch to here (``AVX512``, ``AVX2``, ``DEFAULT``...)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

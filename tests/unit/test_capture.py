@@ -346,3 +346,85 @@ def test_packed_encodings_index_like_a_list(tiny_llama):
     assert packed[-1] == encs[-1] and packed[1:3] == encs[1:3] and list(packed) == encs
     with pytest.raises(IndexError):
         packed[len(sents)]
+
+
+class _SerialExecutor:
+    """A stand-in for `ThreadPoolExecutor` that runs each task at once, on the calling thread."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+@pytest.mark.parametrize("pool", ["first", "last", "mean"])
+def test_overlapped_storing_is_bit_identical_to_a_serial_loop(tiny_model, monkeypatch, pool):
+    """Batch k is pooled, written and hashed on a worker thread while batch k+1 runs its forward; the
+    stored arrays and checksums are those of storing every batch right after its forward."""
+    overlapped = _capture(tiny_model, pool=pool, renormalize=pool == "mean")
+    with monkeypatch.context() as m:
+        m.setattr(capmod, "ThreadPoolExecutor", _SerialExecutor)
+        serial = _capture(tiny_model, pool=pool, renormalize=pool == "mean")
+    a, b = _arrays(overlapped), _arrays(serial)
+    assert a.keys() == b.keys() and "attention" in a
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    sums = [json.loads((c.path / "checksums.json").read_text())["files"] for c in (overlapped, serial)]
+    assert sums[0] == sums[1]
+
+
+def test_storing_a_batch_overlaps_the_next_forward(tiny_llama, monkeypatch):
+    """While batch k is stored (word attention, on the worker thread), the main thread pads and runs batch
+    k+1: every store but the last sees the next batch start before it finishes."""
+    import threading
+
+    padded = threading.Condition()
+    n_padded = [0]
+    seen: list[tuple[bool, bool]] = []  # per stored batch: (on the main thread, next batch padded meanwhile)
+    pad, attend = capmod.pad_batch, capmod.word_attention
+
+    def pad_spy(encoded, pad_token_id):
+        with padded:
+            n_padded[0] += 1
+            padded.notify_all()
+        return pad(encoded, pad_token_id)
+
+    def attend_spy(pattern, enc, renormalize=False):  # batch size 1: one call per stored batch
+        k = len(seen)
+        with padded:
+            overlapped = padded.wait_for(lambda: n_padded[0] >= k + 2, timeout=5 if k < 5 else 0.5)
+        seen.append((threading.current_thread() is threading.main_thread(), overlapped))
+        return attend(pattern, enc, renormalize=renormalize)
+
+    monkeypatch.setattr(capmod, "pad_batch", pad_spy)
+    monkeypatch.setattr(capmod, "word_attention", attend_spy)
+    sents = [f"The cat number {i} sat ." for i in range(6)]
+    capmod.capture(tiny_llama, sents, batch_size=1, cache=False, progress=False)
+    assert not any(main for main, _ in seen)  # stored on the worker thread
+    assert [ok for _, ok in seen] == [True] * 5 + [False]  # the last batch has no next forward
+
+
+def test_an_error_while_storing_stops_capture_and_leaves_no_entry(tiny_llama, cache_dir, monkeypatch):
+    calls = []
+
+    def boom(pattern, enc, renormalize=False):
+        calls.append(1)
+        raise ValueError("storing failed")
+
+    monkeypatch.setattr(capmod, "word_attention", boom)
+    sents = [f"The cat number {i} sat ." for i in range(8)]
+    with pytest.raises(ValueError, match="storing failed"):
+        capmod.capture(tiny_llama, sents, batch_size=2, cache_dir=cache_dir, progress=False)
+    assert len(calls) == 1  # raised at the next batch: no batch is stored after a failed one
+    assert not [p for p in cache_dir.iterdir() if p.is_dir()]  # neither an entry nor a temporary folder
