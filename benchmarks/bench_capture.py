@@ -12,6 +12,9 @@ Same sentences, same right-padded, length-sorted batches of 16 for every variant
   word attention and writing the memory maps included; the folder is deleted after the clock stops).
   It stops before the final norm and the LM/MLM head, which the other variants compute (all but
   ``hf-body-forward``), so it can run faster than the floor.
+- ``capture-serial``: the same ``capture`` call with each batch stored (pooled, word attention, written,
+  hashed) on the main thread right after its forward (`SerialExecutor`), as before capture overlapped
+  storing batch k with the forward of batch k+1: what the overlap saves.
 - ``capture-hf-hooks``: the same ``capture`` call with the bridge's ``run_with_cache`` replaced by plain
   torch forward hooks on the pristine HF model (`HfHooks`): what capture would cost without
   TransformerLens. Not how probekit captures today; its stored bytes are checked identical to
@@ -52,6 +55,7 @@ VARIANTS = (
     "tl-cache-all",
     "tl-cache-filter",
     "probekit-capture",
+    "capture-serial",
     "capture-hf-hooks",
 )
 FLOOR = "hf-forward"
@@ -71,25 +75,49 @@ FULL_SENTENCES = 256
 MEMORY_SENTENCES = 64
 #: timed in full mode only when asked for (set PROBEKIT_BENCH_CAPTURE_ALL=1): known from the previous report
 EXTRA_VARIANTS = ("bridge-forward", "tl-cache-all")
-#: the "before" of this benchmark: the report of commit 762af5e (256 sentences, 3 repetitions, on the
-#: machine that wrote it, whose CPU model that report did not record), for the before/after comparison
+#: the "before" of this benchmark: the report of commit 55c4804 (256 sentences, 3 repetitions, on an AMD
+#: EPYC (family 25, model 17), as this run's line names its own CPU), for the before/after comparison
 BEFORE = {
     "smollm2-135m": {
-        "vs_body": 1.25,
-        "profile": "numpy einsum (word attention) 0.57 s, _compute's own lines 0.34 s, cache.add 0.29 s "
-        "of 12.46 s",
+        "vs_body": 1.23,
+        "profile": "numpy einsum (word attention) 0.37 s, _compute's own lines 0.26 s, cache.add 0.23 s "
+        "of 8.52 s",
     },
     "minilm-l6": {
-        "vs_body": 1.38,
-        "profile": "numpy einsum 0.12 s, _compute's own lines 0.06 s of 1.36 s",
+        "vs_body": 1.39,
+        "profile": "numpy einsum 0.10 s, _compute's own lines 0.05 s, cache.add 0.04 s of 1.16 s",
     },
 }
 #: what changed in capture since `BEFORE`
 CHANGES = (
-    "Since the previous report: capture itself is unchanged. This report adds `capture-hf-hooks` (capture "
-    "through plain HF forward hooks instead of the bridge) and runs on another machine (named below; the "
-    "previous report did not record its CPU model), so the before/after ratios compare two machines."
+    "Since the previous report: capture stores batch k (pooling, word attention, memory-map writes, chunk "
+    "digests) on one worker thread while batch k+1 runs its forward; the stored bytes are unchanged. "
+    "`capture-serial` is capture with storing back on the main thread, right after each forward, as "
+    "before: the same code with a synchronous executor, timed in the same interleaved run."
 )
+
+
+class SerialExecutor:
+    """A stand-in for `concurrent.futures.ThreadPoolExecutor` that runs each task at once on the calling
+    thread: patched over ``probekit.activations.capture.ThreadPoolExecutor``, capture stores each batch
+    right after its forward (the ``capture-serial`` variant, the profiles, and the unit test that the
+    overlapped capture stores the same bytes)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,17 +218,26 @@ class HfHooks:
 
 
 def capture_through(
-    model, hooks: HfHooks | None, sentences, cache_dir: Path, resid: tuple[str, ...] = ("resid_post",)
+    model,
+    hooks: HfHooks | None,
+    sentences,
+    cache_dir: Path,
+    resid: tuple[str, ...] = ("resid_post",),
+    serial: bool = False,
 ):
     """`probekit.activations.capture` of every layer's ``resid`` hooks and attention into ``cache_dir``;
-    with ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call."""
-    from probekit.activations.capture import capture
+    with ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call;
+    with ``serial``, each batch is stored on this thread right after its forward (`SerialExecutor`)."""
+    import importlib
 
-    shipped = model.bridge.run_with_cache
+    capmod = importlib.import_module("probekit.activations.capture")
+    shipped, executor = model.bridge.run_with_cache, capmod.ThreadPoolExecutor
     if hooks is not None:
         model.bridge.run_with_cache = hooks.run_with_cache
+    if serial:
+        capmod.ThreadPoolExecutor = SerialExecutor
     try:
-        return capture(
+        return capmod.capture(
             model,
             sentences,
             layers=None,
@@ -212,7 +249,7 @@ def capture_through(
             progress=False,
         )
     finally:
-        model.bridge.run_with_cache = shipped
+        model.bridge.run_with_cache, capmod.ThreadPoolExecutor = shipped, executor
 
 
 def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] = VARIANTS) -> dict:
@@ -249,9 +286,9 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
                 )
                 del cache
 
-    def run_capture(hooks: HfHooks | None = None):
+    def run_capture(hooks: HfHooks | None = None, serial: bool = False):
         folder = Path(tempfile.mkdtemp(prefix="cap-", dir=tmp_root))
-        cap = capture_through(model, hooks, work.sentences, folder)
+        cap = capture_through(model, hooks, work.sentences, folder, serial=serial)
         del cap
         return lambda: shutil.rmtree(folder, ignore_errors=True)
 
@@ -264,6 +301,7 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
         "tl-cache-all": cache_all,
         "tl-cache-filter": cache_filter,
         "probekit-capture": run_capture,
+        "capture-serial": functools.partial(run_capture, None, True),
         "capture-hf-hooks": functools.partial(run_capture, hf_hooks),
     }
     if hf is None:
@@ -499,19 +537,12 @@ def _thread_sensitivity(
 
 
 def _profiles(model, sentences, tmp_root: Path, profile_dir: Path, name: str) -> dict:
-    from probekit.activations.capture import capture
+    """cProfile and torch.profiler of capture with storing on the main thread (``serial``): cProfile sees
+    one thread only, and the overlapped capture does the same work on two."""
 
     def once():
         folder = Path(tempfile.mkdtemp(dir=tmp_root))
-        capture(
-            model,
-            sentences,
-            resid=("resid_post",),
-            attention=True,
-            cache=True,
-            cache_dir=folder,
-            progress=False,
-        )
+        capture_through(model, None, sentences, folder, serial=True)
         shutil.rmtree(folder, ignore_errors=True)
 
     once()  # warm
@@ -549,6 +580,8 @@ def _profile_numbers(text: str) -> dict[str, float]:
     for key, pat in {
         "einsum": r"^\s*\d+\s+([0-9.]+)\s+\S+\s+\S+\s+\S+\s+\{built-in method numpy.*c_einsum\}",
         "compute_self": r"^\s*\d+\s+([0-9.]+)\s+.*capture.py:\d+\(_compute\)",
+        "store_self": r"^\s*\d+\s+([0-9.]+)\s+.*capture.py:\d+\(store\)",
+        "hash_add": r"^\s*\d+\s+([0-9.]+)\s+.*cache.py:\d+\(add\)",
         "linear": r"^\s*\d+\s+([0-9.]+)\s+.*torch._C._nn.linear\}",
         "flush": r"^\s*\d+\s+([0-9.]+)\s+.*method 'flush' of 'mmap.mmap' objects\}",
     }.items():
@@ -633,6 +666,15 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                     f"the head's share, over `hf-body-forward`: {(filt - (1 - body)) / body:.2f}× (probekit "
                     "cannot remove it short of bypassing the bridge)."
                 )
+            if "capture-serial" in per_rep:
+                serial = per_rep["capture-serial"] / per_rep["hf-body-forward"]
+                saved = 1 - per_rep["probekit-capture"] / per_rep["capture-serial"]
+                text += (
+                    " Storing each batch on the main thread right after its forward (`capture-serial`, as "
+                    f"before the overlap) runs at **{serial.median():.2f}×** (min/max {serial.min():.2f}–"
+                    f"{serial.max():.2f}): overlapping storing with the next forward saves "
+                    f"{saved.median():.0%} of that time (median over repetitions)."
+                )
             if "capture-hf-hooks" in per_rep:
                 hooked = per_rep["capture-hf-hooks"] / per_rep["hf-body-forward"]
                 same = f["hf_hooks_capture_identical"].iloc[0] if "hf_hooks_capture_identical" in f else None
@@ -673,14 +715,17 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                 bits.append(f"memory-map flush {cprof['flush']:.2f} s")
             if "compute_self" in cprof:
                 bits.append(f"`_compute`'s own lines {cprof['compute_self']:.2f} s")
+            if "store_self" in cprof:
+                bits.append(f"`store`'s own lines {cprof['store_self']:.2f} s")
+            if "hash_add" in cprof:
+                bits.append(f"chunk digests (`ChunkHasher.add`) {cprof['hash_add']:.2f} s")
             if "aten::mm_calls" in tprof:
                 bits.append(
                     f"`aten::mm` is called {tprof['aten::mm_calls']} times (the model's linear layers)"
                 )
             lines.append(
-                f"Profile of `capture()` on the first {min(64, n)} sentences (after; details below): "
-                + "; ".join(bits)
-                + "."
+                f"Profile of `capture()` on the first {min(64, n)} sentences, storing on the main thread so "
+                "that cProfile sees all of it (after; details below): " + "; ".join(bits) + "."
             )
         if model in BEFORE:
             lines.append(f"Profile before (previous report, same 64 sentences): {BEFORE[model]['profile']}.")
@@ -721,7 +766,10 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
         "`StopAtLayerException`), which the floor and the `tl-*`/`bridge-*` variants do not. The "
         "`hf-body-forward` rows show the head's share "
         f"({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top}). "
-        "What is left of probekit's own work (profiles below): word attention, a numpy `einsum` per "
+        "probekit's own work runs on a worker thread beside the next batch's forward (numpy and BLAKE2b "
+        "release the GIL), so on two cores it costs what it takes from the forward's threads and the "
+        "GIL rather than its own time; `capture-serial` shows its cost when it does not overlap. "
+        "What it consists of (profiles below): word attention, a numpy `einsum` per "
         "sentence (kept: a BLAS product would associate the float sums differently and change stored "
         "numbers; one einsum per batch instead measured no gain), the BLAKE2b chunk "
         "digests (every output byte hashed once), tokenising, and the copies out of the bridge's cache. "

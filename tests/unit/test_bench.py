@@ -332,6 +332,7 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         "tl-cache-all",
         "tl-cache-filter",
         "probekit-capture",
+        "capture-serial",
         "capture-hf-hooks",
     } <= set(cap.variant)
     # capture through plain HF hooks stores the same bytes as through the bridge, on both architectures

@@ -348,33 +348,16 @@ def test_packed_encodings_index_like_a_list(tiny_llama):
         packed[len(sents)]
 
 
-class _SerialExecutor:
-    """A stand-in for `ThreadPoolExecutor` that runs each task at once, on the calling thread."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-
-        done: Future = Future()
-        done.set_result(fn(*args))
-        return done
-
-
 @pytest.mark.parametrize("pool", ["first", "last", "mean"])
 def test_overlapped_storing_is_bit_identical_to_a_serial_loop(tiny_model, monkeypatch, pool):
     """Batch k is pooled, written and hashed on a worker thread while batch k+1 runs its forward; the
-    stored arrays and checksums are those of storing every batch right after its forward."""
+    stored arrays and checksums are those of storing every batch right after its forward (the benchmark's
+    synchronous executor, which its ``capture-serial`` variant times)."""
+    from benchmarks.bench_capture import SerialExecutor
+
     overlapped = _capture(tiny_model, pool=pool, renormalize=pool == "mean")
     with monkeypatch.context() as m:
-        m.setattr(capmod, "ThreadPoolExecutor", _SerialExecutor)
+        m.setattr(capmod, "ThreadPoolExecutor", SerialExecutor)
         serial = _capture(tiny_model, pool=pool, renormalize=pool == "mean")
     a, b = _arrays(overlapped), _arrays(serial)
     assert a.keys() == b.keys() and "attention" in a
