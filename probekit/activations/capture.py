@@ -342,11 +342,12 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
         bar.update(len(batch))
 
     # The forward of batch k+1 overlaps the post-processing of batch k (`store`) on one worker thread:
-    # numpy's einsum and copies and BLAKE2b release the GIL, so on two cores the worker runs beside the
-    # forward. One batch at a time: `store` calls run in batch order, each writes only its own sentences'
-    # rows and chunk digests, and at most two batches' hook tensors are alive (the one being stored and
-    # the one being computed). The stored bytes are those of a serial loop; any error in `store` is raised
-    # here, at the next batch or at the end.
+    # numpy's einsum and copies and BLAKE2b release the GIL, so where a core is free (torch running fewer
+    # threads than there are cores) the worker runs beside the forward; with every core in the forward it
+    # gains nothing measurable (docs/methods/capture.md). One batch at a time: `store` calls run in batch
+    # order, each writes only its own sentences' rows and chunk digests, and at most two batches' hook
+    # tensors are alive (the one being stored and the one being computed). The stored bytes are those of
+    # a serial loop; any error in `store` is raised here, at the next batch or at the end.
     with (
         torch.inference_mode(),
         model.bridge.hooks(fwd_hooks=head_stops),
