@@ -16,11 +16,11 @@ off: the time is the capture, the reduction and the driver's statistics.
 
 The projection assumes: the corpus has EWT dev's mean sentence length; the shard part (capture and
 reduction: ``timings["capture"] + timings["score"]`` of the one-thread local run, per sentence) divides
-evenly over N workers like the local run (one torch thread plus capture's store thread, so a worker is
-up to two cores of this machine, as ``cpu_s / seconds`` shows; N workers means N such processes); the
-driver's part (bootstrap, tests: ``timings["stats"]``) grows linearly with the sentences and stays
-serial; Ray's start-up and the model loads (``ray-1`` minus ``local``) are paid once. Shards are read
-and written on local disk.
+evenly over N workers like the local run (one torch thread plus capture's store thread; ``cpu_s /
+seconds`` says how many cores such a process keeps busy, about one here; N workers means N such
+processes); the driver's part (bootstrap, tests: ``timings["stats"]``) grows linearly with the
+sentences and stays serial; Ray's start-up and the model loads (``ray-1`` minus ``local``) are paid
+once. Shards are read and written on local disk.
 """
 
 from __future__ import annotations
