@@ -211,6 +211,15 @@ class Model:
         return self._fingerprint
 
     @functools.cached_property
+    def hf_body(self):
+        """The head-less Hugging Face body (``LlamaModel``, ``BertModel``, ...) as plain HF modules that
+        share this model's weight tensors, or None; built once, on first use, by capture's forward
+        (`probekit.activations.forward.plain_body`)."""
+        from probekit.activations.forward import plain_body
+
+        return plain_body(self.hf_model)
+
+    @functools.cached_property
     def space_prefix(self) -> bool:
         """True when the tokenizer encodes " word" and "word" differently (BPE, GPT-2/Llama style): words
         that follow a space are then encoded with it."""

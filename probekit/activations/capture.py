@@ -1,6 +1,6 @@
 """Batched capture of word-level residuals and attention, streamed to a self-checking disk cache.
 
-`capture` aligns sentences to tokens, runs the bridge only up to the last requested layer, pools
+`capture` aligns sentences to tokens, runs the model only up to the last requested layer, pools
 sub-token residuals into words and turns token attention into word attention (Clark et al. 2019), writing
 straight into memory-mapped ``.npy`` files. Results live in ``$PROBEKIT_CACHE/capture/<key>/`` (key: a hash
 of the weights, sentences and settings); every file's size and BLAKE2b checksum is recorded while it is
@@ -53,6 +53,7 @@ from probekit.activations.cache import (
     temp_name,
     write_record,
 )
+from probekit.activations.forward import forward_for
 from probekit.data.schema import Sentence
 from probekit.errors import ProbekitError
 
@@ -60,9 +61,6 @@ from probekit.errors import ProbekitError
 #: reused. Checksums (format 2) changed no number, so it stays 1 and keys are unchanged.
 CACHE_VERSION = 1
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
-#: Hook points that fire after the last block, on entry to the final norm / LM head (causal) or MLM head
-#: (encoders). `_compute` raises ``StopAtLayerException`` on those present when the last block is captured.
-HEAD_ENTRY_HOOKS = hook_names.HEAD_ENTRY
 #: the heap is trimmed after a batch once resident anonymous memory grew this much (see `_heap_trimmer`)
 TRIM_SLACK_BYTES = 32 * 2**20
 
@@ -294,16 +292,7 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
     names = {hook_names.resid(layer, h) for h, layer in hooks}
     if attention:
         names |= {hook_names.pattern(layer) for layer in layers}
-    stop = max(layers) + 1
-    stop_at_layer = stop if stop < model.n_layers else None
-    # With the last block captured there is no block to stop at: stop on entering the final norm / head
-    # instead. The bridge's forward catches StopAtLayerException (as for stop_at_layer) and run_with_cache
-    # returns the cache filled so far, which holds every requested hook: all fire before the head.
-    head_stops = (
-        []
-        if stop_at_layer is not None
-        else [(name, _stop_here) for name in HEAD_ENTRY_HOOKS if name in model.bridge.hook_dict]
-    )
+    stop = max(layers) + 1  # the forward ends on entering block `stop` (or the final norm / head)
 
     order = sorted(range(len(encs)), key=lambda i: (int(encs.n_tokens[i]), i))
     batches = [order[i : i + settings["batch_size"]] for i in range(0, len(order), settings["batch_size"])]
@@ -350,7 +339,7 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
     # a serial loop; any error in `store` is raised here, at the next batch or at the end.
     with (
         torch.inference_mode(),
-        model.bridge.hooks(fwd_hooks=head_stops),
+        forward_for(model, names, stop) as forward,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="probekit-capture") as worker,
     ):
         pending: Future | None = None
@@ -361,12 +350,7 @@ def _compute(model, encs: PackedEncodings, settings: dict, folder: Path, progres
         for batch in reversed(batches):
             batch_encs = [encs[i] for i in batch]
             input_ids, attention_mask = pad_batch(batch_encs, model.pad_token_id)
-            _, cache = model.bridge.run_with_cache(
-                input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                names_filter=lambda name: name in names,
-                stop_at_layer=stop_at_layer,
-            )
+            cache = forward(input_ids.to(device), attention_mask.to(device))
             if pending is not None:
                 pending.result()  # the previous batch is stored (or its error raised) before the next starts
             pending = worker.submit(store, batch, batch_encs, cache)
@@ -472,13 +456,6 @@ def _heap_trimmer():
             level[0] = max(level[0], anon())
 
     return guard
-
-
-def _stop_here(tensor, *, hook):
-    """Forward hook: end the forward pass here; the bridge catches this exception and returns."""
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    raise StopAtLayerException(tensor)
 
 
 def _release(arr: np.memmap) -> None:

@@ -20,6 +20,7 @@ import probekit as pk
 capmod = importlib.import_module(
     "probekit.activations.capture"
 )  # the module; `probekit.activations.capture` is the function
+fwdmod = importlib.import_module("probekit.activations.forward")
 
 SENTS = [
     '"I don\'t know," said the U.S. mother-in-law of 1,000 cats.',
@@ -48,7 +49,7 @@ def _capture(model, **kw):
 
 def _old_behaviour(monkeypatch):
     """capture as it was before: the head runs (no stop hooks), written pages are not released."""
-    monkeypatch.setattr(capmod, "HEAD_ENTRY_HOOKS", ())
+    monkeypatch.setattr(fwdmod, "HEAD_ENTRY_HOOKS", ())
     monkeypatch.setattr(capmod, "_release", lambda arr: None)
 
 
@@ -116,7 +117,7 @@ def test_head_never_runs_during_capture(tiny_model, layers):
 
 def test_head_runs_without_the_stop_hooks(tiny_model, monkeypatch):
     """Positive control for the counter above: with the old behaviour the head fires once per batch."""
-    monkeypatch.setattr(capmod, "HEAD_ENTRY_HOOKS", ())
+    monkeypatch.setattr(fwdmod, "HEAD_ENTRY_HOOKS", ())
     counter = _HeadCounter(tiny_model)
     with tiny_model.bridge.hooks(fwd_hooks=counter.hooks()):
         _capture(tiny_model, batch_size=2)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from probekit.activations import hooks
 from probekit.activations.align import align, as_sentences, pad_batch, word_attention
+from probekit.activations.forward import stop_here
 from probekit.errors import ProbekitError
 
 #: The head-score weightings `probekit.analyses.heads.analyze_heads` accepts (``raw`` is the default).
@@ -278,7 +279,7 @@ def token_attention(model, encs, weightings=WEIGHTINGS) -> dict[str, list[np.nda
         names |= {hooks.z(layer) for layer in range(n_layers)}
     kv = kv_heads(model.n_heads, model.n_kv_heads)
     input_ids, attention_mask = pad_batch(list(encs), model.pad_token_id)
-    stops = [(name, _stop_here) for name in hooks.HEAD_ENTRY if name in model.bridge.hook_dict]
+    stops = [(name, stop_here) for name in hooks.HEAD_ENTRY if name in model.bridge.hook_dict]
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=stops):
         _, cache = model.bridge.run_with_cache(
             input_ids.to(model.device),
@@ -321,10 +322,3 @@ def _check_values(model, layer, pattern, v, z, kv, n_tok) -> None:
             where="weighting='norm'",
             fix="this model's attention variant is not supported by the norm weighting; use raw or rollout",
         )
-
-
-def _stop_here(tensor, *, hook):
-    """Forward hook: end the pass on entering the final norm / head (no logits are needed)."""
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    raise StopAtLayerException(tensor)
