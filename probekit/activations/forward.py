@@ -11,7 +11,7 @@ and both returning ``{hook name: tensor}``:
   device, whose parameters and buffers are the bridge's own tensors (``load_state_dict(assign=True)``;
   no copy, no second load). Hooks: a block's input and output, and the second output of its eager
   attention module. Used for the architectures whose hooks are checked bit-identical to the bridge's
-  (`ARCHITECTURES`; ``tests/unit/test_forward.py``, ``scripts/measure_bridge_bypass.py``), and only
+  (`ARCHITECTURES`; ``tests/unit/test_forward.py``, ``scripts/check_hf_forward.py``), and only
   while no hook is attached to the bridge, whose forward would apply it.
 - `BridgeForward`: the bridge's ``run_with_cache`` with capture's filter; every other case (``resid_mid``,
   any other architecture, a model placed by ``device_map``, hooks on the bridge).
@@ -167,9 +167,16 @@ def _hf_can_fill(model, names: set[str]) -> bool:
         return False
     if not all(name.split(".", 2)[-1] in HF_HOOKS for name in names):
         return False
-    return not any(
-        hp.fwd_hooks or hp._forward_hooks or hp._forward_pre_hooks for hp in model.bridge.hook_dict.values()
-    )
+    return not any(_has_user_hook(hp) for hp in model.bridge.hook_dict.values())
+
+
+def _has_user_hook(hook_point) -> bool:
+    """A hook someone attached: not one of the bridge's own permanent ones (for BERT it wires alias hook
+    points such as ``blocks.{l}.hook_mlp_in`` that way, without changing the forward), and no torch hook
+    added around ``add_hook``."""
+    own = [h for h in hook_point.fwd_hooks if h.is_permanent]
+    torch_hooks = len(hook_point._forward_hooks) + len(hook_point._forward_pre_hooks)
+    return len(own) < len(hook_point.fwd_hooks) or torch_hooks > len(own) or bool(hook_point.bwd_hooks)
 
 
 def plain_body(hf):

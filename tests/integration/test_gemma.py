@@ -91,3 +91,24 @@ def test_gemma_capture_ewt_rows(gemma, shared_data, tmp_path):
     att = cap.attention(0)  # [layer, head, w, w]
     rows = att.sum(-1) + cap.special_mass(0)
     np.testing.assert_allclose(rows, 1.0, atol=1e-4)
+
+
+def test_gemma_plain_hf_forward_stores_the_bridges_bytes(gemma, shared_data, tmp_path):
+    """Gemma 3 captures through plain HF modules sharing the weights; the stored bytes (every file's
+    checksum) equal those of a capture through the bridge, sliding-window layers included."""
+    import importlib
+    import json
+
+    fwdmod = importlib.import_module("probekit.activations.forward")
+    data = pk.load_dataset(f"ud:{shared_data / 'ud-en-ewt' / 'en_ewt-ud-dev.conllu'}", max_sentences=24)
+    assert gemma.hf_body is not None
+    sums = []
+    for bridge in (False, True):
+        with pytest.MonkeyPatch.context() as m:
+            if bridge:
+                m.setattr(fwdmod, "_hf_can_fill", lambda model, names: False)
+            cap = pk.capture(
+                gemma, data, resid=("resid_post",), cache_dir=tmp_path / str(bridge), progress=False
+            )
+        sums.append(json.loads((cap.path / "checksums.json").read_text()))
+    assert sums[0] == sums[1]

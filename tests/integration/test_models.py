@@ -119,3 +119,31 @@ def test_real_model_capture_attention_rows(fixture, request, tmp_path):
         np.testing.assert_allclose(att.sum(-1) + cap.special_mass(i), 1.0, atol=1e-5)
         if model.is_causal:
             assert np.all(np.triu(att, k=1) == 0.0)
+
+
+def _checksums(model, sentences, root, bridge: bool) -> dict:
+    """``checksums.json`` of a capture of every layer's resid_pre, resid_post and attention."""
+    import importlib
+    import json
+
+    fwdmod = importlib.import_module("probekit.activations.forward")
+    with pytest.MonkeyPatch.context() as m:
+        if bridge:
+            m.setattr(fwdmod, "_hf_can_fill", lambda model, names: False)
+        cap = pk.capture(
+            model, sentences, resid=("resid_pre", "resid_post"), cache_dir=root / str(bridge), progress=False
+        )
+    return json.loads((cap.path / "checksums.json").read_text())
+
+
+@pytest.mark.parametrize("fixture", ["smollm", "minilm"])
+def test_plain_hf_forward_stores_the_bridges_bytes(fixture, request, shared_data, tmp_path):
+    """Capture through plain HF modules sharing the weights (the default for these models) stores exactly
+    what capture through the bridge stores: every file's BLAKE2b checksum, on 48 EWT sentences."""
+    model = request.getfixturevalue(fixture)
+    assert model.hf_body is not None
+    data = pk.load_dataset(f"ud:{shared_data / 'ud-en-ewt' / 'en_ewt-ud-dev.conllu'}", max_sentences=48)
+    plain, bridged = (_checksums(model, data, tmp_path, bridge) for bridge in (False, True))
+    stored = {"resid_pre.0.npy", "attention.npy", "special_mass.npy"}
+    stored |= {f"resid_post.{layer}.npy" for layer in range(model.n_layers)}
+    assert plain == bridged and stored <= set(plain["files"])
