@@ -10,15 +10,17 @@ Same sentences, same right-padded, length-sorted batches of 16 for every variant
 - ``tl-cache-filter``: ``run_with_cache`` with capture's ``names_filter`` (resid_post + hook_pattern).
 - ``probekit-capture``: ``probekit.activations.capture`` into a fresh cache folder (tokenising, pooling words,
   word attention and writing the memory maps included; the folder is deleted after the clock stops).
-  It stops before the final norm and the LM/MLM head, which the other variants compute (all but
-  ``hf-body-forward``), so it can run faster than the floor.
+  Its forward runs through plain HF modules that share the bridge's weights
+  (`probekit.activations.forward.HfForward`). It stops before the final norm and the LM/MLM head, which
+  the other variants compute (all but ``hf-body-forward``), so it can run faster than the floor.
 - ``capture-serial``: the same ``capture`` call with each batch stored (pooled, word attention, written,
   hashed) on the main thread right after its forward (`SerialExecutor`), as before capture overlapped
   storing batch k with the forward of batch k+1: what the overlap saves.
-- ``capture-hf-hooks``: the same ``capture`` call with the bridge's ``run_with_cache`` replaced by plain
-  torch forward hooks on the pristine HF model (`HfHooks`): what capture would cost without
-  TransformerLens. Not how probekit captures today; its stored bytes are checked identical to
-  ``probekit-capture``'s (``hf_hooks_capture_identical``).
+- ``capture-bridge``: the same ``capture`` call with its forward through the bridge's ``run_with_cache``
+  (`probekit.activations.forward.BridgeForward`, what capture uses for other architectures, for
+  ``resid_mid`` or with hooks on the bridge, and used for every capture before): what bypassing
+  TransformerLens saves. Its stored bytes are checked identical to ``probekit-capture``'s
+  (``bridge_capture_identical``).
 
 Every variant also runs once in a fresh process for its peak memory (see `probekit.bench`), on the first
 `MEMORY_SENTENCES` sentences.
@@ -56,7 +58,7 @@ VARIANTS = (
     "tl-cache-filter",
     "probekit-capture",
     "capture-serial",
-    "capture-hf-hooks",
+    "capture-bridge",
 )
 FLOOR = "hf-forward"
 RSS_KEYS = (
@@ -75,25 +77,27 @@ FULL_SENTENCES = 256
 MEMORY_SENTENCES = 64
 #: timed in full mode only when asked for (set PROBEKIT_BENCH_CAPTURE_ALL=1): known from the previous report
 EXTRA_VARIANTS = ("bridge-forward", "tl-cache-all")
-#: the "before" of this benchmark: the report of commit 55c4804 (256 sentences, 3 repetitions, on an AMD
+#: the "before" of this benchmark: the report of commit 4c88285 (256 sentences, 3 repetitions, on an AMD
 #: EPYC (family 25, model 17), as this run's line names its own CPU), for the before/after comparison
 BEFORE = {
     "smollm2-135m": {
-        "vs_body": 1.23,
-        "profile": "numpy einsum (word attention) 0.37 s, _compute's own lines 0.26 s, cache.add 0.23 s "
-        "of 8.52 s",
+        "vs_body": 1.07,
+        "profile": "the model's linear layers 7.39 s, numpy einsum (word attention) 0.32 s, store's own "
+        "lines 0.27 s, chunk digests 0.21 s of 10.24 s",
     },
     "minilm-l6": {
-        "vs_body": 1.39,
-        "profile": "numpy einsum 0.10 s, _compute's own lines 0.05 s, cache.add 0.04 s of 1.16 s",
+        "vs_body": 1.16,
+        "profile": "the model's linear layers 0.88 s, numpy einsum 0.11 s, store's own lines 0.06 s, chunk "
+        "digests 0.05 s of 1.53 s",
     },
 }
 #: what changed in capture since `BEFORE`
 CHANGES = (
-    "Since the previous report: capture stores batch k (pooling, word attention, memory-map writes, chunk "
-    "digests) on one worker thread while batch k+1 runs its forward; the stored bytes are unchanged. "
-    "`capture-serial` is capture with storing back on the main thread, right after each forward, as "
-    "before: the same code with a synchronous executor, timed in the same interleaved run."
+    "Since the previous report: capture's forward runs through plain Hugging Face modules that share the "
+    "bridge's weight tensors (`probekit.activations.forward.HfForward`: a block's input and output and its "
+    "eager attention's weights, read by torch forward hooks) instead of the bridge's `run_with_cache`; "
+    "the stored bytes are unchanged. `capture-bridge` is the same capture through the bridge, as before, "
+    "timed in the same interleaved run."
 )
 
 
@@ -161,79 +165,25 @@ def load_pristine_hf(name: str, with_tokenizer: bool = False):
     return (hf.eval(), tokenizer, causal) if with_tokenizer else hf.eval()
 
 
-class _EndForwardError(Exception):
-    """Raised by a hook to end the HF forward at the first layer not asked for."""
-
-
-class HfHooks:
-    """``run_with_cache`` over a plain HF model: the bridge's hook names, filled by torch forward hooks.
-
-    ``blocks.{l}.hook_resid_pre`` is layer l's input, ``blocks.{l}.hook_resid_post`` its output and
-    ``blocks.{l}.attn.hook_pattern`` the weights its eager attention module returns as second output;
-    the three kinds `probekit.activations.capture` reads. ``stop_at_layer`` ends the forward on
-    entering that layer. A measurement of what capture would cost without the bridge (the
-    ``capture-hf-hooks`` variant), not probekit's capture path.
-    """
-
-    def __init__(self, hf):
-        self.body = hf.base_model
-        self.layers = self.body.layers if hasattr(self.body, "layers") else self.body.encoder.layer
-        self.attns = [ly.self_attn if hasattr(ly, "self_attn") else ly.attention.self for ly in self.layers]
-
-    def run_with_cache(self, input_ids, attention_mask=None, names_filter=None, stop_at_layer=None):
-        store: dict[str, torch.Tensor] = {}
-        wanted = names_filter or (lambda name: True)
-
-        def keep(name, pick):
-            return lambda module, args, *rest: store.__setitem__(name, pick(args, *rest))
-
-        handles = []
-        for i, (layer, attn) in enumerate(zip(self.layers, self.attns, strict=True)):
-            if wanted(f"blocks.{i}.hook_resid_pre"):
-                pre = keep(f"blocks.{i}.hook_resid_pre", lambda a, kw: a[0] if a else kw["hidden_states"])
-                handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-            if wanted(f"blocks.{i}.hook_resid_post"):
-                post = keep(
-                    f"blocks.{i}.hook_resid_post", lambda a, out: out[0] if isinstance(out, tuple) else out
-                )
-                handles.append(layer.register_forward_hook(post))
-            if wanted(f"blocks.{i}.attn.hook_pattern"):
-                handles.append(
-                    attn.register_forward_hook(keep(f"blocks.{i}.attn.hook_pattern", lambda a, out: out[1]))
-                )
-        if stop_at_layer is not None and stop_at_layer < len(self.layers):
-
-            def stop(module, args, kwargs):
-                raise _EndForwardError
-
-            handles.append(self.layers[stop_at_layer].register_forward_pre_hook(stop, with_kwargs=True))
-        try:
-            self.body(input_ids=input_ids, attention_mask=attention_mask)
-        except _EndForwardError:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return None, store
-
-
 def capture_through(
     model,
-    hooks: HfHooks | None,
     sentences,
     cache_dir: Path,
     resid: tuple[str, ...] = ("resid_post",),
     serial: bool = False,
+    bridge: bool = False,
 ):
     """`probekit.activations.capture` of every layer's ``resid`` hooks and attention into ``cache_dir``;
-    with ``hooks``, the bridge's ``run_with_cache`` is replaced by ``hooks.run_with_cache`` for the call;
-    with ``serial``, each batch is stored on this thread right after its forward (`SerialExecutor`)."""
+    with ``serial``, each batch is stored on this thread right after its forward (`SerialExecutor`);
+    with ``bridge``, the forward runs through the bridge (`BridgeForward`) where capture would run it
+    through plain HF modules."""
     import importlib
 
     capmod = importlib.import_module("probekit.activations.capture")
-    shipped, executor = model.bridge.run_with_cache, capmod.ThreadPoolExecutor
-    if hooks is not None:
-        model.bridge.run_with_cache = hooks.run_with_cache
+    fwdmod = importlib.import_module("probekit.activations.forward")
+    executor, can_fill = capmod.ThreadPoolExecutor, fwdmod._hf_can_fill
+    if bridge:
+        fwdmod._hf_can_fill = lambda model, names: False
     if serial:
         capmod.ThreadPoolExecutor = SerialExecutor
     try:
@@ -249,7 +199,7 @@ def capture_through(
             progress=False,
         )
     finally:
-        model.bridge.run_with_cache, capmod.ThreadPoolExecutor = shipped, executor
+        capmod.ThreadPoolExecutor, fwdmod._hf_can_fill = executor, can_fill
 
 
 def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] = VARIANTS) -> dict:
@@ -286,13 +236,11 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
                 )
                 del cache
 
-    def run_capture(hooks: HfHooks | None = None, serial: bool = False):
+    def run_capture(serial: bool = False, bridge: bool = False):
         folder = Path(tempfile.mkdtemp(prefix="cap-", dir=tmp_root))
-        cap = capture_through(model, hooks, work.sentences, folder, serial=serial)
+        cap = capture_through(model, work.sentences, folder, serial=serial, bridge=bridge)
         del cap
         return lambda: shutil.rmtree(folder, ignore_errors=True)
-
-    hf_hooks = HfHooks(hf) if hf is not None else None
 
     variants = {
         "hf-forward": hf_forward,
@@ -301,11 +249,11 @@ def make_variants(work: Workload, hf, tmp_root: Path, include: tuple[str, ...] =
         "tl-cache-all": cache_all,
         "tl-cache-filter": cache_filter,
         "probekit-capture": run_capture,
-        "capture-serial": functools.partial(run_capture, None, True),
-        "capture-hf-hooks": functools.partial(run_capture, hf_hooks),
+        "capture-serial": functools.partial(run_capture, serial=True),
+        "capture-bridge": functools.partial(run_capture, bridge=True),
     }
     if hf is None:
-        for needs_hf in ("hf-forward", "hf-body-forward", "capture-hf-hooks"):
+        for needs_hf in ("hf-forward", "hf-body-forward"):
             variants.pop(needs_hf)
     return {k: v for k, v in variants.items() if k in include}
 
@@ -331,9 +279,9 @@ def child(model: str, variant: str, n: int, data: str | None = None) -> dict:
             work = Workload(m, sentences)
             fn = make_variants(work, hf, tmp_root)[variant]
             warm = make_variants(Workload(m, sentences[:BATCH_SIZE]), hf, tmp_root)[variant]
-        else:  # the bridge (and, to capture through hooks, the plain HF model too)
+        else:  # the bridge (capture shares its weights)
             m = load_model(model, device="cpu")
-            hf = load_pristine_hf(model) if variant == "capture-hf-hooks" else None
+            hf = None
             work = Workload(m, sentences)
             fn = make_variants(work, hf, tmp_root)[variant]
             warm = make_variants(Workload(m, sentences[:BATCH_SIZE]), hf, tmp_root)[variant]
@@ -466,7 +414,8 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
 def _check_same_outputs(model, hf, work: Workload) -> dict:
     """Sanity checks: on one batch, the pristine HF model and the bridge give the same residual stream (the
     logits are not compared: MiniLM's MLM head is randomly initialised at every load); on the first
-    chunk, capture through `HfHooks` stores the same bytes as through the bridge (``checksums.json``)."""
+    chunk, capture through plain HF modules stores the same bytes as through the bridge
+    (``checksums.json``)."""
     ids, mask = work.padded[0]
     real = mask.bool()
     n_layers = model.n_layers
@@ -481,20 +430,23 @@ def _check_same_outputs(model, hf, work: Workload) -> dict:
         float((hidden[k] - cache[f"blocks.{k - 1}.hook_resid_post"]).abs()[real].max())
         for k in range(1, n_layers)
     )
-    # capture through plain HF hooks must store the same bytes as through the bridge (every file's
+    # capture through plain HF modules must store the same bytes as through the bridge (every file's
     # checksum), on the first chunk's sentences
     folder = Path(tempfile.mkdtemp(prefix="probekit-bench-check-"))
     try:
         sentences = work.sentences[: BATCH_SIZE * CHUNK_BATCHES]
         sums = [
             json.loads(
-                (capture_through(model, hooks, sentences, folder / tag).path / "checksums.json").read_text()
+                (
+                    capture_through(model, sentences, folder / str(bridge), bridge=bridge).path
+                    / "checksums.json"
+                ).read_text()
             )
-            for tag, hooks in (("bridge", None), ("hooks", HfHooks(hf)))
+            for bridge in (False, True)
         ]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"hf_vs_bridge_resid_max_abs_diff": diff, "hf_hooks_capture_identical": sums[0] == sums[1]}
+    return {"hf_vs_bridge_resid_max_abs_diff": diff, "bridge_capture_identical": sums[0] == sums[1]}
 
 
 def _thread_sensitivity(
@@ -542,7 +494,7 @@ def _profiles(model, sentences, tmp_root: Path, profile_dir: Path, name: str) ->
 
     def once():
         folder = Path(tempfile.mkdtemp(dir=tmp_root))
-        capture_through(model, None, sentences, folder, serial=True)
+        capture_through(model, sentences, folder, serial=True)
         shutil.rmtree(folder, ignore_errors=True)
 
     once()  # warm
@@ -662,9 +614,9 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                 text += f" Before (previous report): {BEFORE[model]['vs_body']:.2f}×."
             if filt == filt:
                 text += (
-                    " The bridge's share of that, estimated as `run_with_cache` with capture's filter less "
-                    f"the head's share, over `hf-body-forward`: {(filt - (1 - body)) / body:.2f}× (probekit "
-                    "cannot remove it short of bypassing the bridge)."
+                    " What the bridge alone would cost, estimated as `run_with_cache` with capture's filter "
+                    f"less the head's share, over `hf-body-forward`: {(filt - (1 - body)) / body:.2f}× "
+                    "(capture no longer pays it: see `capture-bridge`)."
                 )
             if "capture-serial" in per_rep:
                 serial = per_rep["capture-serial"] / per_rep["hf-body-forward"]
@@ -675,15 +627,17 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
                     f"{serial.max():.2f}): overlapping storing with the next forward saves "
                     f"{saved.median():.0%} of that time (median over repetitions)."
                 )
-            if "capture-hf-hooks" in per_rep:
-                hooked = per_rep["capture-hf-hooks"] / per_rep["hf-body-forward"]
-                same = f["hf_hooks_capture_identical"].iloc[0] if "hf_hooks_capture_identical" in f else None
+            if "capture-bridge" in per_rep:
+                bridged = per_rep["capture-bridge"] / per_rep["hf-body-forward"]
+                saved = 1 - per_rep["probekit-capture"] / per_rep["capture-bridge"]
+                same = f["bridge_capture_identical"].iloc[0] if "bridge_capture_identical" in f else None
                 stored = "not checked" if same is None else "identical" if same else "NOT identical"
                 text += (
-                    " Bypassing it: the same capture through plain HF forward hooks (`capture-hf-hooks`; "
-                    f"stored bytes {stored} to probekit-capture's, every file's checksum) runs at "
-                    f"**{hooked.median():.2f}×** `hf-body-forward` (min/max {hooked.min():.2f}–"
-                    f"{hooked.max():.2f}): what is left over 1 is probekit's own post-processing."
+                    " The same capture through the bridge (`capture-bridge`, as before; stored bytes "
+                    f"{stored} to probekit-capture's, every file's checksum) runs at "
+                    f"**{bridged.median():.2f}×** `hf-body-forward` (min/max {bridged.min():.2f}–"
+                    f"{bridged.max():.2f}): running the forward through plain HF modules saves "
+                    f"{saved.median():.0%} of that time (median over repetitions)."
                 )
         if "hf_vs_bridge_resid_max_abs_diff" in f and f["hf_vs_bridge_resid_max_abs_diff"].notna().any():
             c = f.iloc[0]
@@ -756,14 +710,17 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
     )
     lines += [CHANGES + (f" CPU of this run: {cpu}." if cpu else ""), ""]
     lines += [
-        "**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays two "
-        "things and saves one. (1) TransformerLens: the bridge replaces HF's attention and norm modules "
-        "with its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` adds "
-        "hook dispatch and copies — that is the step from 1.0× to the `tl-cache-filter` ratio, and probekit "
-        "cannot remove it short of bypassing the bridge. (2) probekit's own post-processing (tokenising, "
+        "**Where probekit loses and gains, and why.** Measured against the bare forward, capture pays one "
+        "thing and saves two. (1) Saved: TransformerLens. The bridge replaces HF's attention and norm "
+        "modules with its own (hook points, pattern materialised for `hook_pattern`), and `run_with_cache` "
+        "adds hook dispatch and copies — the step from 1.0× to the `tl-cache-filter` ratio. For Llama, "
+        "Gemma 3 and BERT, capture reads its three hooks (a block's input and output, the eager "
+        "attention's weights) from plain HF modules that share the bridge's weight tensors instead, and "
+        "keeps the bridge for anything else (`resid_mid`, other architectures, hooks attached to the "
+        "bridge); `capture-bridge` times that path. (2) probekit's own post-processing (tokenising, "
         "pooling, word attention, memory-map writes). (3) Saved: the final norm and the LM/MLM head, whose "
-        "logits capture never reads; `_compute` stops on entering them (a hook raising the bridge's "
-        "`StopAtLayerException`), which the floor and the `tl-*`/`bridge-*` variants do not. The "
+        "logits capture never reads; the forward ends on entering them, which the floor and the "
+        "`tl-*`/`bridge-*` variants do not. The "
         "`hf-body-forward` rows show the head's share "
         f"({', '.join(f'{m} {v:.0%}' for m, v in head_share.items())} of the floor; largest for {top}). "
         "probekit's own work runs on a worker thread beside the next batch's forward (numpy and BLAKE2b "
@@ -772,9 +729,7 @@ def _notes(frame: pd.DataFrame, ctx: bench.BenchContext) -> str:
         "What it consists of (profiles below): word attention, a numpy `einsum` per "
         "sentence (kept: a BLAS product would associate the float sums differently and change stored "
         "numbers; one einsum per batch instead measured no gain), the BLAKE2b chunk "
-        "digests (every output byte hashed once), tokenising, and the copies out of the bridge's cache. "
-        "Where the bridge's share alone reaches the 1.05× budget (see each model's line), the goal "
-        "cannot be met while capture runs through TransformerLens."
+        "digests (every output byte hashed once) and tokenising."
     ]
     for model in main.model.unique():
         cprof = _read(ctx.out / "profiles" / f"capture_{model}_cprofile.txt")

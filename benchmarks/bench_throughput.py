@@ -13,6 +13,10 @@ off: the time is the capture, the reduction and the driver's statistics.
   Ray (``ray.init(address="local", num_cpus=2)``: always a fresh local instance, never a cluster another
   job left running), shards of 32 sentences; the worker start-up and model loads are inside the timing,
   since a real run pays them too.
+- ``ray-load-1``, ``ray-load-2``: the same Ray workers (`probekit.parallel.shards.ShardWorker`, one CPU
+  each), started the same way, each loading the model and doing nothing else: what ``ray-1`` and
+  ``ray-2`` spend before their first shard. ``ray-k`` minus ``ray-load-k`` is then the shard work and
+  the driver's statistics: the breakdown of 2 vs 1 workers.
 
 The projection assumes: the corpus has EWT dev's mean sentence length; the shard part (capture and
 reduction: ``timings["capture"] + timings["score"]`` of the one-thread local run, per sentence) divides
@@ -47,6 +51,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     from probekit.data.dataset import Dataset
     from probekit.models import cache_root, load_model
     from probekit.parallel import RayOptions, ShardStore, sharded_model
+    from probekit.parallel.shards import ShardWorker
 
     ctx = ctx or bench.BenchContext(quick=quick)
     model_name = "tiny-llama" if quick else "smollm2-135m"
@@ -63,15 +68,19 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     before = os.environ.get("PROBEKIT_CACHE")
     try:
-        for variant, workers in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
+        variants = (("local", 0), ("ray-1", 1), ("ray-2", 2), ("ray-load-1", 1), ("ray-load-2", 2))
+        for variant, workers in variants:
             cache = Path(tempfile.mkdtemp(prefix="pk-tp-"))
             (cache / "models").symlink_to(models_dir, target_is_directory=True)
             os.environ["PROBEKIT_CACHE"] = str(cache)  # cold capture cache; the workers get it too
             try:
                 bench.set_threads(1)
                 t0, cpu0 = time.perf_counter(), time.process_time()
+                res = None
                 if workers == 0:
                     res = analyze_heads(model, data, **kw)
+                elif variant.startswith("ray-load"):
+                    _load_only(ray, ShardWorker, model_name, workers)
                 else:
                     options = RayOptions(workers=workers)
                     sm = sharded_model(model, options, shard_size=32, store=ShardStore(cache / "shards"))
@@ -92,8 +101,8 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "tokens_per_s": n_tokens / seconds,
                     "sentences_per_s": len(sentences) / seconds,
                     "workers": workers,
-                    "shard_s": res.timings["capture"] + res.timings["score"],
-                    "stats_s": res.timings["stats"],
+                    "shard_s": res.timings["capture"] + res.timings["score"] if res else float("nan"),
+                    "stats_s": res.timings["stats"] if res else float("nan"),
                     "cpu_s": cpu_s,
                     "threads": 1,
                 }
@@ -111,6 +120,23 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     frame["source"] = source
     frame.attrs["table"], frame.attrs["notes"] = render(frame, ctx)
     return frame
+
+
+def _load_only(ray, worker_class, model_name: str, workers: int) -> None:
+    """Start ``workers`` shard workers as `run_on_ray` does (one CPU, one torch thread each) and have each
+    load ``model_name``, at once; return when all have loaded it, and end them."""
+    from probekit.parallel.shards import FORWARDED_ENV
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    actor_class = ray.remote(worker_class).options(num_cpus=1, num_gpus=0, max_restarts=0)
+    actors = [actor_class.remote(env, 1) for _ in range(workers)]
+    spec = {"model": model_name, "device": None, "seed": 0}
+    loaded = lambda model, spec: {"n_layers": model.n_layers}  # noqa: E731 (a lambda: Ray ships it by value)
+    try:
+        ray.get([a.run.remote(loaded, spec, 0, None) for a in actors])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, str]:
@@ -134,6 +160,7 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
         f"{speedup:.2f}x (this machine has 2 cores, shared with the driver).",
         "",
         *_cores_line(local, speedup),
+        *_breakdown(main),
         f"Projected time for {PROJECT_SENTENCES:,} sentences (EWT dev's mean length; the shard part, "
         f"{per_sentence * 1000:.1f} ms per sentence in the one-thread local run, divides evenly over N "
         f"workers like it; the driver's statistics, {stats_per_sentence * 1000:.2f} ms per sentence, "
@@ -162,8 +189,25 @@ def _cores_line(local: pd.Series, speedup: float) -> list[str]:
     return [
         f"The one-thread local run kept {cores:.2f} cores busy on average (process CPU time / wall time; "
         "capture stores batch k on a second thread while batch k+1 runs its forward), so a worker like it "
-        f"needs about one core, and the second core was free for the second worker. What holds 2 vs 1 to "
-        f"{speedup:.2f}x rather than 2x (the driver, two model loads at once, shared memory bandwidth) "
-        "is not broken down here.",
+        "needs about one core, and the second core was free for the second worker.",
+        "",
+    ]
+
+
+def _breakdown(main: pd.DataFrame) -> list[str]:
+    """ray-k = start-up and model loads (``ray-load-k``) + the rest (shards, driver's statistics)."""
+    got = {v: main[main.variant == v].seconds for v in ("ray-1", "ray-2", "ray-load-1", "ray-load-2")}
+    if any(len(x) == 0 for x in got.values()):
+        return []
+    sec = {v: float(x.iloc[0]) for v, x in got.items()}
+    rest = {k: sec[f"ray-{k}"] - sec[f"ray-load-{k}"] for k in (1, 2)}
+    return [
+        "Where 2 workers vs 1 goes: starting the workers and loading the model took "
+        f"{sec['ray-load-1']:.1f} s for one worker and {sec['ray-load-2']:.1f} s for two at once "
+        f"(`ray-load-1`, `ray-load-2`); the rest of each run (the shards and the driver's statistics) took "
+        f"{rest[1]:.1f} s on one worker and {rest[2]:.1f} s on two, "
+        f"{rest[1] / rest[2] if rest[2] > 0 else float('nan'):.2f}x. "
+        f"The loads are {sec['ray-load-2'] / sec['ray-2']:.0%} of the 2-worker run; they are paid once "
+        "per worker, so their share falls as the corpus grows.",
         "",
     ]

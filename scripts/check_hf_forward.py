@@ -1,24 +1,23 @@
-"""Would capture meet issue 19's 1.05x goal without the TransformerLens bridge? A measurement, not a feature.
+"""Check capture's plain-HF forward against the bridge on any model probekit loads; time both.
 
-    python scripts/measure_bridge_bypass.py smollm2-135m [N_SENTENCES]
+    python scripts/check_hf_forward.py smollm2-135m [N_SENTENCES]
 
-Capture reads three kinds of hook: ``resid_pre``, ``resid_post`` and ``attn.hook_pattern``. A plain
-Hugging Face model gives all three through ordinary torch forward hooks: a decoder/encoder layer's input
-and output, and the second output of the eager attention module (its softmax weights). This script
-loads the model twice, once as probekit does (the bridge) and once as plain HF with the same weights
-(`benchmarks/bench_capture.load_pristine_hf`, hooks by `benchmarks/bench_capture.HfHooks`, whose
-``capture-hf-hooks`` variant times the same in ``make bench``). It then checks three things.
+Capture reads three kinds of hook: ``resid_pre``, ``resid_post`` and ``attn.hook_pattern``. For Llama,
+Gemma 3 and BERT it reads them from plain Hugging Face modules that share the bridge's weight tensors
+(`probekit.activations.forward.HfForward`), not from the bridge's ``run_with_cache`` (`BridgeForward`).
+The unit tests check this on the tiny models; this script checks it on a real one (the Gemma 3 extra
+included, which the default test run does not install), in three steps.
 
 1. **Bit identity, hook by hook.** Every layer's ``resid_pre``, ``resid_post`` and pattern, over the real
-   tokens of every batch, from HF hooks against the bridge's ``run_with_cache``.
+   tokens of every batch, from `HfForward` against `BridgeForward` (same model, same padded batches).
 2. **Bit identity of what capture stores.** `probekit.activations.capture` runs twice into fresh
-   cache folders, once as shipped and once with the bridge's ``run_with_cache`` replaced by the HF hooks.
-   The two ``checksums.json`` must be equal; they hold the BLAKE2b digest of every stored array.
+   cache folders, as shipped and with its forward through the bridge. The two ``checksums.json`` must be
+   equal; they hold the BLAKE2b digest of every stored array.
 3. **Time.** Three variants run interleaved, with rotated order, at 1 torch thread, as in ``make bench``:
-   the head-less HF forward (``hf-body``); capture as shipped; capture through HF hooks. Each ratio is
-   taken against ``hf-body`` within a repetition, and the median over repetitions is reported.
+   the head-less HF forward (``hf-body``, the plain body itself); capture as shipped; capture through
+   the bridge. Each ratio is taken against ``hf-body`` within a repetition; the median is reported.
 
-It prints its findings and writes nothing under ``results/``. The closing note of issue 19 quotes a run.
+It prints its findings and writes nothing under ``results/``.
 """
 
 from __future__ import annotations
@@ -38,25 +37,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import probekit as pk  # noqa: E402
-from benchmarks.bench_capture import HfHooks, Workload, capture_through, load_pristine_hf  # noqa: E402
+from benchmarks.bench_capture import Workload, capture_through  # noqa: E402
 from probekit import bench  # noqa: E402
+from probekit.activations import hooks as hook_names  # noqa: E402
+from probekit.activations.forward import HF_HOOKS, BridgeForward, HfForward  # noqa: E402
 
 
-def check_hooks(model, hooks: HfHooks, work: Workload) -> tuple[int, int, float]:
+def check_hooks(model, work: Workload) -> tuple[int, int, float]:
     """(hook tensors compared, of which bit-identical, max |diff|) over real tokens of every batch."""
-    names = {
-        f"blocks.{i}.{h}"
-        for i in range(model.n_layers)
-        for h in ("hook_resid_pre", "hook_resid_post", "attn.hook_pattern")
-    }
+    names = {hook_names.block(i, h) for i in range(model.n_layers) for h in HF_HOOKS}
+    plain = HfForward(model.hf_body, names, model.n_layers)
+    bridge = BridgeForward(model, names, model.n_layers)
     compared = same = 0
     worst = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), bridge.attached():
         for ids, mask in work.padded:
-            _, ours = hooks.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in names)
-            _, theirs = model.bridge.run_with_cache(
-                ids, attention_mask=mask, names_filter=lambda n: n in names
-            )
+            ours, theirs = plain(ids, mask), bridge(ids, mask)
             for name in sorted(names):
                 for b in range(ids.shape[0]):
                     t = int(mask[b].sum())
@@ -70,10 +66,10 @@ def check_hooks(model, hooks: HfHooks, work: Workload) -> tuple[int, int, float]
     return compared, same, worst
 
 
-def run_capture(model, hooks: HfHooks | None, sentences, root: Path) -> dict:
-    """``checksums.json`` of a capture of resid_pre, resid_post and attention (through ``hooks`` if given)."""
+def run_capture(model, sentences, root: Path, bridge: bool = False) -> dict:
+    """``checksums.json`` of a capture of resid_pre, resid_post and attention (bridge: through it)."""
     folder = Path(tempfile.mkdtemp(dir=root))
-    cap = capture_through(model, hooks, sentences, folder, resid=("resid_pre", "resid_post"))
+    cap = capture_through(model, sentences, folder, resid=("resid_pre", "resid_post"), bridge=bridge)
     sums = json.loads((cap.path / "checksums.json").read_text())
     del cap
     shutil.rmtree(folder, ignore_errors=True)
@@ -85,33 +81,35 @@ def main(argv: list[str]) -> int:
     n = int(argv[1]) if len(argv) > 1 else 256
     torch.set_num_threads(1)
     model = pk.load_model(name, device="cpu")
-    hooks = HfHooks(load_pristine_hf(name))
     sentences, source = bench.bench_sentences(n, bench.BenchContext(data=None))
     work = Workload(model, sentences)
     print(
         f"{name}: {n} sentences of {source}, {len(work.padded)} batches of {work.batch_size}, 1 torch thread"
     )
 
-    compared, same, worst = check_hooks(model, hooks, work)
+    if model.hf_body is None:
+        print(f"{name}: capture runs through the bridge for this model (no plain body); nothing to check")
+        return 0
+    compared, same, worst = check_hooks(model, work)
     print(f"1. hooks: {same} of {compared} (hook, sentence) tensors bit-identical; max |diff| {worst:.1e}")
 
-    root = Path(tempfile.mkdtemp(prefix="bypass-"))
-    shipped = run_capture(model, None, sentences, root)
-    bypassed = run_capture(model, hooks, sentences, root)
+    root = Path(tempfile.mkdtemp(prefix="hf-forward-"))
+    shipped = run_capture(model, sentences, root)
+    bridged = run_capture(model, sentences, root, bridge=True)
     print(
-        f"2. capture: checksums.json {'identical' if shipped == bypassed else 'DIFFERENT'} "
+        f"2. capture: checksums.json {'identical' if shipped == bridged else 'DIFFERENT'} "
         f"({len(shipped.get('files', shipped))} stored files)"
     )
 
     def hf_body():
         with torch.inference_mode():
             for ids, mask in work.padded:
-                hooks.body(input_ids=ids, attention_mask=mask)
+                model.hf_body(input_ids=ids, attention_mask=mask)
 
     variants = {
         "hf-body": hf_body,
-        "capture (bridge)": functools.partial(run_capture, model, None, sentences, root),
-        "capture (HF hooks)": functools.partial(run_capture, model, hooks, sentences, root),
+        "capture (shipped)": functools.partial(run_capture, model, sentences, root),
+        "capture (bridge)": functools.partial(run_capture, model, sentences, root, bridge=True),
     }
     for fn in variants.values():
         fn()  # warm-up

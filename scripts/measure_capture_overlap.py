@@ -43,7 +43,7 @@ def main(n: int = 128) -> None:
                 for serial in (False, True) if rep % 2 else (True, False):
                     folder = Path(tempfile.mkdtemp(prefix="pk-overlap-"))
                     t0 = time.perf_counter()
-                    capture_through(model, None, sentences, folder, serial=serial)
+                    capture_through(model, sentences, folder, serial=serial)
                     seconds[serial].append(time.perf_counter() - t0)
                     shutil.rmtree(folder, ignore_errors=True)
             overlapped, serial_s = seconds[False][1:], seconds[True][1:]

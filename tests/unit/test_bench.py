@@ -333,10 +333,10 @@ def test_quick_bench_writes_well_formed_outputs(tmp_path):
         "tl-cache-filter",
         "probekit-capture",
         "capture-serial",
-        "capture-hf-hooks",
+        "capture-bridge",
     } <= set(cap.variant)
-    # capture through plain HF hooks stores the same bytes as through the bridge, on both architectures
-    assert cap.groupby("model").hf_hooks_capture_identical.first().astype(bool).all()
+    # capture through plain HF modules stores the same bytes as through the bridge, on both architectures
+    assert cap.groupby("model").bridge_capture_identical.first().astype(bool).all()
     assert set(cap.model) == {"tiny-llama", "tiny-bert"}
     assert (cap.seconds > 0).all() and np.isfinite(cap.tokens_per_s).all() and (cap.n_tokens > 0).all()
     assert np.allclose(cap[cap.variant == "hf-forward"].ratio_vs_floor, 1.0)
@@ -421,3 +421,32 @@ def test_capture_streams_is_the_probe_benchmarks_capture(tiny_llama, tmp_path):
     assert cap.path.parent == tmp_path
     again = bench.capture_streams(tiny_llama, sentences, tmp_path)
     assert again.path == cap.path  # cached: the second call reads the first one's entry
+
+
+def test_throughput_notes_break_down_two_workers_vs_one():
+    """The throughput report splits each Ray run into start-up + model loads (``ray-load-k``) and the rest,
+    from the rows alone; without the load rows it leaves the breakdown out rather than guessing."""
+    from benchmarks import bench_throughput
+
+    rows = [
+        ("local", 0, 20.0, 15.0, 1.0, 21.0),
+        ("ray-1", 1, 30.0, math.nan, math.nan, math.nan),
+        ("ray-2", 2, 20.0, math.nan, math.nan, math.nan),
+        ("ray-load-1", 1, 8.0, math.nan, math.nan, math.nan),
+        ("ray-load-2", 2, 10.0, math.nan, math.nan, math.nan),
+    ]
+    frame = pd.DataFrame(
+        [
+            {"benchmark": "throughput", "variant": v, "workers": w, "seconds": s, "shard_s": sh,
+             "stats_s": st, "cpu_s": c, "n_sentences": 256, "model": "m", "sentences_per_s": 256 / s}
+            for v, w, s, sh, st, c in rows
+        ]
+    )  # fmt: skip
+    _, notes = bench_throughput.render(frame, bench.BenchContext(quick=True))
+    assert "2 workers vs 1: 1.50x" in notes
+    assert "8.0 s for one worker and 10.0 s for two at once" in notes
+    assert "took 22.0 s on one worker and 10.0 s on two, 2.20x" in notes  # 30-8 and 20-10
+    assert "The loads are 50% of the 2-worker run" in notes
+    no_loads = frame[~frame.variant.str.startswith("ray-load")]
+    _, without = bench_throughput.render(no_loads, bench.BenchContext())
+    assert "Where 2 workers vs 1 goes" not in without and "2 workers vs 1: 1.50x" in without
