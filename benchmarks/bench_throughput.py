@@ -73,6 +73,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
             cache = Path(tempfile.mkdtemp(prefix="pk-tp-"))
             (cache / "models").symlink_to(models_dir, target_is_directory=True)
             os.environ["PROBEKIT_CACHE"] = str(cache)  # cold capture cache; the workers get it too
+            options = None
             try:
                 bench.set_threads(1)
                 t0, cpu0 = time.perf_counter(), time.process_time()
@@ -89,6 +90,9 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 cpu_s = time.process_time() - cpu0 if workers == 0 else float("nan")  # Ray: driver only
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
+                if options is not None and options.pool is not None:  # free their CPUs for the next variant
+                    for actor in options.pool.actors:
+                        ray.kill(actor)
             rows.append(
                 {
                     "benchmark": "throughput",
@@ -98,8 +102,9 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "n_tokens": n_tokens,
                     "repeat": 0,
                     "seconds": seconds,
-                    "tokens_per_s": n_tokens / seconds,
-                    "sentences_per_s": len(sentences) / seconds,
+                    # a load-only run processes no sentence: no rate
+                    "tokens_per_s": n_tokens / seconds if res else float("nan"),
+                    "sentences_per_s": len(sentences) / seconds if res else float("nan"),
                     "workers": workers,
                     "shard_s": res.timings["capture"] + res.timings["score"] if res else float("nan"),
                     "stats_s": res.timings["stats"] if res else float("nan"),
@@ -107,7 +112,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "threads": 1,
                 }
             )
-            ctx.say(f"throughput {variant}: {seconds:.1f} s, {len(sentences) / seconds:.2f} sentences/s")
+            ctx.say(f"throughput {variant}: {seconds:.1f} s")
     finally:
         if started:
             ray.shutdown()
