@@ -52,12 +52,17 @@ def sentences_for(model, n: int, data: str | None = None):
 
 
 def child(model: str, n: int, variant: str = "probekit-capture", data: str | None = None) -> dict:
-    """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences."""
+    """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences
+    (``capture-bridge``: with capture's forward through the bridge, as before plain HF modules)."""
     from probekit.activations.capture import capture
     from probekit.models import load_model
 
-    if variant != "probekit-capture":
+    if variant not in ("probekit-capture", "capture-bridge"):
         raise ValueError(f"unknown variant {variant!r}")
+    if variant == "capture-bridge":  # the same capture with its forward through the bridge
+        import importlib
+
+        importlib.import_module("probekit.activations.forward")._hf_can_fill = lambda model, names: False
 
     m = load_model(model, device="cpu")
     sentences, source = sentences_for(m, n, data)
