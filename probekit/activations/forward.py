@@ -3,13 +3,14 @@
 `probekit.activations.capture` reads three kinds of hook per block: ``hook_resid_pre`` (the block's
 input), ``hook_resid_post`` (its output) and ``attn.hook_pattern`` (the softmax weights). A plain Hugging
 Face model gives all three through ordinary torch forward hooks, without TransformerLens' per-module hook
-points and copies: on the bundled models the bridge alone costs 6-14% of the head-less forward
-(``results/benchmarks``). So capture runs one of two forwards, both named by TransformerLens' hook names
-and both returning ``{hook name: tensor}``:
+points and copies: on the bundled models, capture through the bridge costs 1.06x (SmolLM2) and 1.20x
+(MiniLM) the head-less forward, through plain modules 1.04x and 1.10x (``results/benchmarks``). So
+capture runs one of two forwards, both named by TransformerLens' hook names and both returning
+``{hook name: tensor}``:
 
 - `HfForward`: a second, weightless module tree of the same Hugging Face class, built on the meta
-  device, whose parameters and buffers are the bridge's own tensors (``load_state_dict(assign=True)``;
-  no copy, no second load). Hooks: a block's input and output, and the second output of its eager
+  device, whose parameters and buffers are then set to the bridge's own tensor objects (no copy, no
+  second load). Hooks: a block's input and output, and the second output of its eager
   attention module. Used for the architectures whose hooks are checked bit-identical to the bridge's
   (`ARCHITECTURES`; ``tests/unit/test_forward.py``, ``scripts/check_hf_forward.py``), and only
   while no hook is attached to the bridge, whose forward would apply it.
