@@ -1,0 +1,85 @@
+"""When does capture's heap peak, and what sets it? A measurement, not a feature.
+
+    python scripts/trace_capture_memory.py N_SENTENCES [wide]
+
+Loads MiniLM at 1 torch thread, takes the memory benchmark's input (`benchmarks/bench_memory.sentences_for`:
+EWT dev, the 16 longest first, cycled beyond its length), warms up on 16 sentences, then samples this
+process's RssAnon every 10 ms during one capture of every layer's resid_post and attention. It prints
+the peak over the warmed-up level, when in the run it happened, and the running maximum at fractions of
+the run. With ``wide``, the first 32 of the N sentences are replaced by the 32 widest of the
+10,000-sentence input, so that a small input has batches as wide as the large one's.
+
+It writes nothing under ``results/``. The closing note of issue 19 (stop 27) quotes a run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import benchmarks.bench_memory as bm  # noqa: E402
+from probekit.activations.align import PackedEncodings, as_sentences  # noqa: E402
+from probekit.activations.capture import capture  # noqa: E402
+from probekit.models import load_model  # noqa: E402
+
+
+def anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
+    n = int(argv[0]) if argv else 100
+    model = load_model("minilm-l6", device="cpu")
+    sentences = as_sentences(bm.sentences_for(model, n, None)[0])
+    if "wide" in argv[1:]:
+        big = as_sentences(bm.sentences_for(model, 10000, None)[0])
+        lens = PackedEncodings.encode(model, big).n_tokens
+        widest = sorted(range(len(big)), key=lambda i: -int(lens[i]))[:32]
+        sentences = [big[i] for i in widest] + list(sentences)[32:]
+    widths = sorted((int(t) for t in PackedEncodings.encode(model, sentences).n_tokens), reverse=True)
+    root = Path(tempfile.mkdtemp(prefix="trace-capture-"))
+    try:
+        capture(model, sentences[:16], cache_dir=root / "warm", progress=False)
+        base = anon_mb()
+        trace: list[tuple[float, float]] = []
+        done = threading.Event()
+        start = time.perf_counter()
+
+        def sample() -> None:
+            while not done.is_set():
+                trace.append((time.perf_counter() - start, anon_mb() - base))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        capture(
+            model, sentences, resid=("resid_post",), attention=True, cache_dir=root / "run", progress=False
+        )
+        done.set()
+        sampler.join()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    total = trace[-1][0]
+    when, peak = max(trace, key=lambda x: x[1])
+    print(f"{len(sentences)} sentences, widest batches {widths[0:64:16]} tokens; {total:.1f} s")
+    print(f"peak RssAnon +{peak:.1f} MB over the warmed-up level, at {when / total:.0%} of the run")
+    for q in (0.05, 0.25, 0.5, 0.75, 1.0):
+        print(f"  running max at {q:.0%}: +{max(v for t, v in trace if t <= q * total):.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
