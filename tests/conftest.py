@@ -67,3 +67,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _stored(cap) -> dict:
+    import numpy as np
+
+    out = {f"{h}.{layer}": np.array(cap.resid(h, layer)) for h, layer in map(tuple, cap.meta["hooks"])}
+    if cap.attn_layers:
+        out["attention"] = np.array(cap._array("attention"))
+        out["special_mass"] = np.array(cap._array("special_mass"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def stored_arrays():
+    """``stored_arrays(cap)``: every array a capture stored, by file name (``resid_post.3``,
+    ``attention``, ...), copied out of the memory maps: what bit-identity tests compare."""
+    return _stored

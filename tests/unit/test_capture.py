@@ -34,14 +34,6 @@ ALL_RESID = ("resid_pre", "resid_mid", "resid_post")
 HEAD_OUTPUTS = ("ln_final.hook_out", "unembed.hook_out", "mlm_head.hook_out")
 
 
-def _arrays(cap) -> dict[str, np.ndarray]:
-    out = {f"{h}.{layer}": np.array(cap.resid(h, layer)) for h, layer in map(tuple, cap.meta["hooks"])}
-    if cap.attn_layers:
-        out["attention"] = np.array(cap._array("attention"))
-        out["special_mass"] = np.array(cap._array("special_mass"))
-    return out
-
-
 def _capture(model, **kw):
     kw = {"resid": ALL_RESID, "attention": True, "batch_size": 2, "cache": False, "progress": False, **kw}
     return pk.capture(model, SENTS, **kw)
@@ -66,13 +58,13 @@ class _HeadCounter:
 
 
 @pytest.mark.parametrize("pool", ["first", "last", "mean"])
-def test_capture_without_head_is_bit_identical(tiny_model, monkeypatch, pool):
+def test_capture_without_head_is_bit_identical(tiny_model, monkeypatch, pool, stored_arrays):
     new = _capture(tiny_model, pool=pool)
     with monkeypatch.context() as m:
         _old_behaviour(m)
         old = _capture(tiny_model, pool=pool)
     assert new.key == old.key  # same settings, same CACHE_VERSION: cached entries stay valid
-    a, b = _arrays(new), _arrays(old)
+    a, b = stored_arrays(new), stored_arrays(old)
     assert a.keys() == b.keys() and f"resid_post.{tiny_model.n_layers - 1}" in a
     for name in a:
         assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
@@ -350,7 +342,7 @@ def test_packed_encodings_index_like_a_list(tiny_llama):
 
 
 @pytest.mark.parametrize("pool", ["first", "last", "mean"])
-def test_overlapped_storing_is_bit_identical_to_a_serial_loop(tiny_model, monkeypatch, pool):
+def test_overlapped_storing_is_bit_identical_to_a_serial_loop(tiny_model, monkeypatch, pool, stored_arrays):
     """Batch k is pooled, written and hashed on a worker thread while batch k+1 runs its forward; the
     stored arrays and checksums are those of storing every batch right after its forward (the benchmark's
     synchronous executor, which its ``capture-serial`` variant times)."""
@@ -360,7 +352,7 @@ def test_overlapped_storing_is_bit_identical_to_a_serial_loop(tiny_model, monkey
     with monkeypatch.context() as m:
         m.setattr(capmod, "ThreadPoolExecutor", SerialExecutor)
         serial = _capture(tiny_model, pool=pool, renormalize=pool == "mean")
-    a, b = _arrays(overlapped), _arrays(serial)
+    a, b = stored_arrays(overlapped), stored_arrays(serial)
     assert a.keys() == b.keys() and "attention" in a
     for name in a:
         assert np.array_equal(a[name], b[name]), name

@@ -93,14 +93,6 @@ def test_the_head_and_later_blocks_never_run(model):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in body.modules())  # capture's removed
 
 
-def _arrays(cap) -> dict[str, np.ndarray]:
-    out = {f"{h}.{layer}": np.array(cap.resid(h, layer)) for h, layer in map(tuple, cap.meta["hooks"])}
-    if cap.attn_layers:
-        out["attention"] = np.array(cap._array("attention"))
-        out["special_mass"] = np.array(cap._array("special_mass"))
-    return out
-
-
 class _Spy:
     """Counts the calls of `HfForward` and `BridgeForward` during a capture."""
 
@@ -118,7 +110,7 @@ class _Spy:
 
 
 @pytest.mark.parametrize("pool", ["first", "last", "mean"])
-def test_capture_stores_the_same_bytes_either_way(model, monkeypatch, pool):
+def test_capture_stores_the_same_bytes_either_way(model, monkeypatch, pool, stored_arrays):
     sentences = SHORT + (LONG if model.name != "tiny-gemma3" else [])
     kw = {"resid": ("resid_pre", "resid_post"), "pool": pool, "batch_size": 2, "cache": False}
     spy = _Spy(monkeypatch)
@@ -129,7 +121,7 @@ def test_capture_stores_the_same_bytes_either_way(model, monkeypatch, pool):
         bridged = pk.capture(model, sentences, progress=False, **kw)
     assert spy.calls["bridge"] > 0
     assert plain.key == bridged.key  # the engine is not part of the cache key: same bytes, same entry
-    a, b = _arrays(plain), _arrays(bridged)
+    a, b = stored_arrays(plain), stored_arrays(bridged)
     assert a.keys() == b.keys() and "attention" in a
     for name in a:
         assert np.array_equal(a[name], b[name]), name
@@ -154,18 +146,18 @@ def test_which_forward_capture_runs(tiny_llama, monkeypatch):
     assert run(resid=("resid_post",), attention=True) == "hf"  # and after it is removed, HF again
 
 
-def test_no_plain_body_without_every_tensor(monkeypatch):
+def test_no_plain_body_without_every_tensor(monkeypatch, stored_arrays):
     """A body tensor without counterpart in the bridged model (here: the rotary buffers): no plain body,
     and capture falls back to the bridge with the same bytes."""
     fresh = pk.load_model("tiny-llama", device="cpu")
-    reference = _arrays(pk.capture(fresh, SHORT, cache=False, progress=False))
+    reference = stored_arrays(pk.capture(fresh, SHORT, cache=False, progress=False))
     monkeypatch.setattr(fresh.hf_model, "named_buffers", lambda **kw: iter(()))
     assert plain_body(fresh.hf_model) is None
     other = pk.load_model("tiny-llama", device="cpu")
     monkeypatch.setattr(other.hf_model, "named_buffers", lambda **kw: iter(()))
     assert other.hf_body is None
     spy = _Spy(monkeypatch)
-    got = _arrays(pk.capture(other, SHORT, cache=False, progress=False))
+    got = stored_arrays(pk.capture(other, SHORT, cache=False, progress=False))
     assert spy.calls["hf"] == 0 and spy.calls["bridge"] > 0
     assert got.keys() == reference.keys()
     assert all(np.array_equal(got[k], reference[k]) for k in got)
