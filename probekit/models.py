@@ -206,7 +206,7 @@ class Model:
                     continue
                 t = p.detach().to("cpu", torch.float32).contiguous()
                 h.update(f"{pname}{tuple(t.shape)}".encode())
-                h.update(t.numpy().tobytes())
+                h.update(memoryview(t.numpy()).cast("B"))  # the same bytes as .tobytes(), without a copy
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 

@@ -20,6 +20,9 @@ from probekit.report.tables import atomic_write_text
 
 #: the file that marks a finished stage: ``<options hash> <seconds it took>``
 DONE_MARKER = ".done"
+#: models a run keeps loaded (least recently used dropped first): the bundled pair and their random-init
+#: baselines, about 1.3 GB in float32; two meant a reload in nearly every stage (``results/*/manifest.json``)
+MODELS_KEPT = 4
 
 
 class Run:
@@ -106,9 +109,14 @@ class Run:
         return self._data[key]
 
     def model(self, name: str):
-        """Load (or reuse) a model; ``random:<name>`` baselines are models too."""
-        if name not in self._models:
-            if len(self._models) >= 2:  # keep memory bounded on small machines
+        """Load (or reuse) a model; ``random:<name>`` baselines are models too.
+
+        The `MODELS_KEPT` most recently used stay loaded: the stages run stage by stage over the models,
+        so two models and their random-init baselines are each loaded (and fingerprinted) once."""
+        if name in self._models:
+            self._models[name] = self._models.pop(name)  # most recently used last
+        else:
+            if len(self._models) >= MODELS_KEPT:  # keep memory bounded: drop the least recently used
                 self._models.pop(next(iter(self._models)))
             self._models[name] = self._load_model(name, seed=self.cfg.seed)
         return self._models[name]

@@ -338,3 +338,29 @@ def test_an_absent_optional_data_name_is_a_clear_error(tmp_path):
     assert run.spec("ewt") is None
     with pytest.raises(pk.ProbekitError, match=r"optional data 'ewt' is not available"):
         run.dataset("ewt")
+
+
+def test_run_keeps_the_most_recently_used_models(tmp_path):
+    """`Run.model` loads each model once while at most `MODELS_KEPT` are in use, and drops the least
+    recently used one first (not the first loaded)."""
+    from probekit.experiment.context import MODELS_KEPT, Run
+
+    loads = []
+
+    def loader(name, seed):
+        loads.append(name)
+        return object()
+
+    cfg = ExperimentConfig.model_validate({"name": "x", "seed": 0, "out": "o", "models": ["tiny-llama"]})
+    run = Run(cfg, tmp_path, progress=False, load_model=loader)
+    names = [f"m{i}" for i in range(MODELS_KEPT)]
+    first = {name: run.model(name) for name in names}
+    for _ in range(3):  # stage after stage over the same models: no reload
+        assert all(run.model(name) is first[name] for name in names)
+    assert loads == names
+    run.model(names[0])  # now the most recently used; m1 is the least
+    run.model("another")
+    assert loads == [*names, "another"]
+    assert run.model(names[0]) is first[names[0]]
+    run.model(names[1])
+    assert loads == [*names, "another", names[1]]

@@ -174,3 +174,25 @@ def test_forward_for_picks_and_releases(tiny_bert):
     assert not any(map(fwdmod._has_user_hook, tiny_bert.bridge.hook_dict.values()))  # and removed after
     # the bridge's own permanent hooks (BERT wires alias hook points with them) do not count as a user's
     assert any(h.is_permanent for hp in tiny_bert.bridge.hook_dict.values() for h in hp.fwd_hooks)
+
+
+def test_detector_scores_are_the_bridges(model, monkeypatch):
+    """`detector_scores` reads its patterns through `forward_for`; the scores equal those from the bridge's
+    own ``run_with_cache`` (the forward `detect_head` runs without a cache) exactly, and the plain
+    forward is the one that ran."""
+    from transformer_lens.head_detector import detect_head
+
+    from probekit.analyses.heads.positional import DETECTOR_PATTERNS, detector_scores
+
+    texts = [s for s in SHORT + LONG if len(s.split()) < 8]  # doubled, still inside the small context
+    spy = _Spy(monkeypatch)
+    got = detector_scores(model, texts)
+    assert spy.calls == {"hf": len(texts), "bridge": 0}  # one plain forward per text
+    for pattern in DETECTOR_PATTERNS:
+        column = f"tl_{pattern.removesuffix('_head')}"
+        with torch.inference_mode():
+            want = sum(
+                detect_head(model.bridge, f"{t} {t}", pattern, exclude_bos=True).float().numpy() / len(texts)
+                for t in texts
+            )
+        np.testing.assert_array_equal(got[column].to_numpy(), want.ravel().astype(float))

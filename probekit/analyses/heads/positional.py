@@ -93,11 +93,13 @@ def positional_heads(
 
 
 def detector_scores(model, texts: list[str], patterns=DETECTOR_PATTERNS) -> pd.DataFrame:
-    """TransformerLens ``detect_head`` scores per head, run on the bridge.
+    """TransformerLens ``detect_head`` scores per head, on the bridge's tokens and attention patterns.
 
-    Every text is repeated twice (``"text text"``, so duplicate and induction patterns exist) and run
-    once through the bridge; ``detect_head`` scores all patterns from that cache. ``exclude_bos=True``;
-    mean over texts. Texts too long for the context are skipped.
+    Every text is repeated twice (``"text text"``, so duplicate and induction patterns exist), tokenized
+    by the bridge and run once, as one sequence, through capture's forward (`forward_for`: the same
+    patterns as the bridge's ``run_with_cache``, bit for bit, without its LM head); ``detect_head`` scores
+    all patterns from that cache. ``exclude_bos=True``; mean over texts. Texts too long for the context
+    are skipped.
 
     Parameters
     ----------
@@ -119,7 +121,10 @@ def detector_scores(model, texts: list[str], patterns=DETECTOR_PATTERNS) -> pd.D
     ['layer', 'head', 'tl_previous_token', 'tl_duplicate_token', 'tl_induction']
     """
     import torch
+    from transformer_lens.ActivationCache import ActivationCache
     from transformer_lens.head_detector import detect_head
+
+    from probekit.activations.forward import forward_for
 
     bridge = model.bridge
     if not texts:
@@ -134,12 +139,13 @@ def detector_scores(model, texts: list[str], patterns=DETECTOR_PATTERNS) -> pd.D
     doubled = [f"{t} {t}" for t in texts if fits(f"{t} {t}")]
     if not doubled:
         raise ProbekitError("every text is too long for detect_head", where="detector_scores")
+    names = {hooks.block(layer, hooks.PATTERN_SUFFIX) for layer in range(model.n_layers)}
     sums: dict[str, Any] = {}
-    with torch.inference_mode():
-        for text in doubled:  # one forward per text, shared by the three patterns
-            _, cache = bridge.run_with_cache(
-                bridge.to_tokens(text), remove_batch_dim=True, names_filter=hooks.is_pattern
-            )
+    with torch.inference_mode(), forward_for(model, names, model.n_layers) as forward:
+        for text in doubled:  # one forward per text, up to the last block's pattern, shared by the patterns
+            tokens = bridge.to_tokens(text)  # [1, pos]
+            found = forward(tokens, torch.ones_like(tokens))  # {hook name: [1, head, q, k]}
+            cache = ActivationCache({k: v[0] for k, v in found.items()}, bridge, has_batch_dim=False)
             for pattern in patterns:
                 score = (
                     detect_head(bridge, text, pattern, cache=cache, exclude_bos=True).float().cpu().numpy()
