@@ -28,6 +28,8 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     manifest = json.loads(path.read_text())
     timings = dict(manifest.get("timings_s") or {})
     total = timings.pop("total", None)
+    cpu = dict(manifest.get("cpu_s") or {})  # absent from manifests written before CPU times were kept
+    total_cpu = cpu.pop("total", None)
     machine = manifest.get("machine", {})
     common = {
         "benchmark": "e2e",
@@ -36,6 +38,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
         "run_name": manifest.get("name"),
         "git_commit": manifest.get("git_commit"),
         "invocation_total_s": total,
+        "invocation_cpu_s": total_cpu,
         "run_cpu_count": machine.get("cpu_count"),
         "run_torch_threads": machine.get("torch_threads"),
     }
@@ -49,6 +52,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                 "model": rest.split("__")[0] if rest else "",
                 "analysis": analysis,
                 "seconds": float(seconds) if seconds is not None else math.nan,
+                "cpu_s": float(cpu[label]) if cpu.get(label) is not None else math.nan,
                 "recorded": seconds is not None,
             }
         )
@@ -69,15 +73,29 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
     if frame.empty or "seconds" not in frame:
         return None, _skipped(Path(ctx.manifest))
     frame = frame.copy()
+    if "cpu_s" not in frame:  # no CPU times: a manifest from before they were kept (the column is dropped)
+        frame["cpu_s"] = math.nan
     known = frame[frame["seconds"].notna()]
     staged = float(known["seconds"].sum())
     frame["share_of_recorded"] = frame["seconds"] / staged if staged else math.nan
-    table = frame[["variant", "seconds", "share_of_recorded"]].rename(columns={"variant": "stage"})
+    frame["cores_busy"] = frame["cpu_s"] / frame["seconds"]
+    table = frame[["variant", "seconds", "share_of_recorded", "cpu_s", "cores_busy"]]
+    table = table.rename(columns={"variant": "stage"})
     table = table.sort_values("seconds", ascending=False, na_position="last", kind="stable")
     table = pd.concat(
         [
             table,
-            pd.DataFrame([{"stage": "sum of recorded stages", "seconds": staged, "share_of_recorded": 1.0}]),
+            pd.DataFrame(
+                [
+                    {
+                        "stage": "sum of recorded stages",
+                        "seconds": staged,
+                        "share_of_recorded": 1.0,
+                        "cpu_s": known["cpu_s"].sum(min_count=1),
+                        "cores_busy": known["cpu_s"].sum(min_count=1) / staged if staged else math.nan,
+                    }
+                ]
+            ),
         ],
         ignore_index=True,
     )
@@ -115,6 +133,22 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
                 f"The invocation took {float(total) / 60:.1f} min in all; the rest is loading data and "
                 "models outside stages and writing the report."
             )
+    busy = known[known["cpu_s"].notna()].sort_values("seconds", ascending=False)
+    if not busy.empty and busy["seconds"].sum() > 0:
+        cores = float(busy["cpu_s"].sum() / busy["seconds"].sum())
+        large = busy[busy["seconds"] > 0.1 * staged]
+        parts.append(
+            "CPU time (the run's own process, all threads) over wall time: the stages kept "
+            f"{cores:.2f} cores busy on average, of {_int(first.get('run_cpu_count'))}"
+            + (
+                "; the stages that take more than a tenth of the time: "
+                + ", ".join(f"`{r.variant}` {r.cpu_s / r.seconds:.2f}" for r in large.itertuples())
+                if not large.empty
+                else ""
+            )
+            + ". Where a stage keeps every core busy, running stages side by side cannot make the job "
+            "faster; only less work can."
+        )
     parts.append(
         "Stage times include loading each model the first time a stage needs it, and were measured once, "
         "by the run itself, on whatever load the machine had then."

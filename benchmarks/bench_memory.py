@@ -9,8 +9,10 @@ stores one batch while the next runs its forward -- are the same at every size a
 sentences changes. (With 16, one batch, the cycled copies of long sentences made the large inputs'
 second batch wider than the small ones': 85 vs 62 tokens; `scripts/trace_capture_memory.py`.)
 Goal: peak anonymous memory (RssAnon: heap, tensors, arrays) independent of the number of sentences,
-within `FLAT_TOLERANCE_MB`. SmolLM2 is left out: about 7× slower per token, it would not fit the
-6 minutes this benchmark is allowed, and the flatness question is the same.
+within `FLAT_TOLERANCE_MB`. ``capture-mmap-1mb`` repeats the smallest and the largest size with glibc's
+mmap threshold fixed (`MMAP_THRESHOLD`), to separate the allocator's share of the peak from capture's.
+SmolLM2 is left out: about 7× slower per token, it would not fit the 10 minutes this benchmark is
+allowed, and the flatness question is the same.
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ import pandas as pd
 from probekit import bench
 
 #: (model, variant) -> sizes
-FULL_PLAN = {("minilm-l6", "probekit-capture"): (100, 1000, 10000)}
+FULL_PLAN = {
+    ("minilm-l6", "probekit-capture"): (100, 1000, 10000),
+    ("minilm-l6", "capture-mmap-1mb"): (100, 10000),
+}
+#: (quick mode runs in this process: no `capture-mmap-1mb`, whose mallopt would outlive the benchmark)
 QUICK_PLAN = {("tiny-bert", "probekit-capture"): (20, 40)}
 #: repeated in the full run when --repeats asks for more than one (the others run once)
-REPEATED = ("minilm-l6", "probekit-capture")
+REPEATED = (("minilm-l6", "probekit-capture"), ("minilm-l6", "capture-mmap-1mb"))
+#: ``capture-mmap-1mb``: glibc's mmap threshold, fixed (``mallopt(M_MMAP_THRESHOLD)``, as the environment
+#: variable ``MALLOC_MMAP_THRESHOLD_=1048576`` would), so every allocation above 1 MiB is its own mapping,
+#: unmapped when freed, and the threshold no longer rises to the size of freed blocks
+MMAP_THRESHOLD = 2**20
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 #: the longest sentences every size starts with: two batches of capture's default size, the two alive at once
 LONGEST = 32
 #: "flat": the largest size's peak RssAnon within this many MB of the smallest size's
@@ -70,12 +81,20 @@ def _source_id(sentence_id: str) -> str:
 
 def child(model: str, n: int, variant: str = "probekit-capture", data: str | None = None) -> dict:
     """In a fresh process: load, warm up on 16 sentences, mark the baseline, capture ``n`` sentences
-    (``capture-bridge``: with capture's forward through the bridge, as before plain HF modules)."""
+    (``capture-bridge``: with capture's forward through the bridge, as before plain HF modules;
+    ``capture-mmap-1mb``: with glibc's mmap threshold fixed at `MMAP_THRESHOLD` before anything is
+    allocated, to separate the allocator's share of the heap peak from capture's)."""
     from probekit.activations.capture import capture
     from probekit.models import load_model
 
-    if variant not in ("probekit-capture", "capture-bridge"):
+    if variant not in ("probekit-capture", "capture-bridge", "capture-mmap-1mb"):
         raise ValueError(f"unknown variant {variant!r}")
+    if variant == "capture-mmap-1mb":
+        import ctypes
+        import ctypes.util
+
+        if not ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+            raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: not glibc?")
     if variant == "capture-bridge":  # the same capture with its forward through the bridge
         import importlib
 
@@ -122,7 +141,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     rows = []
     for r in range(repeats):
         for model, variant, n in jobs if r % 2 == 0 else jobs[::-1]:
-            if r > 0 and (model, variant) != REPEATED:
+            if r > 0 and (model, variant) not in REPEATED:
                 continue
             ctx.say(f"memory: {model} {variant} on {n} sentences, repeat {r} (fresh process)")
             kwargs = {"model": model, "n": n, "variant": variant, "data": ctx.data}
@@ -198,9 +217,10 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
     lines = [
         f"Input: {source or 'see benchmark 1'} (sizes beyond its length cycle it with new ids). Each size "
-        f"runs in its own fresh process ({repeats} repetition(s) for MiniLM with probekit's capture, 1 "
-        "otherwise), capture of every layer's resid_post + attention into a fresh cache folder. Memory: "
-        f"{frame.rss_method.iloc[0] if 'rss_method' in frame else 'not measured'}.",
+        f"runs in its own fresh process ({repeats} repetition(s) for "
+        + " and ".join(f"{m} {v}" for m, v in REPEATED)
+        + ", 1 otherwise), capture of every layer's resid_post + attention into a fresh cache folder. "
+        f"Memory: {frame.rss_method.iloc[0] if 'rss_method' in frame else 'not measured'}.",
         "",
     ]
     for (model, variant), g in frame.groupby(["model", "variant"], sort=False):
@@ -256,6 +276,8 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
         base = t["baseline_anon_mb"]
         growth = float(own[hi] - own[lo])
         steps = ", ".join(f"{a} → {b}: {own[b] - own[a]:+.0f} MB" for a, b in itertools.pairwise(t.index))
+        spread = g.groupby("n_sentences")["capture_anon_mb"].agg(lambda x: x.max() - x.min())
+        spread.index = spread.index.astype(int)
         verdict = "**MET**" if abs(growth) <= FLAT_TOLERANCE_MB else "**NOT MET**"
         text += (
             " Before capture starts, the process's heap (model, warm-up, and the input: the caller's list of "
@@ -268,6 +290,11 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
             f"({steps}); the absolute peak, which also counts the growing input, moves "
             f"{anon[hi] - anon[lo]:+.0f} MB."
         )
+        if int(g.groupby("n_sentences").size().max()) > 1:
+            text += (
+                " Between repetitions of one size (fresh processes, same input), capture's peak differs by "
+                "up to " + " / ".join(f"{spread[k]:.0f}" for k in t.index) + " MB."
+            )
         lines.append(text)
     lines += [
         "",
@@ -294,5 +321,34 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
         "sentence: the 16-byte chunk digests of every output file (for the checksums), the packed "
         "encodings, and `meta.json`'s sentence ids and word lists while they are written. The "
         "`malloc_trim(0)` guard (past 32 MB above the first batch's level) stays as a safety net.",
+        "",
+        "The allocator's share: the `capture-mmap-1mb` rows run the same capture with glibc's mmap "
+        "threshold fixed at 1 MiB (`mallopt(M_MMAP_THRESHOLD)` in the fresh process, what "
+        "`MALLOC_MMAP_THRESHOLD_=1048576` in the environment does), so each tensor above 1 MiB is mapped for "
+        "itself and unmapped when freed, instead of being served from heap blocks whose freed pages stay "
+        "resident until a trim. " + _allocator_verdict(frame) + " `scripts/trace_capture_memory.py` shows "
+        "where in a run the peak comes (a peak early in the run and never exceeded afterwards is not "
+        "per-sentence state). probekit does not fix the threshold itself: it is a setting of the whole "
+        "process, and it slows forward-heavy work down (`scripts/time_malloc_threshold.py`, quoted in "
+        "docs/methods/capture.md). Set the variable where flat memory matters more than that.",
     ]
     return "\n".join(lines)
+
+
+def _allocator_verdict(frame: pd.DataFrame) -> str:
+    """One sentence comparing capture's heap peak (growth from the smallest to the largest size, and the
+    spread between repetitions) with and without the fixed mmap threshold, from the rows."""
+    stats = {}
+    for variant in ("probekit-capture", "capture-mmap-1mb"):
+        g = frame[(frame["variant"] == variant) & frame["capture_anon_mb"].notna()]
+        if g["n_sentences"].nunique() < 2:
+            return "(Not measured in this run.)"
+        med = g.groupby("n_sentences")["capture_anon_mb"].median()
+        spread = g.groupby("n_sentences")["capture_anon_mb"].agg(lambda x: x.max() - x.min()).max()
+        stats[variant] = (med.index.min(), med.index.max(), med.iloc[0], med.iloc[-1], spread)
+    (lo, hi, a0, a1, sa), (_, _, b0, b1, sb) = stats["probekit-capture"], stats["capture-mmap-1mb"]
+    return (
+        f"From {lo} to {hi} sentences capture's peak (median) goes {a0:.0f} → {a1:.0f} MB ({a1 - a0:+.0f}) "
+        f"by default and {b0:.0f} → {b1:.0f} MB ({b1 - b0:+.0f}) with the threshold fixed; repetitions of "
+        f"one size differ by up to {sa:.0f} and {sb:.0f} MB."
+    )

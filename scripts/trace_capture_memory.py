@@ -2,14 +2,16 @@
 
     python scripts/trace_capture_memory.py N_SENTENCES [wide]
 
-Loads MiniLM at 1 torch thread, takes the memory benchmark's input (`benchmarks/bench_memory.sentences_for`:
-EWT dev, the 16 longest first, cycled beyond its length), warms up on 16 sentences, then samples this
-process's RssAnon every 10 ms during one capture of every layer's resid_post and attention. It prints
+Loads MiniLM at 1 torch thread, takes the memory benchmark's input
+(`benchmarks/bench_memory.sentences_for`: EWT dev cycled beyond its length, the 32 longest first and only
+narrower ones after them), warms up on 16 sentences, then samples this process's RssAnon every 10 ms
+during one capture of every layer's resid_post and attention. It prints
 the peak over the warmed-up level, when in the run it happened, and the running maximum at fractions of
 the run. With ``wide``, the first 32 of the N sentences are replaced by the 32 widest of the
 10,000-sentence input, so that a small input has batches as wide as the large one's.
 
-It writes nothing under ``results/``. The closing note of issue 19 (stop 27) quotes a run.
+Run it under ``MALLOC_MMAP_THRESHOLD_=1048576`` to see the heap without glibc's dynamic mmap threshold.
+It writes nothing under ``results/``; docs/methods/capture.md quotes runs.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 from probekit.experiment.config import PATH_SCHEMES, ExperimentConfig
 from probekit.report.tables import atomic_write_text
 
-#: the file that marks a finished stage: ``<options hash> <seconds it took>``
+#: the file that marks a finished stage: ``<options hash> <seconds it took> <CPU seconds it took>``
 DONE_MARKER = ".done"
 #: models a run keeps loaded (least recently used dropped first): the bundled pair and their random-init
 #: baselines, about 1.3 GB in float32; two meant a reload in nearly every stage (``results/*/manifest.json``)
@@ -69,6 +69,9 @@ class Run:
         self.cfg, self.out, self.progress = cfg, out, progress
         self._load_model = load_model or default_loader
         self.timings: dict[str, float] = {}
+        #: CPU seconds of this process (all its threads) per stage: with `timings`, how many cores a stage
+        #: kept busy (Ray workers are other processes and are not counted)
+        self.cpu_timings: dict[str, float] = {}
         self.skipped: list[str] = []
         self.reused: list[str] = []
         self._models: dict[str, Any] = {}
@@ -143,16 +146,18 @@ class Run:
         if done and done[0] == digest:
             # the time it took when it was computed, so the manifest still shows what each stage costs
             self.timings.setdefault(label, float(done[1]) if len(done) > 1 else float("nan"))
+            self.cpu_timings.setdefault(label, float(done[2]) if len(done) > 2 else float("nan"))
             self.reused.append(label)
             log(f"[skip] {label} (finished earlier)")
             return folder
         folder.mkdir(parents=True, exist_ok=True)
         marker.unlink(missing_ok=True)
         log(f"[run ] {label}")
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(folder)
         self.timings[label] = round(time.perf_counter() - start, 2)
-        atomic_write_text(marker, f"{digest} {self.timings[label]}\n")
+        self.cpu_timings[label] = round(time.process_time() - start_cpu, 2)
+        atomic_write_text(marker, f"{digest} {self.timings[label]} {self.cpu_timings[label]}\n")
         return folder
 
 

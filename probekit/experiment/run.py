@@ -91,12 +91,13 @@ def run_experiment(
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = None if isinstance(config, ExperimentConfig) else Path(config)
     run = Run(cfg, out_dir, progress, load_model, git=git_state(), parallel=parallel)
-    total = time.perf_counter()
+    total, total_cpu = time.perf_counter(), time.process_time()
     for name, stage in STAGES.items():
         options = getattr(cfg.analyses, name)
         if options is not None:
             stage(run, options)
     run.timings["total"] = round(time.perf_counter() - total, 2)
+    run.cpu_timings["total"] = round(time.process_time() - total_cpu, 2)
     write_manifest(run)  # REPORT.md reads the skipped stages (and the title) from it
     verdicts = judge_claims(out_dir)
     write_replication(out_dir, verdicts.rows, CLAIMS)  # only for >= 3 models; REPORT.md includes it
@@ -121,7 +122,7 @@ def _command(
 
 def write_manifest(run: Run, config_file: str | os.PathLike | None = None, command: str = "") -> Path:
     """Write ``manifest.json``: resolved config and its hash, skipped and reused stages, package
-    versions, git commit, machine, per-stage timings, and the provenance record
+    versions, git commit, machine, per-stage wall and CPU times, and the provenance record
     (`probekit.report.provenance`: the command, the config file's hash, a sha256 of every file the
     run wrote and of every probekit module it imported). Written last, after REPORT.md. Returns its
     path."""
@@ -151,6 +152,8 @@ def write_manifest(run: Run, config_file: str | os.PathLike | None = None, comma
         },
         # a stage reused from a run made before its cost was recorded has no timing (null)
         "timings_s": {k: (None if v != v else v) for k, v in run.timings.items()},
+        # CPU seconds of the run's own process per stage (all threads): cpu_s / timings_s = cores kept busy
+        "cpu_s": {k: (None if v != v else v) for k, v in run.cpu_timings.items()},
     }
     manifest["config"]["data"] = {k: display_spec(v) for k, v in run.cfg.data.items()}
     manifest["config"]["optional_data"] = {k: display_spec(v) for k, v in run.cfg.optional_data.items()}

@@ -450,3 +450,61 @@ def test_throughput_notes_break_down_two_workers_vs_one():
     no_loads = frame[~frame.variant.str.startswith("ray-load")]
     _, without = bench_throughput.render(no_loads, bench.BenchContext())
     assert "Where 2 workers vs 1 goes" not in without and "2 workers vs 1: 1.50x" in without
+
+
+def test_e2e_reports_the_cores_each_stage_kept_busy(tmp_path):
+    """CPU seconds over wall seconds per stage, from the manifest's ``cpu_s``; a stage without one is NaN."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "name": "seed_claims",
+                "git_commit": "0123abcd" * 5,
+                "machine": {"cpu_count": 2, "torch_threads": 2},
+                "timings_s": {"probes/m__ewt": 90.0, "heads/m__svo": 10.0, "claims/m": 1.0, "total": 102.0},
+                "cpu_s": {"probes/m__ewt": 171.0, "heads/m__svo": 10.0, "total": 190.0},
+            }
+        )
+    )
+    ctx = bench.BenchContext(quick=True, out=tmp_path, manifest=manifest)
+    _, note, table = bench.run_benchmark("e2e", ctx, bench.default_benchmarks_dir())
+    cores = dict(zip(table.stage, table.cores_busy, strict=True))
+    assert math.isclose(cores["probes/m__ewt"], 1.9) and math.isclose(cores["heads/m__svo"], 1.0)
+    assert math.isnan(cores["claims/m"])
+    assert math.isclose(cores["sum of recorded stages"], 181.0 / 101.0)
+    assert "kept 1.81 cores busy on average, of 2" in note and "`probes/m__ewt` 1.90" in note
+    assert "`heads/m__svo`" not in note  # under a tenth of the recorded time
+
+
+def _memory_module():
+    return bench.load_module(bench.default_benchmarks_dir() / "bench_memory.py")
+
+
+def test_memory_child_with_a_fixed_mmap_threshold(tmp_path):
+    """``capture-mmap-1mb`` captures in a fresh process after fixing glibc's threshold (mallopt succeeds);
+    an unknown variant is refused."""
+    memory = _memory_module()
+    kwargs = {"model": "tiny-bert", "n": 20, "variant": "capture-mmap-1mb"}
+    out = bench.measure_in_subprocess(memory.__file__, "child", kwargs, threads=1, timeout=300)
+    assert out["n_tokens"] > 20 and out["n_words"] > 20 and out["run_peak_anon_mb"] >= out["baseline_anon_mb"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        memory.child("tiny-bert", 4, variant="capture-mmap")
+
+
+def test_memory_notes_compare_the_allocator_settings():
+    memory = _memory_module()
+    rows = [
+        {"variant": v, "n_sentences": n, "capture_anon_mb": mb}
+        for v, n, mb in [
+            ("probekit-capture", 100, 70.0),
+            ("probekit-capture", 100, 90.0),
+            ("probekit-capture", 10000, 100.0),
+            ("capture-mmap-1mb", 100, 60.0),
+            ("capture-mmap-1mb", 10000, 64.0),
+            ("capture-mmap-1mb", 10000, 66.0),
+        ]
+    ]
+    text = memory._allocator_verdict(pd.DataFrame(rows))
+    assert "80 → 100 MB (+20) by default and 60 → 65 MB (+5) with the threshold fixed" in text
+    assert "differ by up to 20 and 2 MB" in text
+    assert memory._allocator_verdict(pd.DataFrame(rows[:3])) == "(Not measured in this run.)"

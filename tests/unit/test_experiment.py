@@ -174,6 +174,9 @@ def test_run_is_byte_identical_and_resumes_after_a_kill(tmp_path, monkeypatch):
     assert "check_attention/tiny-llama" in manifest["reused_stages"]  # reused, not recomputed
     assert "claims/tiny-llama" not in manifest["reused_stages"]
     assert manifest["timings_s"]["check_attention/tiny-llama"] >= 0.0  # its original cost is kept
+    marker = (tmp_path / "resumed/check_attention/tiny-llama/.done").read_text().split()
+    assert manifest["cpu_s"]["check_attention/tiny-llama"] == float(marker[2]) > 0.0  # and its CPU time
+    assert manifest["cpu_s"]["claims/tiny-llama"] > 0.0 and manifest["cpu_s"]["total"] > 0.0
     clean_csvs = sorted(p.relative_to(clean) for p in clean.rglob("*.csv"))
     assert clean_csvs == sorted(p.relative_to(resumed) for p in resumed.rglob("*.csv"))
     for rel in clean_csvs:
