@@ -77,27 +77,25 @@ FULL_SENTENCES = 256
 MEMORY_SENTENCES = 64
 #: timed in full mode only when asked for (set PROBEKIT_BENCH_CAPTURE_ALL=1): known from the previous report
 EXTRA_VARIANTS = ("bridge-forward", "tl-cache-all")
-#: the "before" of this benchmark: the report of commit 4c88285 (256 sentences, 3 repetitions, on an AMD
+#: the "before" of this benchmark: the report of commit 689586c (256 sentences, 3 repetitions, on an AMD
 #: EPYC (family 25, model 17), as this run's line names its own CPU), for the before/after comparison
 BEFORE = {
     "smollm2-135m": {
-        "vs_body": 1.07,
-        "profile": "the model's linear layers 7.39 s, numpy einsum (word attention) 0.32 s, store's own "
-        "lines 0.27 s, chunk digests 0.21 s of 10.24 s",
+        "vs_body": 1.04,
+        "profile": "the model's linear layers 4.87 s, numpy einsum (word attention) 0.25 s, store's own "
+        "lines 0.20 s, chunk digests 0.17 s of 6.30 s",
     },
     "minilm-l6": {
-        "vs_body": 1.16,
-        "profile": "the model's linear layers 0.88 s, numpy einsum 0.11 s, store's own lines 0.06 s, chunk "
-        "digests 0.05 s of 1.53 s",
+        "vs_body": 1.10,
+        "profile": "the model's linear layers 0.52 s, numpy einsum 0.07 s, store's own lines 0.03 s, chunk "
+        "digests 0.03 s of 0.80 s",
     },
 }
 #: what changed in capture since `BEFORE`
 CHANGES = (
-    "Since the previous report: capture's forward runs through plain Hugging Face modules that share the "
-    "bridge's weight tensors (`probekit.activations.forward.HfForward`: a block's input and output and its "
-    "eager attention's weights, read by torch forward hooks) instead of the bridge's `run_with_cache`; "
-    "the stored bytes are unchanged. `capture-bridge` is the same capture through the bridge, as before, "
-    "timed in the same interleaved run."
+    "Since the previous report capture's code is unchanged (the changes were elsewhere: which models a "
+    "run keeps loaded, the head detector's forward, the model fingerprint's copy), so the differences "
+    "from it are run-to-run variation on this machine."
 )
 
 
