@@ -77,6 +77,7 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
         frame["cpu_s"] = math.nan
     known = frame[frame["seconds"].notna()]
     staged = float(known["seconds"].sum())
+    staged_cpu = known["cpu_s"].sum(min_count=1)  # NaN when no stage has a CPU time
     frame["share_of_recorded"] = frame["seconds"] / staged if staged else math.nan
     frame["cores_busy"] = frame["cpu_s"] / frame["seconds"]
     table = frame[["variant", "seconds", "share_of_recorded", "cpu_s", "cores_busy"]]
@@ -91,8 +92,8 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame |
                         "stage": "sum of recorded stages",
                         "seconds": staged,
                         "share_of_recorded": 1.0,
-                        "cpu_s": known["cpu_s"].sum(min_count=1),
-                        "cores_busy": known["cpu_s"].sum(min_count=1) / staged if staged else math.nan,
+                        "cpu_s": staged_cpu,
+                        "cores_busy": staged_cpu / staged if staged else math.nan,
                     }
                 ]
             ),

@@ -276,8 +276,7 @@ def _notes(frame: pd.DataFrame, source: str, repeats: int) -> str:
         base = t["baseline_anon_mb"]
         growth = float(own[hi] - own[lo])
         steps = ", ".join(f"{a} → {b}: {own[b] - own[a]:+.0f} MB" for a, b in itertools.pairwise(t.index))
-        spread = g.groupby("n_sentences")["capture_anon_mb"].agg(lambda x: x.max() - x.min())
-        spread.index = spread.index.astype(int)
+        spread = _spread_by_size(g)
         verdict = "**MET**" if abs(growth) <= FLAT_TOLERANCE_MB else "**NOT MET**"
         text += (
             " Before capture starts, the process's heap (model, warm-up, and the input: the caller's list of "
@@ -344,11 +343,23 @@ def _allocator_verdict(frame: pd.DataFrame) -> str:
         if g["n_sentences"].nunique() < 2:
             return "(Not measured in this run.)"
         med = g.groupby("n_sentences")["capture_anon_mb"].median()
-        spread = g.groupby("n_sentences")["capture_anon_mb"].agg(lambda x: x.max() - x.min()).max()
-        stats[variant] = (med.index.min(), med.index.max(), med.iloc[0], med.iloc[-1], spread)
+        stats[variant] = (
+            med.index.min(),
+            med.index.max(),
+            med.iloc[0],
+            med.iloc[-1],
+            _spread_by_size(g).max(),
+        )
     (lo, hi, a0, a1, sa), (_, _, b0, b1, sb) = stats["probekit-capture"], stats["capture-mmap-1mb"]
     return (
         f"From {lo} to {hi} sentences capture's peak (median) goes {a0:.0f} → {a1:.0f} MB ({a1 - a0:+.0f}) "
         f"by default and {b0:.0f} → {b1:.0f} MB ({b1 - b0:+.0f}) with the threshold fixed; repetitions of "
         f"one size differ by up to {sa:.0f} and {sb:.0f} MB."
     )
+
+
+def _spread_by_size(g: pd.DataFrame) -> pd.Series:
+    """Per number of sentences: the largest minus the smallest capture heap peak over the repetitions."""
+    spread = g.groupby("n_sentences")["capture_anon_mb"].agg(lambda x: x.max() - x.min())
+    spread.index = spread.index.astype(int)
+    return spread
