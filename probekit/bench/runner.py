@@ -321,6 +321,12 @@ def run_all(
         table = table.sort_values("benchmark", key=lambda b: b.map(rank), kind="stable")
         write_table(table, csv_path)  # rewritten after every benchmark: partial results survive a kill
         atomic_write_text(ctx.out / "notes" / f"{name}.md", notes[name] + "\n")
+        # Render from the rows as written (numbers rounded to the CSV's float format), as `render_only`
+        # does: rounding the full-precision rows once can differ from rounding twice (0.829 vs 0.83).
+        written = pd.read_csv(csv_path)
+        tables[name], notes[name] = _render_one(
+            name, written[written["benchmark"] == name], ctx, folder, notes[name]
+        )
         run_record = {
             "machine": machine,
             "wall_s": wall,
@@ -332,7 +338,7 @@ def run_all(
         }
         atomic_write_text(ctx.out / "run.json", json.dumps(run_record, indent=2, default=str) + "\n")
         shown = {b: notes[b] for b in order if b in notes}
-        atomic_write_text(md_path, render_report(table, shown, machine, ctx, wall, tables))
+        atomic_write_text(md_path, render_report(written, shown, machine, ctx, wall, tables))
     _write_manifest(ctx, names if only else None)
     return csv_path, md_path, failed
 

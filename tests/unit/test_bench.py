@@ -253,6 +253,41 @@ def test_child_entry_point_prints_usage_on_bad_arguments(capsys):
     assert "python -m probekit.bench child" in capsys.readouterr().err
 
 
+def test_a_run_renders_its_notes_from_the_rows_it_wrote(tmp_path):
+    """The report a run writes equals `render_only`'s from the CSV, even where rounding the CSV's
+    six significant digits then the note's three differs from rounding the full value once."""
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_memory.py").write_text(
+        "import pandas as pd\n"
+        "def run(quick):\n"
+        "    return pd.DataFrame({'variant': ['x'], 'seconds': [0.82949999]})\n"
+        "def render(frame, ctx):\n"
+        "    return None, f'ratio {frame.seconds.iloc[0]:.3g}'\n"
+    )
+    out = tmp_path / "out"
+    bench.run_all(
+        bench.BenchContext(quick=True, out=out, log=lambda msg: None), only=["memory"], folder=folder
+    )
+    written = (out / "benchmarks.md").read_text()
+    assert "ratio 0.83" in written  # 0.82949999 -> "0.8295" in the CSV -> "0.83"; rounded once: "0.829"
+    assert bench.render_only(bench.BenchContext(out=out), folder).read_text() == written
+
+
+def test_building_the_command_line_does_not_import_the_bench_harness():
+    """A run's manifest hashes every probekit module imported; `probekit run` builds every subcommand's
+    parser, so a harness import there would make each run folder stale whenever the harness changes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from probekit.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('probekit.bench')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_render_only_reads_the_run_settings_without_changing_the_context(tmp_path):
     folder = tmp_path / "benchmarks"
     folder.mkdir()

@@ -132,18 +132,14 @@ def detector_scores(model, texts: list[str], patterns=DETECTOR_PATTERNS) -> pd.D
             "no texts for detect_head", where="detector_scores", fix="pass at least one sentence"
         )
     n_ctx = int(bridge.cfg.n_ctx)
-
-    def fits(t):
-        return 1 < bridge.to_tokens(t).shape[-1] < n_ctx
-
-    doubled = [f"{t} {t}" for t in texts if fits(f"{t} {t}")]
+    doubled = [(text, bridge.to_tokens(text)) for text in (f"{t} {t}" for t in texts)]  # tokens [1, pos]
+    doubled = [(text, tokens) for text, tokens in doubled if 1 < tokens.shape[-1] < n_ctx]
     if not doubled:
         raise ProbekitError("every text is too long for detect_head", where="detector_scores")
     names = {hooks.block(layer, hooks.PATTERN_SUFFIX) for layer in range(model.n_layers)}
     sums: dict[str, Any] = {}
     with torch.inference_mode(), forward_for(model, names, model.n_layers) as forward:
-        for text in doubled:  # one forward per text, up to the last block's pattern, shared by the patterns
-            tokens = bridge.to_tokens(text)  # [1, pos]
+        for text, tokens in doubled:  # one forward per text, to the last block's pattern, for every pattern
             found = forward(tokens, torch.ones_like(tokens))  # {hook name: [1, head, q, k]}
             cache = ActivationCache({k: v[0] for k, v in found.items()}, bridge, has_batch_dim=False)
             for pattern in patterns:
