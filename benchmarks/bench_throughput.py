@@ -69,7 +69,9 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     before = os.environ.get("PROBEKIT_CACHE")
     try:
         variants = (("local", 0), ("ray-1", 1), ("ray-2", 2), ("ray-load-1", 1), ("ray-load-2", 2))
-        for variant, workers in variants:
+        # every variant once per repetition, the order rotated so that no variant always runs first
+        plan = [(rep, v) for rep in range(ctx.n_repeats) for v in variants[rep % 5 :] + variants[: rep % 5]]
+        for repeat, (variant, workers) in plan:
             cache = Path(tempfile.mkdtemp(prefix="pk-tp-"))
             (cache / "models").symlink_to(models_dir, target_is_directory=True)
             os.environ["PROBEKIT_CACHE"] = str(cache)  # cold capture cache; the workers get it too
@@ -100,7 +102,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "model": model_name,
                     "n_sentences": len(sentences),
                     "n_tokens": n_tokens,
-                    "repeat": 0,
+                    "repeat": repeat,
                     "seconds": seconds,
                     # a load-only run processes no sentence: no rate
                     "tokens_per_s": n_tokens / seconds if res else float("nan"),
@@ -112,7 +114,7 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
                     "threads": 1,
                 }
             )
-            ctx.say(f"throughput {variant}: {seconds:.1f} s")
+            ctx.say(f"throughput {variant} (repetition {repeat}): {seconds:.1f} s")
     finally:
         if started:
             ray.shutdown()
@@ -145,32 +147,42 @@ def _load_only(ray, worker_class, model_name: str, workers: int) -> None:
 
 
 def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, str]:
-    """The throughput table and the 1M-sentence projection (assumptions in the module docstring)."""
+    """The throughput table (per variant: the median over repetitions, and min/max seconds) and the
+    1M-sentence projection (assumptions in the module docstring), from the medians."""
     main = frame[frame.benchmark == "throughput"] if "benchmark" in frame else frame
-    cols = ["variant", "model", "n_sentences", "seconds", "sentences_per_s", "shard_s", "stats_s", "cpu_s"]
-    table = main[[c for c in cols if c in main]]
-    local = main[main.variant == "local"].iloc[0]
-    one = main[main.variant == "ray-1"].iloc[0]
-    n = float(local.n_sentences)
+    main = main.assign(repeat=main.get("repeat", 0))
+    by_repeat = main.pivot_table(index="repeat", columns="variant", values="seconds")  # [repeat, variant]
+    measures = [c for c in ("seconds", "sentences_per_s", "shard_s", "stats_s", "cpu_s") if c in main]
+    med = main.groupby("variant", sort=False)[measures].median()  # [variant, measure]
+    table = main.groupby("variant", sort=False).agg(
+        model=("model", "first"),
+        n_sentences=("n_sentences", "first"),
+        repeats=("seconds", "size"),
+        median_s=("seconds", "median"),
+        min_s=("seconds", "min"),
+        max_s=("seconds", "max"),
+    )
+    table = table.join(med.drop(columns="seconds")).reset_index()
+    local, n = med.loc["local"], float(main["n_sentences"].iloc[0])
     # the local run's one thread is one worker's core: its capture + reduction per sentence is a
     # worker's cost per sentence; what Ray adds (worker start-up, model load, shard overheads) is paid once
-    per_sentence = (float(local.shard_s)) / n
+    per_sentence = float(local.shard_s) / n
     stats_per_sentence = float(local.stats_s) / n
-    overhead = max(0.0, float(one.seconds) - float(local.seconds))
-    two = main[main.variant == "ray-2"]
-    speedup = float(one.seconds) / float(two.seconds.iloc[0]) if len(two) else float("nan")
+    overhead = max(0.0, float((by_repeat["ray-1"] - by_repeat["local"]).median()))
+    speedup = by_repeat["ray-1"] / by_repeat["ray-2"] if "ray-2" in by_repeat else pd.Series([float("nan")])
     lines = [
         f"Sentences per second of `probekit heads` (detector and random baseline off, cold capture cache), "
         f"{int(n)} sentences of {main['source'].iloc[0] if 'source' in main else 'EWT dev'}; 2 workers vs 1: "
-        f"{speedup:.2f}x (this machine has 2 cores, shared with the driver).",
+        f"{_median_and_range(speedup)} (this machine has 2 cores, shared with the driver).",
         "",
-        *_cores_line(local, speedup),
-        *_breakdown(main),
+        *_cores_line(local, float(speedup.median())),
+        *_breakdown(by_repeat),
         f"Projected time for {PROJECT_SENTENCES:,} sentences (EWT dev's mean length; the shard part, "
         f"{per_sentence * 1000:.1f} ms per sentence in the one-thread local run, divides evenly over N "
         f"workers like it; the driver's statistics, {stats_per_sentence * 1000:.2f} ms per sentence, "
         "stay serial; "
-        f"Ray's start-up and model loads, {overhead:.0f} s (ray-1 minus local), are paid once):",
+        f"Ray's start-up and model loads, {overhead:.0f} s (ray-1 minus local), are paid once; medians over "
+        "repetitions):",
         "",
         "| workers | projected hours |",
         "|---|---|",
@@ -183,7 +195,15 @@ def render(frame: pd.DataFrame, ctx: bench.BenchContext) -> tuple[pd.DataFrame, 
         "The driver holds, per relation instance and head, the argmax word (2 bytes) and the gold mass "
         "(4 bytes), so its memory grows with the corpus; the bootstrap runs on the driver.",
     ]
-    return table.reset_index(drop=True), "\n".join(lines)
+    return table, "\n".join(lines)
+
+
+def _median_and_range(ratios: pd.Series) -> str:
+    """``1.41x`` for one repetition; ``median 1.41x (per repetition 1.04-1.52x)`` for several."""
+    ratios = ratios.dropna()
+    if len(ratios) <= 1:
+        return f"{ratios.median():.2f}x"
+    return f"median {ratios.median():.2f}x (per repetition {ratios.min():.2f}-{ratios.max():.2f}x)"
 
 
 def _cores_line(local: pd.Series, speedup: float) -> list[str]:
@@ -199,20 +219,21 @@ def _cores_line(local: pd.Series, speedup: float) -> list[str]:
     ]
 
 
-def _breakdown(main: pd.DataFrame) -> list[str]:
-    """ray-k = start-up and model loads (``ray-load-k``) + the rest (shards, driver's statistics)."""
-    got = {v: main[main.variant == v].seconds for v in ("ray-1", "ray-2", "ray-load-1", "ray-load-2")}
-    if any(len(x) == 0 for x in got.values()):
+def _breakdown(by_repeat: pd.DataFrame) -> list[str]:
+    """ray-k = start-up and model loads (``ray-load-k``) + the rest (shards, driver's statistics), per
+    repetition; the text gives the medians."""
+    if not {"ray-1", "ray-2", "ray-load-1", "ray-load-2"} <= set(by_repeat.columns):
         return []
-    sec = {v: float(x.iloc[0]) for v, x in got.items()}
-    rest = {k: sec[f"ray-{k}"] - sec[f"ray-load-{k}"] for k in (1, 2)}
+    sec = by_repeat.median()
+    rest = {k: by_repeat[f"ray-{k}"] - by_repeat[f"ray-load-{k}"] for k in (1, 2)}  # [repeat] each
+    loads_share = (by_repeat["ray-load-2"] / by_repeat["ray-2"]).median()
     return [
         "Where 2 workers vs 1 goes: starting the workers and loading the model took "
         f"{sec['ray-load-1']:.1f} s for one worker and {sec['ray-load-2']:.1f} s for two at once "
         f"(`ray-load-1`, `ray-load-2`); the rest of each run (the shards and the driver's statistics) took "
-        f"{rest[1]:.1f} s on one worker and {rest[2]:.1f} s on two, "
-        f"{rest[1] / rest[2] if rest[2] > 0 else float('nan'):.2f}x. "
-        f"The loads are {sec['ray-load-2'] / sec['ray-2']:.0%} of the 2-worker run; they are paid once "
+        f"{rest[1].median():.1f} s on one worker and {rest[2].median():.1f} s on two, "
+        f"{_median_and_range((rest[1] / rest[2]).where(rest[2] > 0))}. "
+        f"The loads are {loads_share:.0%} of the 2-worker run; they are paid once "
         "per worker, so their share falls as the corpus grows.",
         "",
     ]

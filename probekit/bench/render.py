@@ -151,11 +151,13 @@ def render_report(
         if ctx.repeats is not None or ctx.quick
         else "3 (capture), 2 (probes, memory with MiniLM)"
     )
+    timed = f"{repeats} timed repetition(s) per variant"
+    if len(machine.get("invocations") or []) > 1:  # each invocation set its own repetitions
+        timed = "timed repetitions per variant as each table's `repeats` column gives (merged invocations)"
     lines = [
         "# probekit benchmarks",
         "",
-        f"Mode: {mode}; {repeats} timed repetition(s) per variant after one warm-up; "
-        "tables give the median and min/max.",
+        f"Mode: {mode}; {timed} after one warm-up; tables give the median and min/max.",
         "",
         "## Machine",
         "",

@@ -486,6 +486,17 @@ def test_throughput_notes_break_down_two_workers_vs_one():
     _, without = bench_throughput.render(no_loads, bench.BenchContext())
     assert "Where 2 workers vs 1 goes" not in without and "2 workers vs 1: 1.50x" in without
 
+    # three repetitions: ratios per repetition, then their median and range; the table gives medians
+    slower = frame.assign(repeat=1, seconds=frame.seconds * [1, 1, 1.5, 1, 1])  # ray-2 30 s: 1.00x
+    faster = frame.assign(repeat=2, seconds=frame.seconds * [1, 1, 0.75, 1, 1])  # ray-2 15 s: 2.00x
+    table, notes = bench_throughput.render(
+        pd.concat([frame.assign(repeat=0), slower, faster]), bench.BenchContext()
+    )
+    assert "2 workers vs 1: median 1.50x (per repetition 1.00-2.00x)" in notes
+    assert "on two, median 2.20x (per repetition 1.10-4.40x)" in notes  # 22/10, 22/20, 22/5
+    ray2 = table.set_index("variant").loc["ray-2"]
+    assert (ray2.repeats, ray2.median_s, ray2.min_s, ray2.max_s) == (3, 20.0, 15.0, 30.0)
+
 
 def test_e2e_reports_the_cores_each_stage_kept_busy(tmp_path):
     """CPU seconds over wall seconds per stage, from the manifest's ``cpu_s``; a stage without one is NaN."""
