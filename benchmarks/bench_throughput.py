@@ -70,7 +70,11 @@ def run(quick: bool = False, ctx: bench.BenchContext | None = None) -> pd.DataFr
     try:
         variants = (("local", 0), ("ray-1", 1), ("ray-2", 2), ("ray-load-1", 1), ("ray-load-2", 2))
         # every variant once per repetition, the order rotated so that no variant always runs first
-        plan = [(rep, v) for rep in range(ctx.n_repeats) for v in variants[rep % 5 :] + variants[: rep % 5]]
+        plan = [
+            (rep, v)
+            for rep in range(ctx.n_repeats)
+            for v in variants[rep % len(variants) :] + variants[: rep % len(variants)]
+        ]
         for repeat, (variant, workers) in plan:
             cache = Path(tempfile.mkdtemp(prefix="pk-tp-"))
             (cache / "models").symlink_to(models_dir, target_is_directory=True)

@@ -298,47 +298,38 @@ def run_all(
     }
     machine["invocations"] = [*meta.get("invocations", []), invocation]
     order = [b for b in BENCHMARKS if b in set(kept["benchmark"]) or b in names]
-    notes: dict[str, str] = {}
-    tables: dict[str, pd.DataFrame | None] = {}
     wall = {k: v for k, v in (meta.get("wall_s") or {}).items() if k not in names}
-    for name in order:  # the kept benchmarks' notes, re-rendered from their rows
-        if name not in names:
-            tables[name], notes[name] = _render_one(
-                name, kept[kept["benchmark"] == name], ctx, folder, meta.get("notes", {}).get(name, "")
-            )
+    done = [b for b in order if b not in names]  # the kept benchmarks: re-rendered from their rows
     frames = [kept]
     failed: list[str] = []
     rank = {x: i for i, x in enumerate(BENCHMARKS)}
     for name in names:
         ctx.say(f"--- {name}")
         start = time.perf_counter()
-        frame, notes[name], tables[name] = run_benchmark(name, ctx, folder)
+        frame, note, _ = run_benchmark(name, ctx, folder)
         wall[name] = time.perf_counter() - start
-        if frame.empty and not notes[name].startswith("Skipped"):
+        if frame.empty and not note.startswith("Skipped"):
             failed.append(name)
         frames.append(frame)
+        done.append(name)
         table = pd.concat([f for f in frames if not f.empty] or [_empty()], ignore_index=True)
         table = table.sort_values("benchmark", key=lambda b: b.map(rank), kind="stable")
         write_table(table, csv_path)  # rewritten after every benchmark: partial results survive a kill
-        atomic_write_text(ctx.out / "notes" / f"{name}.md", notes[name] + "\n")
-        # Render from the rows as written (numbers rounded to the CSV's float format), as `render_only`
-        # does: rounding the full-precision rows once can differ from rounding twice (0.829 vs 0.83).
-        written = pd.read_csv(csv_path)
-        tables[name], notes[name] = _render_one(
-            name, written[written["benchmark"] == name], ctx, folder, notes[name]
-        )
+        atomic_write_text(ctx.out / "notes" / f"{name}.md", note + "\n")
         run_record = {
             "machine": machine,
             "wall_s": wall,
             "quick": ctx.quick,
             "repeats": ctx.repeats,
             "threads": ctx.threads,
-            "benchmarks": [b for b in order if b in notes],
+            "benchmarks": [b for b in order if b in done],
             "invocations": machine["invocations"],
         }
         atomic_write_text(ctx.out / "run.json", json.dumps(run_record, indent=2, default=str) + "\n")
-        shown = {b: notes[b] for b in order if b in notes}
-        atomic_write_text(md_path, render_report(written, shown, machine, ctx, wall, tables))
+        # The report from the files just written, as `render_only` rebuilds it: from the rows as written
+        # (rounded to the CSV's float format), since rounding the full-precision rows once can differ from
+        # rounding twice (0.829 vs 0.83).
+        render_only(ctx, folder)
     _write_manifest(ctx, names if only else None)
     return csv_path, md_path, failed
 
