@@ -145,9 +145,9 @@ class ShardedAttention:
         return self.model.n_heads
 
     def shards(self) -> list[Shard]:
-        from probekit.activations.align import align
+        from probekit.activations.align import align_many
 
-        n_tokens = [align(self.model.tokenizer, s).n_tokens for s in self.sentences]
+        n_tokens = [e.n_tokens for e in align_many(self.model.tokenizer, self.sentences)]
         return plan_shards(n_tokens, self.batch_size, self.model.shard_size)
 
     def collect(self, inst: pd.DataFrame, causal: bool, progress: bool, desc: str) -> Scored:

@@ -76,11 +76,11 @@ def sharded_streams(model: ShardedModel, sentences: list, layers="all") -> Shard
     ShardedStreams
         Pass it as ``capture`` (or ``random_capture``) to the probe functions.
     """
-    from probekit.activations.align import align
+    from probekit.activations.align import align_many
     from probekit.activations.capture import Capture
 
     shards = plan_shards(
-        [align(model.tokenizer, s).n_tokens for s in sentences], STREAM_BATCH_SIZE, model.shard_size
+        [e.n_tokens for e in align_many(model.tokenizer, sentences)], STREAM_BATCH_SIZE, model.shard_size
     )
     jobs = []
     for shard in shards:

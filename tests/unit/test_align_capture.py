@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
 import probekit as pk
-from probekit.activations.align import align, as_sentences, sentence_from_text, word_attention
+from probekit.activations import align as align_module
+from probekit.activations.align import align, align_many, as_sentences, sentence_from_text, word_attention
 from probekit.data.schema import Sentence
 
 TRICKY = '"I don\'t know," said the U.S. mother-in-law of 1,000 cats.'
@@ -249,3 +252,59 @@ def test_a_too_long_sentence_names_what_the_user_can_do(tiny_bert):
     with pytest.raises(pk.ProbekitError, match="longer than") as err:
         align(tiny_bert, Sentence(id="long", words=tuple(words)))
     assert "max_tokens" not in str(err.value) and "--max-sentences" in err.value.fix
+
+
+ODD_WORDS = ("[CLS]", "<|endoftext|>", "naïve", "Straße", "😀", "...", "n't", "1,000")
+
+
+def _tokenizer_align(model, sentence):
+    """`align` as it was: the tokenizer's own call on one sentence's words."""
+    pieces = align_module._word_pieces(model, sentence)
+    per_word = [list(ids) for ids in model.tokenizer(pieces, add_special_tokens=False).input_ids]
+    return align_module._assemble(model, sentence, per_word)
+
+
+def test_align_many_gives_the_ids_the_tokenizer_gives(tiny_model, shared_data, monkeypatch):
+    """One backend call per chunk of sentences (`encode_words`) gives every word the ids the tokenizer's
+    own call gives, across chunk boundaries (a chunk of 7 here), on 300 EWT sentences and on words that
+    spell special tokens or carry non-ASCII characters."""
+    sents = pk.load_dataset(f"ud:{shared_data}/ud-en-ewt/en_ewt-ud-dev.conllu", max_sentences=300).sentences
+    sents = [*sents, Sentence(id="odd", words=ODD_WORDS)]
+    monkeypatch.setattr(align_module, "ALIGN_CHUNK", 7)
+    assert list(align_many(tiny_model, sents)) == [_tokenizer_align(tiny_model, s) for s in sents]
+
+
+def test_encode_words_calls_the_backend_only_in_the_tokenizers_default_state(tiny_model, monkeypatch):
+    """In the default state the words go straight to the Rust backend (transformers' call is never
+    made); with truncation switched on in the backend, transformers' call is made instead, and it
+    switches truncation off again, so no word is cut short either way."""
+    import copy
+
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    tok = copy.deepcopy(tiny_model.tokenizer)
+    words = [" mother-in-law", "Straße", "[SEP]", " 1,000"]
+    expected = [list(ids) for ids in tok(words, add_special_tokens=False).input_ids]
+    assert max(map(len, expected)) > 1
+
+    def no_call(self, *args, **kwargs):
+        raise AssertionError("transformers' tokenizer call was made")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PreTrainedTokenizerBase, "__call__", no_call)
+        assert align_module.encode_words(tok, words) == expected
+
+    tok.backend_tokenizer.enable_truncation(max_length=1)
+    assert align_module.encode_words(tok, words) == expected
+    assert tok.backend_tokenizer.truncation is None
+
+
+def test_encode_words_calls_any_other_tokenizer():
+    """A tokenizer that is not a transformers fast tokenizer is simply called."""
+
+    class Letters:
+        def __call__(self, pieces, add_special_tokens):
+            assert add_special_tokens is False
+            return types.SimpleNamespace(input_ids=[tuple(ord(c) for c in p) for p in pieces])
+
+    assert align_module.encode_words(Letters(), ["ab", "c"]) == [[97, 98], [99]]

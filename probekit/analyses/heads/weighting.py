@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.activations import hooks
-from probekit.activations.align import align, as_sentences, pad_batch, word_attention
+from probekit.activations.align import align_many, as_sentences, pad_batch, word_attention
 from probekit.activations.forward import stop_here
 from probekit.errors import ProbekitError
 
@@ -190,7 +190,7 @@ class WeightedAttention:
             raise ProbekitError(f"batch_size must be a positive integer, not {batch_size!r}")
         self.model = model
         self.sentences = as_sentences(sentences)
-        self.encoded = [align(model, s) for s in self.sentences]
+        self.encoded = list(align_many(model, self.sentences))
         self.attn_layers = list(range(model.n_layers))
         check_windows(model, self.encoded, self.attn_layers)
         self.n_heads = int(model.n_heads)

@@ -351,9 +351,9 @@ def reference_sequences(model, plan: Plan, reference=None) -> tuple[list[tuple[i
     if reference is None:
         return plan.seqs, plan.item_rows
     if not model.is_causal:  # encoders: align the reference sentences directly
-        from probekit.activations.align import align
+        from probekit.activations.align import align_many
 
-        seqs = [align(model, s).input_ids for s in getattr(reference, "sentences", reference)]
+        seqs = [e.input_ids for e in align_many(model, list(getattr(reference, "sentences", reference)))]
         return seqs, [[i] for i in range(len(seqs))]
     ref = make_plan(model, reference, metric=None if is_pairs(reference) else ["loss"], relation=None)
     return ref.seqs, ref.item_rows
