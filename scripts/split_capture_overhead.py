@@ -19,10 +19,10 @@ repetition in rotated order after one warm-up, ratios taken within a repetition 
   out, by an executor that drops the task: aligning, the forward, the empty maps and the records.
 - ``capture``: `capture` as shipped (``store`` on the worker thread beside the next forward).
 
-Then, for the tokenising step alone: the tokenizer called once per sentence, as `align` does, against
-one call of the Rust backend (``backend_tokenizer.encode_batch``) for every word of every sentence, after
-checking that both give the same ids. Writes nothing under ``results/``; docs/methods/capture.md quotes
-runs.
+Then, for the tokenising step alone: the tokenizer called once per sentence, as `align` did before
+`align_many`, against one call of `encode_words` (the Rust backend, ``backend_tokenizer.encode_batch``)
+for every word of every sentence, after checking that both give the same ids. Writes nothing under
+``results/``; docs/methods/capture.md quotes runs.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import probekit.activations.capture as capture_module  # noqa: E402
 from benchmarks.bench_capture import SerialExecutor, Workload, capture_through, load_pristine_hf  # noqa: E402
+from probekit.activations import align as align_module  # noqa: E402
 from probekit.activations.align import PackedEncodings  # noqa: E402
 from probekit.activations.forward import forward_for  # noqa: E402
 from probekit.bench.context import BenchContext, bench_sentences  # noqa: E402
@@ -120,17 +121,14 @@ def timed(fns: dict, repetitions: int) -> dict[str, list[float]]:
 
 def tokenising(model, sentences, repetitions: int) -> None:
     tok = model.tokenizer
-    pieces = [
-        [(" " + w) if (model.space_prefix and s.space_before(i)) else w for i, w in enumerate(s.words)]
-        for s in sentences
-    ]
+    pieces = [align_module._word_pieces(model, s) for s in sentences]  # what `align` encodes per word
     flat = [p for per_sentence in pieces for p in per_sentence]
 
     def per_sentence():
         return [ids for p in pieces for ids in tok(p, add_special_tokens=False).input_ids]
 
     def backend():
-        return [e.ids for e in tok.backend_tokenizer.encode_batch(flat, add_special_tokens=False)]
+        return align_module.encode_words(tok, flat)  # one backend call for every word
 
     if per_sentence() != backend():
         print("tokenising: the backend's ids differ from the tokenizer's; not timed")
