@@ -6,7 +6,8 @@ Section 1 of `results/benchmarks` gives capture's time over ``hf-body-forward`` 
 at most 1.05×). This script splits that ratio into the steps capture adds, each timed as a variant of its
 own, in the benchmark's setting: 1 torch thread and every BLAS pool limited to 1, the first
 N_SENTENCES (default 256) EWT dev sentences, batches of 16 sorted by length, every variant once per
-repetition in rotated order after one warm-up, ratios taken within a repetition and their median printed.
+repetition in rotated order after one warm-up (`probekit.bench.timing.interleaved`; a capture's output
+folder is deleted after the clock stops), ratios taken within a repetition and their median printed.
 
 - ``body``: ``hf.base_model`` of a second, plain load of the model: the benchmark's ``hf-body-forward``.
 - ``shared-body``: the same forward through ``Model.hf_body``, the module tree capture runs (it shares
@@ -28,13 +29,12 @@ for every word of every sentence, after checking that both give the same ids. Wr
 from __future__ import annotations
 
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -47,6 +47,7 @@ from probekit.activations import align as align_module  # noqa: E402
 from probekit.activations.align import PackedEncodings  # noqa: E402
 from probekit.activations.forward import forward_for  # noqa: E402
 from probekit.bench.context import BenchContext, bench_sentences  # noqa: E402
+from probekit.bench.timing import interleaved, per_repeat_ratio  # noqa: E402
 from probekit.models import load_model  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def variants(name: str, n: int, tmp_root: Path) -> dict:
                 capture_through(model, sentences, folder)
             finally:
                 capture_module.ThreadPoolExecutor = executor
-                shutil.rmtree(folder, ignore_errors=True)
+            return lambda: shutil.rmtree(folder, ignore_errors=True)  # after the clock, as the benchmark
 
         return run
 
@@ -106,17 +107,11 @@ def variants(name: str, n: int, tmp_root: Path) -> dict:
     }, (model, sentences)
 
 
-def timed(fns: dict, repetitions: int) -> dict[str, list[float]]:
-    for fn in fns.values():  # warm-up
-        fn()
-    seconds: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for rep in range(repetitions):
-        for k in names[rep % len(names) :] + names[: rep % len(names)]:
-            start = time.perf_counter()
-            fns[k]()
-            seconds[k].append(time.perf_counter() - start)
-    return seconds
+def timed(fns: dict, repetitions: int, reference: str) -> pd.DataFrame:
+    """The benchmark's harness: one warm-up each, then rotated repetitions; each row's ``ratio`` is its
+    seconds over ``reference``'s in the same repetition."""
+    rows = pd.DataFrame(interleaved(fns, repetitions))
+    return rows.assign(ratio=per_repeat_ratio(rows, reference, by=()))
 
 
 def tokenising(model, sentences, repetitions: int) -> None:
@@ -133,8 +128,8 @@ def tokenising(model, sentences, repetitions: int) -> None:
     if per_sentence() != backend():
         print("tokenising: the backend's ids differ from the tokenizer's; not timed")
         return
-    seconds = timed({"per-sentence": per_sentence, "backend": backend}, repetitions)
-    a, b = (statistics.median(seconds[k]) for k in ("per-sentence", "backend"))
+    rows = timed({"per-sentence": per_sentence, "backend": backend}, repetitions, "backend")
+    a, b = (rows.seconds[rows.variant == k].median() for k in ("per-sentence", "backend"))
     print(
         f"tokenising {len(flat)} words: tokenizer per sentence {a * 1000:.1f} ms, one backend call "
         f"{b * 1000:.1f} ms (same ids)"
@@ -147,13 +142,15 @@ def main(name: str = "minilm-l6", repetitions: int = 10, n: int = 256) -> None:
     try:
         with threadpool_limits(1):
             fns, (model, sentences) = variants(name, n, tmp_root)
-            seconds = timed(fns, repetitions)
-            floor = seconds["body"]
+            rows = timed(fns, repetitions, "body")
             print(f"{name}, {n} sentences, {repetitions} repetitions, 1 torch thread")
-            print(f"{'variant':12s} {'median_s':>9s} {'min_s':>7s} {'max_s':>7s} {'vs_body':>8s}")
-            for k, v in seconds.items():
-                ratio = statistics.median(a / b for a, b in zip(v, floor, strict=True))
-                print(f"{k:12s} {statistics.median(v):9.3f} {min(v):7.3f} {max(v):7.3f} {ratio:8.3f}")
+            table = rows.groupby("variant", sort=False).agg(
+                median_s=("seconds", "median"),
+                min_s=("seconds", "min"),
+                max_s=("seconds", "max"),
+                vs_body=("ratio", "median"),
+            )
+            print(table.round(3).to_string())
             tokenising(model, sentences, repetitions)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
